@@ -1,0 +1,89 @@
+//! Counters the bus keeps; services export them (Prometheus) from [`BusMetrics::snapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters of one bus handle (shared by its clones and subscriptions).
+#[derive(Debug, Default)]
+pub struct BusMetrics {
+    published: AtomicU64,
+    duplicates: AtomicU64,
+    publish_errors: AtomicU64,
+    consumed: AtomicU64,
+    redelivered: AtomicU64,
+    lag: AtomicU64,
+    progress_published: AtomicU64,
+    progress_dropped: AtomicU64,
+}
+
+/// A point-in-time copy of [`BusMetrics`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusMetricsSnapshot {
+    /// Change batches accepted by the bus (new, not duplicates). `weir_bus_published_total`.
+    pub published: u64,
+    /// Publishes recognised as duplicates of an earlier batch id (retries).
+    /// `weir_bus_publish_duplicates_total`.
+    pub duplicates: u64,
+    /// Publishes that failed (timeouts included). `weir_bus_publish_errors_total`.
+    pub publish_errors: u64,
+    /// Change batches handed to subscribers (summed over subscriptions).
+    /// `weir_bus_consumed_total`.
+    pub consumed: u64,
+    /// Deliveries dropped because the subscription had already seen that seq (redeliveries
+    /// after a consumer was recreated). `weir_bus_redelivered_total`.
+    pub redelivered: u64,
+    /// Batches published but not yet read by the most recently served subscription, as of its
+    /// last read. `weir_bus_lag_batches`.
+    pub lag: u64,
+    /// Progress events published. `weir_bus_progress_published_total`.
+    pub progress_published: u64,
+    /// Progress events a slow subscriber skipped (progress is lossy by design).
+    /// `weir_bus_progress_dropped_total`.
+    pub progress_dropped: u64,
+}
+
+impl BusMetrics {
+    /// A copy of every counter.
+    pub fn snapshot(&self) -> BusMetricsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BusMetricsSnapshot {
+            published: g(&self.published),
+            duplicates: g(&self.duplicates),
+            publish_errors: g(&self.publish_errors),
+            consumed: g(&self.consumed),
+            redelivered: g(&self.redelivered),
+            lag: g(&self.lag),
+            progress_published: g(&self.progress_published),
+            progress_dropped: g(&self.progress_dropped),
+        }
+    }
+
+    pub(crate) fn on_publish(&self, duplicate: bool) {
+        let c = if duplicate {
+            &self.duplicates
+        } else {
+            &self.published
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_publish_error(&self) {
+        self.publish_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_consume(&self, lag: u64) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_redelivered(&self) {
+        self.redelivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_progress_published(&self) {
+        self.progress_published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_progress_dropped(&self, n: u64) {
+        self.progress_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,574 @@
+//! `weir ingest`: CSV / JSON Lines files, directories or stdin into the graph, through the
+//! stream processor (`weir-stream`) and the graph writer (`weir-graph`) on the session pool
+//! (`weir-pool`).
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use weir_config::{START_HINT, ServiceSettings};
+use weir_events::{PressureState, ProgressEvent};
+use weir_graph::{GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig};
+use weir_pool::{Pool, PoolConfig};
+use weir_stream::{
+    CancellationToken, CheckpointFile, DeadLetter, DeadLetterSink, FileSource, Format,
+    JsonlDeadLetters, NullSink, Pipeline, PipelineConfig, ProcessGauge, RunOutcome, RunSummary,
+    StreamError,
+};
+
+use super::{EXIT_CANCELLED, EXIT_DEAD_LETTERS, EXIT_FATAL};
+
+/// Input format of `weir ingest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum InFormat {
+    /// CSV with a header row.
+    Csv,
+    /// JSON Lines (one object per line).
+    Jsonl,
+}
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProgressMode {
+    /// A live bar when stderr is a terminal, plain periodic lines otherwise.
+    Auto,
+    /// Always the live bar.
+    Bar,
+    /// Always plain lines (every 5 s).
+    Plain,
+    /// None.
+    None,
+}
+
+/// Arguments of `weir ingest`.
+#[derive(Debug, Args)]
+#[command(after_help = "Exit codes:\n  \
+    0  every record read was committed\n  \
+    1  fatal error (bad arguments or mapping, graph unreachable, --max-errors exceeded, ...);\n     \
+       what was committed stays committed; rerun with --resume to continue\n  \
+    2  invalid command line\n  \
+    3  completed, but some records were dead-lettered (see --dead-letter)\n  \
+    4  interrupted (Ctrl-C); rerun with --resume to continue")]
+pub(crate) struct IngestArgs {
+    /// Input files or directories (their files, sorted); `-` reads stdin. Gzip is detected.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// The mapping file (TOML); check it with `weir validate`.
+    #[arg(long, short)]
+    mapping: PathBuf,
+    /// Input format; default: the mapping's `[input] format`, else from the file name
+    /// (`.jsonl`, `.ndjson`, `.json` with or without `.gz` are JSON Lines, the rest CSV).
+    #[arg(long, value_enum)]
+    format: Option<InFormat>,
+    /// CSV delimiter; default: the mapping's `[input] delimiter`, else `,`.
+    #[arg(long)]
+    delimiter: Option<char>,
+    /// Most records per batch (one write transaction each).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Most batches written at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Memory limit (e.g. `64MiB`, `1GiB`): intake pauses above 80 % of it and resumes below
+    /// 70 %; buffers are sized to fit. Default: the cgroup limit, if any.
+    #[arg(long, value_parser = parse_size)]
+    memory_limit: Option<u64>,
+    /// Append records that cannot be read, decoded, mapped or written to this JSON Lines file
+    /// (source, line, offset, stage, error, raw). Default: print them to stderr.
+    #[arg(long)]
+    dead_letter: Option<PathBuf>,
+    /// Continue after the checkpoint of an earlier run over the same inputs.
+    #[arg(long)]
+    resume: bool,
+    /// Checkpoint file. Default: `<input>.weir-checkpoint.json` for a single file input; none
+    /// for stdin or several inputs (then --resume needs this flag).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Stop (exit 1) once more than this many records were dead-lettered.
+    #[arg(long)]
+    max_errors: Option<u64>,
+    /// Read, decode and map every record, report errors, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// No progress and no summary; only errors.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Progress display.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// Prefix every label and relationship type (keeps tenants or tests apart).
+    #[arg(long, default_value = "")]
+    label_prefix: String,
+    /// Bolt URI of the graph server (overrides NEO4J_URI).
+    #[arg(long)]
+    uri: Option<String>,
+    /// Job id used in checkpoints, progress and change events. Default `ingest`.
+    #[arg(long, default_value = "ingest")]
+    job_id: String,
+}
+
+/// Parses sizes like `64MiB`, `512M`, `1GiB`, `1048576`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{s}`: unknown unit; use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("`{s}` is out of range"))
+}
+
+fn detect_format(args: &IngestArgs, mapping: &Mapping) -> Format {
+    let jsonl = match args.format {
+        Some(f) => f == InFormat::Jsonl,
+        None => match mapping.input.format {
+            Some(f) => f == weir_graph::InputFormat::JsonLines,
+            None => args.inputs.first().is_some_and(|p| {
+                let name = p.to_string_lossy().to_ascii_lowercase();
+                let name = name.strip_suffix(".gz").unwrap_or(&name);
+                [".jsonl", ".ndjson", ".json"]
+                    .iter()
+                    .any(|e| name.ends_with(e))
+            }),
+        },
+    };
+    if jsonl {
+        Format::JsonLines
+    } else {
+        let delimiter = args
+            .delimiter
+            .and_then(|c| u8::try_from(c).ok())
+            .or(mapping.input.delimiter)
+            .unwrap_or(b',');
+        Format::Csv {
+            delimiter,
+            has_header: true,
+        }
+    }
+}
+
+/// Shrinks the pipeline's buffers until their bound fits in 40 % of `limit` (the rest is the
+/// runtime, the allocator, the pool and the graph driver), down to a floor set by
+/// `max_record_bytes` (1 MiB) and `--concurrency`.
+fn fit_to_limit(cfg: &mut PipelineConfig, limit: u64) {
+    let budget = (limit as f64 * 0.4) as usize;
+    while cfg.memory_bound_bytes() > budget {
+        if cfg.batch_bytes > 64 << 10 {
+            cfg.batch_bytes /= 2;
+            cfg.batch_queue_bytes = (cfg.batch_queue_bytes / 2).max(cfg.batch_bytes);
+        } else if cfg.chunk_queue > 2 || cfg.batch_queue > 1 {
+            cfg.chunk_queue = (cfg.chunk_queue / 2).max(2);
+            cfg.batch_queue = (cfg.batch_queue / 2).max(1);
+        } else if cfg.chunk_records > 128 || cfg.read_chunk_bytes > 16 << 10 {
+            cfg.chunk_records = (cfg.chunk_records / 2).max(128);
+            cfg.read_chunk_bytes = (cfg.read_chunk_bytes / 2).max(16 << 10);
+        } else {
+            break;
+        }
+    }
+}
+
+/// Dead letters printed to stderr (the first 20 in full, then a count at the end).
+struct StderrDeadLetters {
+    shown: std::sync::atomic::AtomicU64,
+}
+
+impl DeadLetterSink for StderrDeadLetters {
+    fn write(&self, l: &DeadLetter) -> std::io::Result<()> {
+        let n = self
+            .shown
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n < 20 {
+            eprintln!(
+                "dead letter: {}:{} ({:?}): {}",
+                l.source, l.line, l.stage, l.error
+            );
+        } else if n == 20 {
+            eprintln!(
+                "dead letter: more records dead-lettered; use --dead-letter FILE to keep them"
+            );
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
+
+fn pressure(p: &ProgressEvent) -> String {
+    let state = match p.pressure {
+        PressureState::Normal => "normal",
+        PressureState::High => "HIGH (paused)",
+    };
+    match p.pressure_ratio {
+        Some(r) if r.is_finite() => format!("{state} {:.0}%", r * 100.0),
+        _ => state.to_owned(),
+    }
+}
+
+fn spawn_progress(
+    mode: ProgressMode,
+    mut rx: tokio::sync::watch::Receiver<ProgressEvent>,
+) -> tokio::task::JoinHandle<()> {
+    let bar = match mode {
+        ProgressMode::Bar => true,
+        ProgressMode::Auto => std::io::stderr().is_terminal(),
+        _ => false,
+    };
+    tokio::spawn(async move {
+        if bar {
+            let pb = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr_with_hz(4),
+            );
+            let mut styled = false;
+            while rx.changed().await.is_ok() {
+                let p = rx.borrow_and_update().clone();
+                if !styled {
+                    let tpl = if p.bytes_total.is_some() {
+                        "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} ETA {eta} {msg}"
+                    } else {
+                        "{spinner} [{elapsed_precise}] {bytes} read {msg}"
+                    };
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(tpl) {
+                        pb.set_style(style.progress_chars("=> "));
+                    }
+                    if let Some(t) = p.bytes_total {
+                        pb.set_length(t);
+                    }
+                    styled = true;
+                }
+                pb.set_position(p.bytes_read);
+                pb.set_message(format!(
+                    "| {} read, {} committed, {} dead | {:.0} rec/s | memory {}",
+                    p.records_read,
+                    p.records_committed,
+                    p.records_dead_lettered,
+                    p.records_per_sec,
+                    pressure(&p)
+                ));
+                if p.state.is_terminal() {
+                    break;
+                }
+            }
+            pb.finish_and_clear();
+        } else if mode != ProgressMode::None {
+            let mut last = Instant::now();
+            while rx.changed().await.is_ok() {
+                let p = rx.borrow_and_update().clone();
+                if p.state.is_terminal() {
+                    break;
+                }
+                if last.elapsed() < Duration::from_secs(5) {
+                    continue;
+                }
+                last = Instant::now();
+                let of = p
+                    .bytes_total
+                    .map(|t| format!(" of {}", human_bytes(t)))
+                    .unwrap_or_default();
+                let eta = p
+                    .eta_secs
+                    .map(|s| format!(" eta {s:.0}s"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "progress: {:.0}s read {} ({}{of}) committed {} dead-lettered {} rate {:.0} rec/s memory {}{eta}",
+                    p.elapsed_secs,
+                    p.records_read,
+                    human_bytes(p.bytes_read),
+                    p.records_committed,
+                    p.records_dead_lettered,
+                    p.records_per_sec,
+                    pressure(&p)
+                );
+            }
+        }
+    })
+}
+
+fn print_summary(s: &RunSummary, dry_run: bool, dead_letter: Option<&Path>) {
+    let secs = s.duration.as_secs_f64();
+    let rate = if secs > 0.0 {
+        s.records_committed as f64 / secs
+    } else {
+        0.0
+    };
+    let outcome = match s.outcome {
+        RunOutcome::Completed => "completed",
+        RunOutcome::Cancelled => "interrupted",
+        RunOutcome::Failed => "failed",
+    };
+    println!(
+        "ingest {outcome}{}",
+        if dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        }
+    );
+    println!("  records read:          {}", s.records_read);
+    println!(
+        "  records {}:     {}",
+        if dry_run { "mapped   " } else { "committed" },
+        s.records_committed
+    );
+    println!("  records dead-lettered: {}", s.records_dead_lettered);
+    println!("  records uncommitted:   {}", s.records_uncommitted);
+    println!("  bytes read:            {}", s.bytes_read);
+    println!("  duration:              {secs:.2}s");
+    println!("  rate:                  {rate:.0} records/s");
+    println!(
+        "  peak memory:           {}",
+        s.peak_memory_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "unknown".into())
+    );
+    println!("  retries:               {}", s.retries);
+    if s.records_dead_lettered > 0
+        && let Some(p) = dead_letter
+    {
+        println!("  dead letters in:       {}", p.display());
+    }
+}
+
+/// Runs `weir ingest`; see the exit codes in `--help`.
+pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
+    let mapping =
+        Mapping::from_path(&args.mapping).map_err(|e| anyhow::anyhow!("invalid mapping: {e}"))?;
+    let mapping = Arc::new(
+        mapping
+            .with_label_prefix(&args.label_prefix)
+            .map_err(|e| anyhow::anyhow!("invalid --label-prefix: {e}"))?,
+    );
+    if args.batch_size == 0 || args.concurrency == 0 {
+        anyhow::bail!("--batch-size and --concurrency must be at least 1");
+    }
+    let mut cfg = PipelineConfig {
+        job_id: args.job_id.clone(),
+        format: detect_format(&args, &mapping),
+        batch_records: args.batch_size,
+        min_batch_records: PipelineConfig::default()
+            .min_batch_records
+            .min(args.batch_size),
+        concurrency: args.concurrency,
+        max_errors: args.max_errors,
+        ..PipelineConfig::default()
+    };
+    if let Some(limit) = args.memory_limit {
+        fit_to_limit(&mut cfg, limit);
+    }
+
+    // Checkpoint: fresh runs start over; --resume continues after the stored position.
+    let single_file =
+        args.inputs.len() == 1 && args.inputs[0].as_os_str() != "-" && args.inputs[0].is_file();
+    let ckpt_path = args.checkpoint.clone().or_else(|| {
+        single_file.then(|| {
+            let mut p = args.inputs[0].clone().into_os_string();
+            p.push(".weir-checkpoint.json");
+            PathBuf::from(p)
+        })
+    });
+    if args.resume && ckpt_path.is_none() {
+        anyhow::bail!("--resume needs --checkpoint FILE for stdin, directories or several inputs");
+    }
+    let mut resume_from = None;
+    if let Some(p) = &ckpt_path {
+        if args.resume {
+            resume_from = CheckpointFile::new(p)
+                .load()
+                .context("reading the checkpoint")?;
+            if resume_from.is_none() {
+                eprintln!(
+                    "note: no checkpoint at {}; starting from the beginning",
+                    p.display()
+                );
+            }
+        } else if !args.dry_run {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing old checkpoint {}", p.display()));
+                }
+            }
+        }
+    }
+    let source =
+        FileSource::open(&args.inputs, &cfg, resume_from.as_ref()).context("opening the input")?;
+
+    let dead: Arc<dyn DeadLetterSink> = match &args.dead_letter {
+        Some(p) => Arc::new(
+            JsonlDeadLetters::open(p)
+                .with_context(|| format!("opening dead-letter file {}", p.display()))?,
+        ),
+        None => Arc::new(StderrDeadLetters {
+            shown: std::sync::atomic::AtomicU64::new(0),
+        }),
+    };
+    let gauge = Arc::new(ProcessGauge::new(args.memory_limit));
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: finishing in-flight batches (Ctrl-C again to abort)");
+                cancel.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(i32::from(EXIT_CANCELLED));
+                }
+            }
+        });
+    }
+    let mapper = GraphMapper::new(mapping.clone());
+    let progress_mode = if args.quiet {
+        ProgressMode::None
+    } else {
+        args.progress
+    };
+
+    let (result, pool) = if args.dry_run {
+        let pipeline = Pipeline::new(cfg, mapper, NullSink::new())
+            .with_gauge(gauge)
+            .with_dead_letters(dead.clone());
+        let progress = spawn_progress(progress_mode, pipeline.subscribe());
+        let r = pipeline.run(source, cancel).await;
+        let _ = progress.await;
+        (r, None)
+    } else {
+        let mut settings = ServiceSettings::from_env().context("reading settings")?;
+        if let Some(uri) = &args.uri {
+            settings.graph.uri.clone_from(uri);
+        }
+        let uri = settings.graph.uri.clone();
+        let pool = Pool::new(
+            settings.graph,
+            PoolConfig {
+                max_size: args.concurrency + 1,
+                ..PoolConfig::default()
+            },
+        )
+        .context("creating the graph pool")?;
+        if !pool.wait_ready(Duration::from_secs(15)).await {
+            pool.close().await;
+            anyhow::bail!("graph server not reachable at {uri}\n  -> {START_HINT}");
+        }
+        let writer = Arc::new(GraphWriter::new(
+            pool.clone(),
+            mapping.clone(),
+            Arc::new(NoopPublisher),
+            WriterConfig {
+                // The pool and the pipeline retry transient failures already.
+                max_attempts: 1,
+                job_id: args.job_id.clone(),
+                ..WriterConfig::default()
+            },
+        ));
+        writer
+            .ensure_schema()
+            .await
+            .context("creating key constraints")?;
+        let mut pipeline = Pipeline::new(cfg, mapper, GraphSink::new(writer, args.job_id.clone()))
+            .with_gauge(gauge)
+            .with_dead_letters(dead.clone());
+        if let Some(p) = &ckpt_path {
+            pipeline = pipeline
+                .with_checkpoint(CheckpointFile::new(p))
+                .context("checkpoint")?;
+        }
+        let progress = spawn_progress(progress_mode, pipeline.subscribe());
+        let r = pipeline.run(source, cancel).await;
+        let _ = progress.await;
+        (r, Some(pool))
+    };
+    let _ = dead.flush();
+    if let Some(pool) = pool {
+        pool.close().await;
+    }
+    match result {
+        Ok(summary) => {
+            if !args.quiet {
+                print_summary(&summary, args.dry_run, args.dead_letter.as_deref());
+            }
+            Ok(match summary.outcome {
+                RunOutcome::Completed if summary.records_dead_lettered == 0 => 0,
+                RunOutcome::Completed => EXIT_DEAD_LETTERS,
+                RunOutcome::Cancelled => EXIT_CANCELLED,
+                RunOutcome::Failed => EXIT_FATAL,
+            })
+        }
+        Err(StreamError::Failed { cause, summary }) => {
+            if !args.quiet {
+                print_summary(&summary, args.dry_run, args.dead_letter.as_deref());
+            }
+            eprintln!("error: {cause}");
+            if ckpt_path.is_some() && !args.dry_run {
+                eprintln!("  committed work is kept; rerun with --resume to continue");
+            }
+            Ok(EXIT_FATAL)
+        }
+        Err(e) => Err(e).context("ingest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn buffers_shrink_to_fit_a_small_limit() {
+        let default = PipelineConfig::default().memory_bound_bytes();
+        for limit in [48u64 << 20, 64 << 20] {
+            let mut cfg = PipelineConfig::default();
+            fit_to_limit(&mut cfg, limit);
+            let bound = cfg.memory_bound_bytes() as u64;
+            assert!(bound <= limit * 2 / 5, "{limit}: {bound}");
+            cfg.validate().unwrap();
+        }
+        // Below the floor it shrinks as far as it can and stays valid.
+        let mut cfg = PipelineConfig::default();
+        fit_to_limit(&mut cfg, 4 << 20);
+        assert!(cfg.memory_bound_bytes() < default);
+        cfg.validate().unwrap();
+        // A roomy limit changes nothing.
+        let mut cfg = PipelineConfig::default();
+        fit_to_limit(&mut cfg, 1 << 30);
+        assert_eq!(cfg, PipelineConfig::default());
+    }
+}

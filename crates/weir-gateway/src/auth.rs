@@ -1,0 +1,236 @@
+//! Bearer-token checks: API keys or HS256 JWTs.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::AuthConfig;
+
+/// Why a token was refused. Never carries the token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token was given.
+    #[error("authentication required: send `Authorization: Bearer <token>`")]
+    Missing,
+    /// The token is not valid.
+    #[error("invalid token")]
+    Invalid,
+}
+
+/// Checks bearer tokens against the configured mode: API keys compared in constant time,
+/// HS256 JWTs (signature, `exp` required, issuer/audience when configured), or disabled.
+/// The one implementation every Weir listener uses (gateway, services, `weir serve`).
+pub struct Authenticator {
+    mode: Mode,
+}
+
+enum Mode {
+    Disabled,
+    Keys(Vec<Vec<u8>>),
+    Jwt {
+        key: DecodingKey,
+        validation: Box<Validation>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+}
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// JWT `sub`, `api-key` for a key, `anonymous` with auth disabled.
+    pub subject: String,
+}
+
+impl Authenticator {
+    /// An authenticator for `cfg`.
+    pub fn new(cfg: &AuthConfig) -> Self {
+        let mode = match cfg {
+            AuthConfig::Disabled => Mode::Disabled,
+            AuthConfig::ApiKeys { keys } => {
+                if keys.is_empty() {
+                    tracing::warn!(
+                        "gateway auth: no API keys configured, every request is refused"
+                    );
+                }
+                // An empty key would let an empty token in: never a valid key.
+                Mode::Keys(
+                    keys.iter()
+                        .filter(|k| !k.is_empty())
+                        .map(|k| k.expose().as_bytes().to_vec())
+                        .collect(),
+                )
+            }
+            AuthConfig::Jwt {
+                secret,
+                issuer,
+                audience,
+            } => {
+                let mut validation = Validation::new(Algorithm::HS256);
+                validation.set_required_spec_claims(&["exp"]);
+                match issuer {
+                    Some(i) => validation.set_issuer(&[i]),
+                    None => validation.iss = None,
+                }
+                match audience {
+                    Some(a) => validation.set_audience(&[a]),
+                    None => validation.validate_aud = false,
+                }
+                Mode::Jwt {
+                    key: DecodingKey::from_secret(secret.expose().as_bytes()),
+                    validation: Box::new(validation),
+                }
+            }
+        };
+        Self { mode }
+    }
+
+    /// Whether a token is needed at all.
+    pub fn required(&self) -> bool {
+        !matches!(self.mode, Mode::Disabled)
+    }
+
+    /// Checks a bearer token (`None` when none was sent).
+    pub fn check(&self, token: Option<&str>) -> Result<Principal, AuthError> {
+        match &self.mode {
+            Mode::Disabled => Ok(Principal {
+                subject: "anonymous".into(),
+            }),
+            Mode::Keys(keys) => {
+                let token = token.ok_or(AuthError::Missing)?;
+                // Compare against every key so timing does not tell which one nearly matched.
+                let mut ok = false;
+                for k in keys {
+                    ok |= constant_time_eq(k, token.as_bytes());
+                }
+                if ok {
+                    Ok(Principal {
+                        subject: "api-key".into(),
+                    })
+                } else {
+                    Err(AuthError::Invalid)
+                }
+            }
+            Mode::Jwt { key, validation } => {
+                let token = token.ok_or(AuthError::Missing)?;
+                let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+                    .map_err(|_| AuthError::Invalid)?;
+                Ok(Principal {
+                    subject: data.claims.sub.unwrap_or_else(|| "jwt".into()),
+                })
+            }
+        }
+    }
+}
+
+/// Takes the token from an `Authorization: Bearer <token>` value.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Takes the token from a `connection_init` payload.
+pub(crate) fn token_from_init(payload: &serde_json::Value) -> Option<&str> {
+    let obj = payload.as_object()?;
+    for k in ["Authorization", "authorization"] {
+        if let Some(v) = obj.get(k).and_then(|v| v.as_str()) {
+            return bearer(v).or(Some(v));
+        }
+    }
+    for k in ["authToken", "token"] {
+        if let Some(v) = obj.get(k).and_then(|v| v.as_str()) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_config::Secret;
+
+    use super::*;
+
+    #[test]
+    fn api_keys() {
+        let a = Authenticator::new(&AuthConfig::ApiKeys {
+            keys: vec![Secret::new("k1"), Secret::new("key-two")],
+        });
+        assert!(a.check(Some("key-two")).is_ok());
+        assert_eq!(a.check(Some("key-tw0")), Err(AuthError::Invalid));
+        assert_eq!(a.check(Some("k")), Err(AuthError::Invalid));
+        assert_eq!(a.check(None), Err(AuthError::Missing));
+        let none = Authenticator::new(&AuthConfig::default());
+        assert_eq!(none.check(Some("")), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn jwt_hs256() {
+        let secret = "0123456789abcdef-secret";
+        let a = Authenticator::new(&AuthConfig::Jwt {
+            secret: Secret::new(secret),
+            issuer: Some("weir".into()),
+            audience: None,
+        });
+        let make = |key: &str, iss: &str, exp: i64| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                &serde_json::json!({"sub": "ana", "iss": iss, "exp": exp}),
+                &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+            )
+            .unwrap()
+        };
+        let later = 4_000_000_000;
+        assert_eq!(
+            a.check(Some(&make(secret, "weir", later))).unwrap().subject,
+            "ana"
+        );
+        assert_eq!(
+            a.check(Some(&make("other-secret-0123456", "weir", later))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            a.check(Some(&make(secret, "evil", later))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            a.check(Some(&make(secret, "weir", 1000))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(a.check(Some("not.a.jwt")), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn token_extraction() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        let p = serde_json::json!({"Authorization": "Bearer t1"});
+        assert_eq!(token_from_init(&p), Some("t1"));
+        let p = serde_json::json!({"authToken": "t2"});
+        assert_eq!(token_from_init(&p), Some("t2"));
+        assert_eq!(token_from_init(&serde_json::json!(null)), None);
+    }
+
+    #[test]
+    fn an_empty_configured_key_never_admits_an_empty_token() {
+        let a = Authenticator::new(&AuthConfig::ApiKeys {
+            keys: vec![Secret::new(""), Secret::new("k-0123456789")],
+        });
+        assert_eq!(a.check(Some("")), Err(AuthError::Invalid));
+        assert!(a.check(Some("k-0123456789")).is_ok());
+    }
+}

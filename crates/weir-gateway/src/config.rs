@@ -1,0 +1,232 @@
+//! Gateway settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use weir_config::Secret;
+use weir_subscriptions::ManagerConfig;
+
+use crate::GatewayError;
+
+/// Everything the gateway can be told.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address to listen on. Default `127.0.0.1:8080` (loopback only).
+    pub bind: SocketAddr,
+    /// Who may call. Default: API keys, with none configured (every request refused) — auth is
+    /// off only with `mode = "disabled"`.
+    pub auth: AuthConfig,
+    /// Request and operation limits.
+    pub limits: LimitsConfig,
+    /// The subscription registry (TTL, limits, queue size, slow-consumer policy).
+    pub subscriptions: ManagerConfig,
+    /// WebSocket keep-alive and handshake timing.
+    pub websocket: WebSocketConfig,
+    /// Whether introspection queries are answered. Default `false`.
+    pub introspection: bool,
+    /// How long shutdown waits for subscriptions to complete and sockets to close before it
+    /// drops them. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            subscriptions: ManagerConfig::default(),
+            websocket: WebSocketConfig::default(),
+            introspection: false,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How callers prove who they are: `Authorization: Bearer <token>` on HTTP and the upgrade
+/// request, or in the `connection_init` payload (`Authorization`, `authorization`,
+/// `authToken` or `token`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// No authentication. Only when explicitly configured.
+    Disabled,
+    /// The token must equal one of these keys (compared in constant time).
+    ApiKeys {
+        /// The accepted keys.
+        keys: Vec<Secret>,
+    },
+    /// The token must be a JWT signed with HS256 by this secret, not expired.
+    Jwt {
+        /// The HMAC secret.
+        secret: Secret,
+        /// Required `iss`, if set.
+        #[serde(default)]
+        issuer: Option<String>,
+        /// Required `aud`, if set.
+        #[serde(default)]
+        audience: Option<String>,
+    },
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self::ApiKeys { keys: Vec::new() }
+    }
+}
+
+/// Request and operation limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Maximum query depth. Default 12.
+    pub max_depth: usize,
+    /// Maximum query complexity (async-graphql's count of fields, lists weighted). Default 500.
+    pub max_complexity: usize,
+    /// Maximum HTTP request body, bytes. Default 64 KiB.
+    pub max_body_bytes: usize,
+    /// Maximum WebSocket message, bytes. Default 64 KiB.
+    pub max_ws_message_bytes: usize,
+    /// Subscriptions a connection may start per second (token bucket, burst of the same size).
+    /// Default 20.
+    pub subscription_starts_per_sec: u32,
+    /// Maximum page size of `neighbours`. Default 100.
+    pub max_page_size: usize,
+    /// Maximum labels in one `counts` query. Default 50.
+    pub max_count_labels: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_depth: 12,
+            max_complexity: 500,
+            max_body_bytes: 64 * 1024,
+            max_ws_message_bytes: 64 * 1024,
+            subscription_starts_per_sec: 20,
+            max_page_size: 100,
+            max_count_labels: 50,
+        }
+    }
+}
+
+/// WebSocket timing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// How long a client has to send `connection_init` (else close 4408). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub connection_init_timeout: Duration,
+    /// How often the server pings. Default 15 s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long after a ping the client has to send anything (a pong) before it is closed with
+    /// 4499. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// How long one frame may take to write before the client is dropped. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Outgoing messages queued per connection (beyond this the subscriptions' own queues and
+    /// slow-consumer policy take over). Default 64.
+    pub outbound_queue: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            connection_init_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            pong_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            outbound_queue: 64,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Checks the settings, naming the first wrong field.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let bad = |field: &'static str, reason: &'static str| {
+            Err(GatewayError::InvalidConfig { field, reason })
+        };
+        self.subscriptions.validate()?;
+        if let AuthConfig::Jwt { secret, .. } = &self.auth
+            && secret.expose().len() < 16
+        {
+            return bad("auth.secret", "an HS256 secret needs at least 16 bytes");
+        }
+        let l = &self.limits;
+        if l.max_depth == 0 || l.max_complexity == 0 {
+            return bad(
+                "limits.max_depth",
+                "depth and complexity limits must be above zero",
+            );
+        }
+        if l.max_body_bytes < 256 || l.max_ws_message_bytes < 256 {
+            return bad(
+                "limits.max_body_bytes",
+                "body and message limits must be at least 256 bytes",
+            );
+        }
+        if l.subscription_starts_per_sec == 0 {
+            return bad("limits.subscription_starts_per_sec", "must be above zero");
+        }
+        if l.max_page_size == 0 || l.max_count_labels == 0 {
+            return bad("limits.max_page_size", "must be above zero");
+        }
+        let w = &self.websocket;
+        if w.connection_init_timeout.is_zero()
+            || w.ping_interval.is_zero()
+            || w.pong_timeout.is_zero()
+            || w.write_timeout.is_zero()
+        {
+            return bad("websocket", "timeouts and intervals must be above zero");
+        }
+        if w.outbound_queue == 0 {
+            return bad("websocket.outbound_queue", "must be above zero");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = GatewayConfig::default();
+        c.validate().unwrap();
+        assert!(c.bind.ip().is_loopback());
+        assert!(!c.introspection);
+        assert_eq!(c.auth, AuthConfig::ApiKeys { keys: vec![] });
+    }
+
+    #[test]
+    fn reads_toml_like_json_and_masks_secrets() {
+        let c: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "auth": {"mode": "jwt", "secret": "0123456789abcdef0123"},
+            "websocket": {"ping_interval": "5s"},
+        }))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.websocket.ping_interval, Duration::from_secs(5));
+        let shown = serde_json::to_string(&c).unwrap();
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        let short: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "auth": {"mode": "jwt", "secret": "short"},
+        }))
+        .unwrap();
+        assert!(matches!(
+            short.validate(),
+            Err(GatewayError::InvalidConfig {
+                field: "auth.secret",
+                ..
+            })
+        ));
+    }
+}

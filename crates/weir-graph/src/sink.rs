@@ -1,0 +1,183 @@
+//! The graph side of the stream processor: [`GraphMapper`] (a `weir_stream::Mapper`) and
+//! [`GraphSink`] (a `weir_stream::Sink`), and the writer's executor on a `weir_pool::Pool`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use neo4rs::Query;
+use weir_events::SourcePosition;
+use weir_pool::{Pool, PoolError};
+use weir_stream::{
+    Decoded, DecodedRecord, MapError, Mapper, Sink, SinkBatch, SinkError, SourceNames, Staged,
+};
+
+use crate::error::GraphError;
+use crate::mapping::{MappedRecord, Mapping, Record, RecordError};
+use crate::value::FieldRef;
+use crate::writer::{CypherExecutor, GraphWriter, RecordRef};
+
+impl GraphError {
+    /// Classifies a pool error.
+    pub fn from_pool(e: &PoolError) -> Self {
+        match e {
+            PoolError::Database { code, message } => {
+                let g = Self::from_server(code, message);
+                if e.is_transient() && !g.is_transient() {
+                    Self::Transient {
+                        code: code.clone(),
+                        message: message.clone(),
+                    }
+                } else {
+                    g
+                }
+            }
+            other if other.is_transient() => Self::Transient {
+                code: "pool".into(),
+                message: other.to_string(),
+            },
+            other => Self::Fatal {
+                code: "pool".into(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Runs the writer's statements through the bounded session pool (which retries transient
+/// transaction failures itself, per its `txn_max_attempts`).
+#[async_trait]
+impl CypherExecutor for Pool {
+    async fn write_txn(&self, statements: Vec<Query>) -> Result<(), GraphError> {
+        Pool::write_txn(self, statements)
+            .await
+            .map(|_| ())
+            .map_err(|e| GraphError::from_pool(&e))
+    }
+
+    async fn run(&self, statement: Query) -> Result<(), GraphError> {
+        Pool::run(self, statement)
+            .await
+            .map_err(|e| GraphError::from_pool(&e))
+    }
+}
+
+struct CsvRecord<'a>(weir_stream::CsvRow<'a>);
+
+impl Record for CsvRecord<'_> {
+    fn field(&self, name: &str) -> Option<FieldRef<'_>> {
+        self.0.get(name).map(FieldRef::Text)
+    }
+}
+
+/// Maps decoded CSV rows and JSON objects with a [`Mapping`].
+#[derive(Clone, Debug)]
+pub struct GraphMapper {
+    mapping: Arc<Mapping>,
+}
+
+impl GraphMapper {
+    /// A mapper for `mapping`.
+    pub fn new(mapping: Arc<Mapping>) -> Self {
+        Self { mapping }
+    }
+}
+
+fn map_error(e: RecordError) -> MapError {
+    match &e {
+        RecordError::EmptyKey { field, .. } | RecordError::Value { field, .. } => {
+            MapError::field(field.clone(), e.to_string())
+        }
+    }
+}
+
+impl Mapper for GraphMapper {
+    type Item = MappedRecord;
+
+    fn map(&self, record: &DecodedRecord<'_>) -> Result<MappedRecord, MapError> {
+        match &record.value {
+            Decoded::Csv(row) => self.mapping.map_record(&CsvRecord(*row)).map_err(map_error),
+            Decoded::Json(serde_json::Value::Object(obj)) => {
+                self.mapping.map_record(obj).map_err(map_error)
+            }
+            Decoded::Json(other) => Err(MapError::record(format!(
+                "expected a JSON object, found {}",
+                match other {
+                    serde_json::Value::Array(_) => "an array",
+                    serde_json::Value::String(_) => "a string",
+                    serde_json::Value::Number(_) => "a number",
+                    serde_json::Value::Bool(_) => "a boolean",
+                    _ => "null",
+                }
+            ))),
+        }
+    }
+
+    fn item_bytes(&self, item: &MappedRecord, raw_len: usize) -> usize {
+        // Rows are converted to Bolt values at write time: count the item twice.
+        2 * item.approx_bytes() + raw_len + std::mem::size_of::<Staged<MappedRecord>>()
+    }
+}
+
+struct StagedRef<'a> {
+    staged: &'a Staged<MappedRecord>,
+    names: &'a SourceNames,
+}
+
+impl RecordRef for StagedRef<'_> {
+    fn mapped(&self) -> &MappedRecord {
+        &self.staged.item
+    }
+
+    fn position(&self) -> SourcePosition {
+        let p = self.staged.position;
+        SourcePosition {
+            source: self.names.get(p.file as usize).map(|n| n.to_string()),
+            line: Some(p.line),
+            offset: Some(p.offset),
+        }
+    }
+}
+
+/// Writes pipeline batches with a [`GraphWriter`]. Errors are classified for the pipeline:
+/// transient (it retries), data (it isolates the bad records and dead-letters them), fatal.
+pub struct GraphSink<E> {
+    writer: Arc<GraphWriter<E>>,
+    job_id: String,
+}
+
+impl<E: CypherExecutor> GraphSink<E> {
+    /// A sink writing through `writer`; change batches are named `<job_id>-<seq>-<offset>`.
+    pub fn new(writer: Arc<GraphWriter<E>>, job_id: impl Into<String>) -> Self {
+        Self {
+            writer,
+            job_id: job_id.into(),
+        }
+    }
+}
+
+impl<E: CypherExecutor> Sink for GraphSink<E> {
+    type Item = MappedRecord;
+
+    async fn write(&self, batch: &SinkBatch<'_, MappedRecord>) -> Result<(), SinkError> {
+        let refs: Vec<StagedRef<'_>> = batch
+            .items
+            .iter()
+            .map(|staged| StagedRef {
+                staged,
+                names: batch.sources,
+            })
+            .collect();
+        // Parts of a split batch share `seq`; the first record's offset tells them apart.
+        let first = batch.items.first().map(|s| s.position.offset).unwrap_or(0);
+        let id = format!("{}-{}-{first}", self.job_id, batch.seq);
+        match self.writer.write_records(id, &refs).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_transient() => Err(SinkError::Transient(e.to_string())),
+            Err(e) if e.is_data_error() => Err(SinkError::Data {
+                message: e.to_string(),
+                bad_items: None,
+            }),
+            Err(e) => Err(SinkError::Fatal(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The graph writer: mapped records in, one write transaction per batch out.
+//!
+//! Per batch: node rows first (per label, deduplicated by key, sorted by key), then
+//! relationship rows (per type, deduplicated and sorted by start and end key, so concurrent
+//! batches take locks in the same order), all in one transaction. Transient failures are
+//! retried with exponential backoff; data failures can be isolated down to the record.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use neo4rs::{BoltList, BoltMap, BoltType, Query};
+use weir_events::{
+    ChangeBatch, ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, NodeRef, Operation, SourcePosition,
+};
+
+use crate::cypher;
+use crate::error::GraphError;
+use crate::mapping::{MappedRecord, Mapping, canonical_key};
+use crate::publish::ChangePublisher;
+use crate::value::Value;
+
+/// Runs Cypher for the writer. Implemented for `neo4rs::Graph`; a pool implements it too.
+#[async_trait]
+pub trait CypherExecutor: Send + Sync + 'static {
+    /// Runs `statements` in order in one write transaction and commits it; on failure the
+    /// transaction is rolled back and the error classified.
+    async fn write_txn(&self, statements: Vec<Query>) -> Result<(), GraphError>;
+
+    /// Runs one statement on its own (auto-commit), e.g. schema statements.
+    async fn run(&self, statement: Query) -> Result<(), GraphError>;
+}
+
+#[async_trait]
+impl CypherExecutor for neo4rs::Graph {
+    async fn write_txn(&self, statements: Vec<Query>) -> Result<(), GraphError> {
+        let mut txn = self
+            .start_txn()
+            .await
+            .map_err(|e| GraphError::from_neo4rs(&e))?;
+        for q in statements {
+            if let Err(e) = txn.run(q).await {
+                let _ = txn.rollback().await;
+                return Err(GraphError::from_neo4rs(&e));
+            }
+        }
+        txn.commit()
+            .await
+            .map(|_| ())
+            .map_err(|e| GraphError::from_neo4rs(&e))
+    }
+
+    async fn run(&self, statement: Query) -> Result<(), GraphError> {
+        neo4rs::Graph::run(self, statement)
+            .await
+            .map(|_| ())
+            .map_err(|e| GraphError::from_neo4rs(&e))
+    }
+}
+
+/// Retry policy for transient failures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// Attempts per batch including the first. Default 6.
+    pub max_attempts: u32,
+    /// Wait before the first retry, doubled each time. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts. Default 5 s.
+    pub max_backoff: Duration,
+    /// Attempts per batch when the server reports a uniqueness-constraint violation. Two
+    /// transactions merging the same new key at once can both try to create it; some servers
+    /// (ArcadeDB) then refuse the later one instead of waiting, and the retry finds the node.
+    /// A violation that persists over these attempts is a data error. Default 4.
+    pub constraint_attempts: u32,
+    /// The job id written into change events. Default `weir`.
+    pub job_id: String,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            constraint_attempts: 4,
+            job_id: "weir".into(),
+        }
+    }
+}
+
+/// A batch of mapped records with where each came from.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    /// Batch number, unique within the job.
+    pub id: u64,
+    /// The records, in input order.
+    pub records: Vec<(SourcePosition, MappedRecord)>,
+}
+
+/// A mapped record and where it came from, as the writer reads it.
+pub trait RecordRef {
+    /// The mapped record.
+    fn mapped(&self) -> &MappedRecord;
+    /// Where it came from (only asked for when change events are built).
+    fn position(&self) -> SourcePosition;
+}
+
+impl RecordRef for (SourcePosition, MappedRecord) {
+    fn mapped(&self) -> &MappedRecord {
+        &self.1
+    }
+
+    fn position(&self) -> SourcePosition {
+        self.0.clone()
+    }
+}
+
+impl<T: RecordRef + ?Sized> RecordRef for &T {
+    fn mapped(&self) -> &MappedRecord {
+        (**self).mapped()
+    }
+
+    fn position(&self) -> SourcePosition {
+        (**self).position()
+    }
+}
+
+/// What a committed batch wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Distinct nodes merged.
+    pub nodes: u64,
+    /// Distinct relationships merged.
+    pub relationships: u64,
+    /// Attempts it took (1 = no retry).
+    pub attempts: u32,
+    /// Set when the commit worked but the publisher refused the change batch.
+    pub publish_error: Option<String>,
+}
+
+/// The result of [`GraphWriter::write_isolating`].
+#[derive(Debug, Default)]
+pub struct IsolatedOutcome {
+    /// Records committed.
+    pub committed: u64,
+    /// Records the server refused: their index in the batch and why.
+    pub failed: Vec<(usize, GraphError)>,
+    /// Totals over the committed parts.
+    pub outcome: WriteOutcome,
+}
+
+struct Prepared {
+    queries: Vec<Query>,
+    events: Vec<ChangeEvent>,
+    nodes: u64,
+    rels: u64,
+}
+
+/// Writes batches of mapped records to the graph.
+pub struct GraphWriter<E> {
+    exec: E,
+    mapping: Arc<Mapping>,
+    node_cypher: Vec<String>,
+    rel_cypher: Vec<String>,
+    publisher: Arc<dyn ChangePublisher>,
+    config: WriterConfig,
+}
+
+/// A key in write order: integers numerically (index-friendly, and the same order in every
+/// batch, so concurrent transactions take locks in one order), everything else by its text.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum KeyPart {
+    Int(i64),
+    Text(String),
+}
+
+/// A relationship's place in write order: start key, then end key.
+type RelKey = (Vec<KeyPart>, Vec<KeyPart>);
+
+fn sort_key(values: &[Value]) -> Vec<KeyPart> {
+    values
+        .iter()
+        .map(|v| match v {
+            Value::Int(i) => KeyPart::Int(*i),
+            other => {
+                let mut s = String::new();
+                other.write_canonical(&mut s);
+                KeyPart::Text(s)
+            }
+        })
+        .collect()
+}
+
+fn is_constraint_race(e: &GraphError) -> bool {
+    matches!(e, GraphError::Data { code, .. } if code.contains("ConstraintValidation"))
+}
+
+fn props_map(props: &[(usize, Value)], defs: &[crate::mapping::PropertyMapping]) -> BoltMap {
+    let mut m = BoltMap::with_capacity(props.len());
+    for (i, v) in props {
+        m.put(defs[*i].name.as_str().into(), v.to_bolt());
+    }
+    m
+}
+
+fn props_json(
+    props: &[(usize, Value)],
+    defs: &[crate::mapping::PropertyMapping],
+) -> BTreeMap<String, serde_json::Value> {
+    props
+        .iter()
+        .map(|(i, v)| (defs[*i].name.as_str().to_owned(), v.to_json()))
+        .collect()
+}
+
+impl<E: CypherExecutor> GraphWriter<E> {
+    /// A writer for `mapping` over `exec`, publishing change batches to `publisher`.
+    pub fn new(
+        exec: E,
+        mapping: Arc<Mapping>,
+        publisher: Arc<dyn ChangePublisher>,
+        config: WriterConfig,
+    ) -> Self {
+        let node_cypher = mapping.nodes.iter().map(cypher::node_merge).collect();
+        let rel_cypher = mapping
+            .relationships
+            .iter()
+            .map(cypher::rel_merge)
+            .collect();
+        Self {
+            exec,
+            mapping,
+            node_cypher,
+            rel_cypher,
+            publisher,
+            config,
+        }
+    }
+
+    /// The mapping.
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// Creates the key uniqueness constraints (or, where the server refuses one, an index)
+    /// the mapping needs, `IF NOT EXISTS`. Returns the statements that took effect.
+    pub async fn ensure_schema(&self) -> Result<Vec<String>, GraphError> {
+        let mut done = Vec::new();
+        for k in cypher::key_schemas(&self.mapping) {
+            let c = k.constraint();
+            match self.exec.run(Query::new(c.clone())).await {
+                Ok(()) => done.push(c),
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(label = k.label.as_str(), error = %e, "key constraint refused; creating an index instead");
+                    let i = k.index();
+                    self.exec.run(Query::new(i.clone())).await?;
+                    done.push(i);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    fn prepare<R: RecordRef>(&self, batch_id: &str, records: &[R]) -> Prepared {
+        let want_events = self.publisher.wants_events();
+        let m = &*self.mapping;
+        // Per node mapping: canonical key -> (row, source, props json).
+        let mut nodes: Vec<BTreeMap<Vec<KeyPart>, (BoltMap, usize)>> =
+            vec![BTreeMap::new(); m.nodes.len()];
+        let mut rels: Vec<BTreeMap<RelKey, (BoltMap, usize)>> =
+            vec![BTreeMap::new(); m.relationships.len()];
+        let mut node_events: Vec<BTreeMap<String, ChangeEvent>> =
+            vec![BTreeMap::new(); m.nodes.len()];
+        let mut rel_events: Vec<BTreeMap<(String, String), ChangeEvent>> =
+            vec![BTreeMap::new(); m.relationships.len()];
+        let now = chrono::Utc::now().timestamp_millis();
+        let event = |kind, label: &str, key: String, props, pos: &SourcePosition| ChangeEvent {
+            version: EVENT_FORMAT_VERSION,
+            seq: 0,
+            index: 0,
+            kind,
+            label: label.to_owned(),
+            key,
+            operation: Operation::Merged,
+            properties: props,
+            start: None,
+            end: None,
+            job_id: self.config.job_id.clone(),
+            batch_id: batch_id.to_owned(),
+            source: pos.clone(),
+            committed_at_ms: now,
+        };
+        for (ri, r) in records.iter().enumerate() {
+            let rec = r.mapped();
+            let pos = &if want_events {
+                r.position()
+            } else {
+                SourcePosition::default()
+            };
+            for n in &rec.nodes {
+                let nm = &m.nodes[n.mapping];
+                let entry = nodes[n.mapping].entry(sort_key(&n.key)).or_insert_with(|| {
+                    let mut row = BoltMap::new();
+                    for (i, v) in n.key.iter().enumerate() {
+                        row.put(format!("k{i}").into(), v.to_bolt());
+                    }
+                    row.put("p".into(), BoltType::Map(BoltMap::new()));
+                    (row, ri)
+                });
+                // Later records override earlier ones, property by property.
+                if let Some(BoltType::Map(p)) = entry.0.value.get_mut("p") {
+                    for (k, v) in props_map(&n.props, &nm.properties).value {
+                        p.value.insert(k, v);
+                    }
+                }
+                entry.1 = ri;
+                if want_events {
+                    let key = canonical_key(nm.key_properties().map(|p| &p.name), &n.key);
+                    let e = node_events[n.mapping]
+                        .entry(key.clone())
+                        .or_insert_with(|| {
+                            event(
+                                EntityKind::Node,
+                                nm.label.as_str(),
+                                key,
+                                BTreeMap::new(),
+                                pos,
+                            )
+                        });
+                    e.properties.extend(props_json(&n.props, &nm.properties));
+                    e.source = pos.clone();
+                }
+            }
+            for r in &rec.rels {
+                let rm = &m.relationships[r.mapping];
+                let entry = rels[r.mapping]
+                    .entry((sort_key(&r.start), sort_key(&r.end)))
+                    .or_insert_with(|| {
+                        let mut row = BoltMap::new();
+                        for (i, v) in r.start.iter().enumerate() {
+                            row.put(format!("s{i}").into(), v.to_bolt());
+                        }
+                        for (i, v) in r.end.iter().enumerate() {
+                            row.put(format!("e{i}").into(), v.to_bolt());
+                        }
+                        row.put("p".into(), BoltType::Map(BoltMap::new()));
+                        (row, ri)
+                    });
+                if let Some(BoltType::Map(p)) = entry.0.value.get_mut("p") {
+                    for (k, v) in props_map(&r.props, &rm.properties).value {
+                        p.value.insert(k, v);
+                    }
+                }
+                if want_events {
+                    let sk = canonical_key(rm.start.key.iter().map(|k| &k.0), &r.start);
+                    let ek = canonical_key(rm.end.key.iter().map(|k| &k.0), &r.end);
+                    let e = rel_events[r.mapping]
+                        .entry((sk.clone(), ek.clone()))
+                        .or_insert_with(|| {
+                            let mut e = event(
+                                EntityKind::Relationship,
+                                rm.rel_type.as_str(),
+                                format!("{sk}->{ek}"),
+                                BTreeMap::new(),
+                                pos,
+                            );
+                            e.start = Some(NodeRef {
+                                label: rm.start.label.as_str().to_owned(),
+                                key: sk.clone(),
+                            });
+                            e.end = Some(NodeRef {
+                                label: rm.end.label.as_str().to_owned(),
+                                key: ek.clone(),
+                            });
+                            e
+                        });
+                    e.properties.extend(props_json(&r.props, &rm.properties));
+                    e.source = pos.clone();
+                }
+            }
+        }
+        let mut queries = Vec::new();
+        let (mut n_count, mut r_count) = (0u64, 0u64);
+        for (i, rows) in nodes.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            n_count += rows.len() as u64;
+            let list: Vec<BoltType> = rows.into_values().map(|(r, _)| BoltType::Map(r)).collect();
+            queries.push(
+                Query::new(self.node_cypher[i].clone())
+                    .param("rows", BoltType::List(BoltList::from(list))),
+            );
+        }
+        for (i, rows) in rels.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            r_count += rows.len() as u64;
+            let list: Vec<BoltType> = rows.into_values().map(|(r, _)| BoltType::Map(r)).collect();
+            queries.push(
+                Query::new(self.rel_cypher[i].clone())
+                    .param("rows", BoltType::List(BoltList::from(list))),
+            );
+        }
+        let events = node_events
+            .into_iter()
+            .flat_map(BTreeMap::into_values)
+            .chain(rel_events.into_iter().flat_map(BTreeMap::into_values))
+            .collect();
+        Prepared {
+            queries,
+            events,
+            nodes: n_count,
+            rels: r_count,
+        }
+    }
+
+    /// Writes `records` in one transaction under the change-batch id `batch_id`: transient
+    /// failures retried per [`WriterConfig`], events published after the commit.
+    pub async fn write_records<R: RecordRef + Sync>(
+        &self,
+        batch_id: String,
+        records: &[R],
+    ) -> Result<WriteOutcome, GraphError> {
+        let prepared = self.prepare(&batch_id, records);
+        if prepared.queries.is_empty() {
+            return Ok(WriteOutcome {
+                attempts: 0,
+                ..WriteOutcome::default()
+            });
+        }
+        let mut attempt = 0u32;
+        let mut backoff = self.config.initial_backoff;
+        loop {
+            attempt += 1;
+            match self.exec.write_txn(prepared.queries.clone()).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() && attempt < self.config.max_attempts.max(1) => {
+                    tracing::debug!(batch = %batch_id, attempt, error = %e, "transient failure, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+                Err(e)
+                    if is_constraint_race(&e)
+                        && attempt
+                            < self
+                                .config
+                                .constraint_attempts
+                                .min(self.config.max_attempts) =>
+                {
+                    tracing::debug!(batch = %batch_id, attempt, error = %e, "constraint violation, retrying once the competing transaction committed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out = WriteOutcome {
+            nodes: prepared.nodes,
+            relationships: prepared.rels,
+            attempts: attempt,
+            publish_error: None,
+        };
+        if self.publisher.wants_events() {
+            let mut cb = ChangeBatch {
+                version: EVENT_FORMAT_VERSION,
+                seq: 0,
+                job_id: self.config.job_id.clone(),
+                batch_id,
+                events: prepared.events,
+            };
+            cb.assign_seq(0);
+            if let Err(e) = self.publisher.publish(cb).await {
+                tracing::warn!(error = %e, "change batch not published");
+                out.publish_error = Some(e.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `batch` in one transaction (retrying transient failures) and publishes its
+    /// change events.
+    pub async fn write(&self, batch: &Batch) -> Result<WriteOutcome, GraphError> {
+        self.write_records(
+            format!("{}-{}", self.config.job_id, batch.id),
+            &batch.records,
+        )
+        .await
+    }
+
+    /// Like [`GraphWriter::write`], but when the server refuses the data, each record is
+    /// written on its own so only the refused ones fail. Transient and fatal errors are
+    /// returned as they are.
+    pub async fn write_isolating(&self, batch: &Batch) -> Result<IsolatedOutcome, GraphError> {
+        match self.write(batch).await {
+            Ok(outcome) => Ok(IsolatedOutcome {
+                committed: batch.records.len() as u64,
+                failed: Vec::new(),
+                outcome,
+            }),
+            Err(e) if e.is_data_error() => {
+                tracing::debug!(batch = batch.id, error = %e, "data error; isolating records");
+                let mut out = IsolatedOutcome::default();
+                for (i, rec) in batch.records.iter().enumerate() {
+                    let id = format!("{}-{}.{i}", self.config.job_id, batch.id);
+                    match self.write_records(id, std::slice::from_ref(rec)).await {
+                        Ok(o) => {
+                            out.committed += 1;
+                            out.outcome.nodes += o.nodes;
+                            out.outcome.relationships += o.relationships;
+                            out.outcome.attempts = out.outcome.attempts.max(o.attempts);
+                            if o.publish_error.is_some() {
+                                out.outcome.publish_error = o.publish_error;
+                            }
+                        }
+                        Err(e) if e.is_data_error() => out.failed.push((i, e)),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The graph writer against the real graph server: schema, idempotent MERGE, typed values,
+//! change events, data-error isolation and concurrent batches.
+
+use std::sync::Arc;
+
+use weir_events::{EntityKind, SourcePosition};
+use weir_graph::{Batch, GraphWriter, Mapping, MemoryPublisher, NoopPublisher, WriterConfig};
+
+const MAPPING: &str = r#"
+[[nodes]]
+label = "Person"
+key = ["id"]
+properties = [
+  { name = "id", field = "person_id", type = "int" },
+  { name = "name" },
+  { name = "email" },
+  { name = "score", type = "float" },
+  { name = "active", type = "bool", default = true },
+  { name = "born", type = "date" },
+  { name = "seen", type = "datetime" },
+  { name = "tags", type = "list", item = "string" },
+]
+
+[[nodes]]
+label = "Company"
+key = ["id"]
+properties = [{ name = "id", field = "company_id", type = "int" }, { name = "name", field = "company" }]
+
+[[relationships]]
+type = "WORKS_AT"
+start = { label = "Person", key = { id = "person_id" } }
+end = { label = "Company", key = { id = "company_id" } }
+properties = [{ name = "since", type = "int" }]
+"#;
+
+fn mapping(tg: &weir_test_support::TestGraph) -> Arc<Mapping> {
+    // Register the labels so they are cleaned up on drop.
+    tg.label("Person");
+    tg.label("Company");
+    Arc::new(
+        Mapping::parse(MAPPING, "test.toml")
+            .unwrap()
+            .with_label_prefix(&format!("{}_", tg.namespace))
+            .unwrap(),
+    )
+}
+
+fn person(
+    m: &Mapping,
+    id: i64,
+    company: i64,
+    email: &str,
+) -> (SourcePosition, weir_graph::MappedRecord) {
+    let id_s = id.to_string();
+    let c_s = company.to_string();
+    let name = format!("P{id}");
+    let rec: Vec<(&str, &str)> = vec![
+        ("person_id", &id_s),
+        ("name", &name),
+        ("email", email),
+        ("score", "1.5"),
+        ("active", ""),
+        ("born", "1990-05-17"),
+        ("seen", "2024-01-02T03:04:05Z"),
+        ("tags", "a;b"),
+        ("company_id", &c_s),
+        ("company", "Acme"),
+        ("since", "2019"),
+    ];
+    let pos = SourcePosition {
+        source: Some("test".into()),
+        line: Some(id as u64 + 1),
+        offset: None,
+    };
+    (pos, m.map_record(rec.as_slice()).unwrap())
+}
+
+async fn scalar(tg: &weir_test_support::TestGraph, q: &str) -> neo4rs::Row {
+    let mut rows = tg.graph.execute(neo4rs::query(q)).await.unwrap();
+    rows.next().await.unwrap().expect("one row")
+}
+
+#[tokio::test]
+async fn writes_are_idempotent_typed_and_publish_events() {
+    let tg = weir_test_support::graph().await;
+    let m = mapping(&tg);
+    let publisher = Arc::new(MemoryPublisher::new(16));
+    let w = GraphWriter::new(
+        tg.graph.clone(),
+        m.clone(),
+        publisher.clone(),
+        WriterConfig {
+            job_id: "job1".into(),
+            ..WriterConfig::default()
+        },
+    );
+    let applied = w.ensure_schema().await.unwrap();
+    assert_eq!(applied.len(), 2, "{applied:?}");
+    // Schema creation is idempotent.
+    w.ensure_schema().await.unwrap();
+
+    let batch = Batch {
+        id: 1,
+        records: (0..50)
+            .map(|i| person(&m, i, i % 3, &format!("p{i}@x")))
+            .collect(),
+    };
+    let out = w.write(&batch).await.unwrap();
+    assert_eq!((out.nodes, out.relationships), (53, 50));
+    let (p, c) = (tg.label("Person"), tg.label("Company"));
+    for _ in 0..2 {
+        assert_eq!(tg.count(&p).await, 50);
+        assert_eq!(tg.count(&c).await, 3);
+        let row = scalar(
+            &tg,
+            &format!("MATCH (:`{p}`)-[r]->(:`{c}`) RETURN count(r) AS n"),
+        )
+        .await;
+        assert_eq!(row.get::<i64>("n").unwrap(), 50);
+        // Again: nothing changes.
+        w.write(&batch).await.unwrap();
+    }
+    let row = scalar(
+        &tg,
+        &format!(
+            "MATCH (n:`{p}` {{id: 7}})-[r]->(c:`{c}`) RETURN n.name AS name, n.score AS score, \
+             n.active AS active, n.born AS born, n.tags AS tags, r.since AS since, c.id AS cid"
+        ),
+    )
+    .await;
+    assert_eq!(row.get::<String>("name").unwrap(), "P7");
+    assert_eq!(row.get::<f64>("score").unwrap(), 1.5);
+    assert!(row.get::<bool>("active").unwrap());
+    assert_eq!(
+        row.get::<chrono::NaiveDate>("born").unwrap(),
+        chrono::NaiveDate::from_ymd_opt(1990, 5, 17).unwrap()
+    );
+    assert_eq!(row.get::<Vec<String>>("tags").unwrap(), vec!["a", "b"]);
+    assert_eq!(row.get::<i64>("since").unwrap(), 2019);
+    assert_eq!(row.get::<i64>("cid").unwrap(), 1);
+
+    let batches = publisher.drain();
+    assert_eq!(batches.len(), 3);
+    let b = &batches[0];
+    assert_eq!(b.batch_id, "job1-1");
+    assert_eq!(b.events.len(), 103);
+    let ev = b
+        .events
+        .iter()
+        .find(|e| e.key == "7" && e.kind == EntityKind::Node && e.label == p)
+        .unwrap();
+    assert_eq!(ev.properties["name"], serde_json::json!("P7"));
+    assert_eq!(ev.source.line, Some(8));
+    let rel = b
+        .events
+        .iter()
+        .find(|e| e.kind == EntityKind::Relationship && e.key == "7->1")
+        .unwrap();
+    assert_eq!(rel.end.as_ref().unwrap().label, c);
+}
+
+#[tokio::test]
+async fn refused_records_are_isolated() {
+    let tg = weir_test_support::graph().await;
+    let m = mapping(&tg);
+    let w = GraphWriter::new(
+        tg.graph.clone(),
+        m.clone(),
+        Arc::new(NoopPublisher),
+        WriterConfig::default(),
+    );
+    w.ensure_schema().await.unwrap();
+    let p = tg.label("Person");
+    // A second unique property makes the server refuse a duplicate email.
+    tg.graph
+        .run(neo4rs::query(&format!(
+            "CREATE CONSTRAINT `{p}_email` IF NOT EXISTS FOR (n:`{p}`) REQUIRE n.email IS UNIQUE"
+        )))
+        .await
+        .unwrap();
+    let batch = Batch {
+        id: 2,
+        records: vec![
+            person(&m, 1, 1, "a@x"),
+            person(&m, 2, 1, "a@x"),
+            person(&m, 3, 1, "c@x"),
+        ],
+    };
+    let err = w.write(&batch).await.unwrap_err();
+    assert!(err.is_data_error(), "{err:?}");
+    let out = w.write_isolating(&batch).await.unwrap();
+    assert_eq!(out.committed, 2);
+    assert_eq!(out.failed.len(), 1);
+    assert_eq!(out.failed[0].0, 1);
+    assert_eq!(tg.count(&p).await, 2);
+}
+
+#[tokio::test]
+async fn concurrent_batches_sharing_end_points_all_commit() {
+    let tg = weir_test_support::graph().await;
+    let m = mapping(&tg);
+    let w = Arc::new(GraphWriter::new(
+        tg.graph.clone(),
+        m.clone(),
+        Arc::new(NoopPublisher),
+        WriterConfig::default(),
+    ));
+    w.ensure_schema().await.unwrap();
+    let mut tasks = Vec::new();
+    for b in 0..4i64 {
+        let (w, m) = (w.clone(), m.clone());
+        tasks.push(tokio::spawn(async move {
+            let batch = Batch {
+                id: b as u64,
+                records: (0..100)
+                    .map(|i| person(&m, b * 100 + i, i % 5, &format!("{b}-{i}")))
+                    .collect(),
+            };
+            w.write(&batch).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(tg.count(&tg.label("Person")).await, 400);
+    assert_eq!(tg.count(&tg.label("Company")).await, 5);
+}

@@ -1,0 +1,70 @@
+//! Helpers shared by the integration tests: a pool on the configured graph server, directly
+//! or through a fault-injection proxy. They panic with a how-to-start message when the server
+//! is not reachable: these tests never pass by skipping.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use weir_pool::{Pool, PoolConfig};
+use weir_test_support::proxy::TcpProxy;
+use weir_test_support::{GraphSettings, START_HINT};
+
+/// Settings of the configured graph server.
+pub fn settings() -> GraphSettings {
+    weir_test_support::settings().graph
+}
+
+/// Short deadlines so fault tests finish quickly.
+pub fn fast_config() -> PoolConfig {
+    PoolConfig {
+        max_size: 4,
+        acquire_timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(2),
+        query_timeout: Duration::from_secs(5),
+        health_check_after_idle: Duration::from_secs(5),
+        reaper_interval: Duration::from_millis(200),
+        circuit_failure_threshold: 3,
+        circuit_cool_down: Duration::from_secs(1),
+        ..PoolConfig::default()
+    }
+}
+
+/// A pool that has connected once; panics (with how to start the server) otherwise.
+pub async fn ready_pool(settings: GraphSettings, config: PoolConfig) -> Pool {
+    let uri = settings.uri.clone();
+    let pool = Pool::new(settings, config).expect("valid pool config");
+    assert!(
+        pool.wait_ready(weir_test_support::CONNECT_TIMEOUT).await,
+        "graph server not reachable at {uri} (status {:?})\n  -> {START_HINT}",
+        pool.status()
+    );
+    pool
+}
+
+/// `host:port` of a Bolt URI.
+pub fn host_port(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    let rest = rest.split(['/', '?']).next().unwrap_or(rest);
+    if rest.contains(':') {
+        rest.to_owned()
+    } else {
+        format!("{rest}:7687")
+    }
+}
+
+/// A proxy in front of the configured server, and settings that point at it.
+pub async fn proxy() -> (TcpProxy, GraphSettings) {
+    let mut s = settings();
+    let proxy = TcpProxy::start(&host_port(&s.uri))
+        .await
+        .expect("start TCP proxy");
+    s.uri = proxy.bolt_uri();
+    (proxy, s)
+}
+
+/// Runs `RETURN 1` on the pool.
+pub async fn return_one(pool: &Pool) -> Result<i64, weir_pool::PoolError> {
+    let rows = pool.execute(weir_pool::query("RETURN 1 AS x")).await?;
+    Ok(rows[0].get::<i64>("x").expect("x"))
+}

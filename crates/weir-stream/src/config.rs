@@ -1,0 +1,253 @@
+//! Pipeline settings and the memory bound they imply.
+
+use std::time::Duration;
+
+use crate::{Format, StreamError};
+
+/// How transient sink errors are retried: exponential backoff with jitter, bounded attempts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts per write, the first included. Default 5.
+    pub max_attempts: u32,
+    /// Wait before the second attempt. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts. Default 10 s.
+    pub max_backoff: Duration,
+    /// Growth factor of the wait. Default 2.0.
+    pub multiplier: f64,
+    /// Fraction of each wait that is random (0.0 = none, 0.5 = between 50 % and 100 % of the
+    /// wait). Default 0.5.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: 0.5,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based), jittered with `unit` in [0, 1).
+    pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = self.initial_backoff.as_secs_f64() * exp;
+        let capped = base.min(self.max_backoff.as_secs_f64());
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        Duration::from_secs_f64(capped * (1.0 - jitter * unit.clamp(0.0, 1.0)))
+    }
+}
+
+/// Settings of one pipeline run. Plain data with a hand-written [`Default`]; check with
+/// [`PipelineConfig::validate`] (done by [`crate::Pipeline::run`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineConfig {
+    /// Job id reported in progress events and checkpoints. Default `"ingest"`.
+    pub job_id: String,
+    /// Input format. Default CSV with a header row and `,` as separator.
+    pub format: Format,
+    /// Most records per batch. Default 1000.
+    pub batch_records: usize,
+    /// Most estimated bytes per batch ([`crate::Mapper::item_bytes`]). Default 1 MiB.
+    pub batch_bytes: usize,
+    /// Fewest records per batch when memory pressure shrinks batches. Default 16.
+    pub min_batch_records: usize,
+    /// A batch is sent at most this long after its first record arrived. Default 200 ms.
+    pub linger: Duration,
+    /// Most batches in flight to the sink at once. Default 4.
+    pub concurrency: usize,
+    /// Most batches queued between the batcher and the sink stage. Default 4.
+    pub batch_queue: usize,
+    /// Most estimated bytes queued between the batcher and the sink stage. Default 4 MiB.
+    pub batch_queue_bytes: usize,
+    /// Bytes read from the input per read call. Default 64 KiB.
+    pub read_chunk_bytes: usize,
+    /// Most records framed into one chunk. Default 1024.
+    pub chunk_records: usize,
+    /// Most chunks queued between the reader and the decoder. Default 8.
+    pub chunk_queue: usize,
+    /// Longest record accepted, terminator excluded; longer ones are dead-lettered ("record
+    /// exceeds N bytes") and never buffered beyond this. Default 1 MiB.
+    pub max_record_bytes: usize,
+    /// Most raw bytes copied into a dead letter. Default 4 KiB.
+    pub dead_letter_raw_bytes: usize,
+    /// Memory use over its limit above which intake pauses. Default 0.80.
+    pub high_watermark: f64,
+    /// Memory use over its limit below which paused intake resumes. Default 0.70.
+    pub low_watermark: f64,
+    /// How often the memory gauge is read. Default 100 ms.
+    pub pressure_sample_interval: Duration,
+    /// Most dead-lettered records before the run stops; `None` for no budget. Default `None`.
+    pub max_errors: Option<u64>,
+    /// Retries of transient sink errors.
+    pub retry: RetryPolicy,
+    /// How long in-flight batches may take to finish after cancellation. Default 10 s.
+    pub grace_period: Duration,
+    /// Least time between two checkpoint writes (the last one is always written). Default 1 s.
+    pub checkpoint_interval: Duration,
+    /// How often a progress event is published. Default 1 s.
+    pub progress_interval: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            job_id: "ingest".to_owned(),
+            format: Format::csv(),
+            batch_records: 1000,
+            batch_bytes: 1 << 20,
+            min_batch_records: 16,
+            linger: Duration::from_millis(200),
+            concurrency: 4,
+            batch_queue: 4,
+            batch_queue_bytes: 4 << 20,
+            read_chunk_bytes: 64 << 10,
+            chunk_records: 1024,
+            chunk_queue: 8,
+            max_record_bytes: 1 << 20,
+            dead_letter_raw_bytes: 4 << 10,
+            high_watermark: 0.80,
+            low_watermark: 0.70,
+            pressure_sample_interval: Duration::from_millis(100),
+            max_errors: None,
+            retry: RetryPolicy::default(),
+            grace_period: Duration::from_secs(10),
+            checkpoint_interval: Duration::from_secs(1),
+            progress_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+fn positive(field: &'static str, v: usize) -> Result<(), StreamError> {
+    if v == 0 {
+        return Err(StreamError::InvalidConfig {
+            field,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+impl PipelineConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), StreamError> {
+        positive("batch_records", self.batch_records)?;
+        positive("batch_bytes", self.batch_bytes)?;
+        positive("min_batch_records", self.min_batch_records)?;
+        positive("concurrency", self.concurrency)?;
+        positive("batch_queue", self.batch_queue)?;
+        positive("read_chunk_bytes", self.read_chunk_bytes)?;
+        positive("chunk_records", self.chunk_records)?;
+        positive("chunk_queue", self.chunk_queue)?;
+        positive("max_record_bytes", self.max_record_bytes)?;
+        positive("retry.max_attempts", self.retry.max_attempts as usize)?;
+        if self.min_batch_records > self.batch_records {
+            return Err(StreamError::InvalidConfig {
+                field: "min_batch_records",
+                reason: "must not exceed batch_records".into(),
+            });
+        }
+        if self.batch_queue_bytes < self.batch_bytes {
+            return Err(StreamError::InvalidConfig {
+                field: "batch_queue_bytes",
+                reason: "must hold at least one full batch (batch_bytes)".into(),
+            });
+        }
+        if !(self.low_watermark > 0.0
+            && self.low_watermark < self.high_watermark
+            && self.high_watermark <= 1.0)
+        {
+            return Err(StreamError::InvalidConfig {
+                field: "low_watermark",
+                reason: "need 0 < low_watermark < high_watermark <= 1".into(),
+            });
+        }
+        if self.pressure_sample_interval.is_zero() {
+            return Err(StreamError::InvalidConfig {
+                field: "pressure_sample_interval",
+                reason: "must be above zero".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Largest chunk the reader can hand over, in bytes: one read plus a record that spans
+    /// reads, plus the per-record framing structs.
+    pub fn max_chunk_bytes(&self) -> usize {
+        self.read_chunk_bytes
+            + self.max_record_bytes
+            + self.chunk_records * std::mem::size_of::<crate::RawRecord>()
+    }
+
+    /// Upper bound, in bytes, of the memory the pipeline itself holds, computed from these
+    /// settings (see the crate documentation for the formula and what it assumes).
+    pub fn memory_bound_bytes(&self) -> usize {
+        let chunk = self.max_chunk_bytes();
+        // A batch holds its items' estimated bytes, plus at most two read buffers its raw
+        // slices keep alive at its edges.
+        let batch = self.batch_bytes + 2 * chunk;
+        let chunks = (self.chunk_queue + 2) * chunk;
+        let queued_batches = self
+            .batch_queue_bytes
+            .min(self.batch_queue * self.batch_bytes)
+            + self.batch_queue * 2 * chunk;
+        let batches = (1 + self.concurrency) * batch + queued_batches;
+        chunks + batches + 2 * self.dead_letter_raw_bytes + 64 * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bound_under_64_mib() {
+        let c = PipelineConfig::default();
+        c.validate().unwrap();
+        assert!(
+            c.memory_bound_bytes() < 64 << 20,
+            "{}",
+            c.memory_bound_bytes()
+        );
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let c = PipelineConfig {
+            concurrency: 0,
+            ..Default::default()
+        };
+        match c.validate() {
+            Err(StreamError::InvalidConfig { field, .. }) => assert_eq!(field, "concurrency"),
+            other => panic!("{other:?}"),
+        }
+        let c = PipelineConfig {
+            low_watermark: 0.9,
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(StreamError::InvalidConfig {
+                field: "low_watermark",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff(1, 0.0), Duration::from_millis(100));
+        assert_eq!(p.backoff(2, 0.0), Duration::from_millis(200));
+        assert_eq!(p.backoff(30, 0.0), Duration::from_secs(10));
+        assert_eq!(p.backoff(1, 1.0), Duration::from_millis(50));
+    }
+}

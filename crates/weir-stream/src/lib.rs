@@ -1,0 +1,75 @@
+//! Weir's stream processor: **source → decode → map → batch → sink**, with memory bounded by
+//! construction, backpressure on real memory pressure, error isolation, and checkpoints.
+//!
+//! # Shape
+//!
+//! * A [`Source`] hands over chunks of framed [`RawRecord`]s with [`Position`]s (input index,
+//!   line, byte offset). [`FileSource`] reads files, sorted directories and stdin on its own
+//!   thread (gzip detected by magic bytes); [`ReaderSource`] frames any reader in place.
+//! * The intake task decodes ([`Decoder`]: CSV or JSON Lines, buffers reused), maps
+//!   ([`Mapper`]) and batches by records, bytes and linger (from the batch's first chunk).
+//!   Records that fail to frame, decode or map go to the [`DeadLetterSink`] and the stream
+//!   goes on.
+//! * A queue bounded in batches *and* bytes (permits sized by each batch's bytes) feeds the
+//!   sink stage, which keeps at most `concurrency` batches in flight to the [`Sink`]. Transient
+//!   errors are retried with exponential backoff and jitter; data errors are isolated (by the
+//!   sink's indexes, else by halving) and only the bad items dead-lettered.
+//! * The checkpoint (the first position not known to be committed or dead-lettered) moves only
+//!   over a contiguous prefix of finished batches, and is written atomically (temporary file,
+//!   fsync, rename; dead letters are flushed and synced first). At most `2 × concurrency`
+//!   batches are dispatched ahead of the oldest unfinished one, which bounds the bookkeeping.
+//!   To resume, give the same checkpoint to the source ([`FileSource::open`],
+//!   [`ReaderSource::resume_from`]) and the file to [`Pipeline::with_checkpoint`]. Records after
+//!   the checkpoint are written again (the sink must be idempotent, e.g. `MERGE` on keys), and
+//!   dead letters after it may be repeated.
+//! * The memory gauge is sampled every `pressure_sample_interval`: at or above
+//!   `high_watermark` intake flushes, pauses and halves the batch size; at or below
+//!   `low_watermark` it resumes and batches grow back one doubling per sample.
+//!
+//! Every record read ends exactly one way: committed, dead-lettered, or (for cancelled and
+//! failed runs only) uncommitted after the final checkpoint — [`RunSummary::is_balanced`].
+//!
+//! # Memory bound
+//!
+//! With `C = read_chunk_bytes + max_record_bytes + chunk_records × size_of::<RawRecord>()`
+//! (the largest chunk a reader hands over) and `B = batch_bytes` (estimated item bytes, see
+//! [`Mapper::item_bytes`]), the memory the pipeline holds is at most
+//!
+//! ```text
+//!   (chunk_queue + 2) × C                         chunks queued, being framed, being decoded
+//! + (1 + concurrency) × (B + 2C)                  batch being built + batches in flight
+//! + min(batch_queue_bytes, batch_queue × B)
+//!   + batch_queue × 2C                            batches queued for the sink
+//! + 2 × dead_letter_raw_bytes + 64 KiB            dead-letter copies and small state
+//! ```
+//!
+//! The `2C` per batch accounts for the read buffers its raw slices keep alive at its edges.
+//! [`PipelineConfig::memory_bound_bytes`] computes it: 43,458,560 bytes (about 41.4 MiB) at the defaults. It assumes
+//! the mapper's `item_bytes` estimate is honest and the sink does not keep items after a write.
+//! It excludes the runtime, the allocator's retained free memory and the sink's own buffers.
+
+mod checkpoint;
+mod config;
+mod deadletter;
+mod decode;
+mod error;
+mod map;
+mod pipeline;
+mod pressure;
+mod queue;
+mod record;
+mod sink;
+mod source;
+
+pub use checkpoint::{CHECKPOINT_VERSION, Checkpoint, CheckpointFile};
+pub use config::{PipelineConfig, RetryPolicy};
+pub use deadletter::{DeadLetter, DeadLetterSink, JsonlDeadLetters, MemoryDeadLetters, Stage};
+pub use decode::{CsvRow, DecodeError, Decoded, DecodedRecord, Decoder, Format};
+pub use error::StreamError;
+pub use map::{MapError, Mapper};
+pub use pipeline::{BatchReport, Pipeline, PipelineObserver, RunOutcome, RunSummary};
+pub use record::{Position, RawRecord, RecordKind, SourceNames, Staged};
+pub use sink::{NullSink, Sink, SinkBatch, SinkError};
+pub use source::{FileSource, ReaderSource, Source, list_dir};
+pub use tokio_util::sync::CancellationToken;
+pub use weir_memwatch::{MemoryGauge, MemoryUsage, ProcessGauge};

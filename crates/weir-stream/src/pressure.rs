@@ -1,0 +1,162 @@
+//! Memory-pressure backpressure: pause intake above the high watermark, resume below the low
+//! one (hysteresis), and shrink batches while memory is tight.
+
+use std::sync::Arc;
+
+use weir_events::PressureState;
+use weir_memwatch::MemoryGauge;
+
+/// Most halvings of the batch size under pressure.
+const MAX_SHRINK: u32 = 10;
+
+/// Reads the gauge and keeps the pressure state.
+pub(crate) struct Pressure {
+    gauge: Arc<dyn MemoryGauge>,
+    high: f64,
+    low: f64,
+    state: PressureState,
+    shrink: u32,
+    ratio: Option<f64>,
+    peak_used: Option<u64>,
+}
+
+impl std::fmt::Debug for Pressure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pressure")
+            .field("state", &self.state)
+            .field("shrink", &self.shrink)
+            .field("ratio", &self.ratio)
+            .finish()
+    }
+}
+
+impl Pressure {
+    pub(crate) fn new(gauge: Arc<dyn MemoryGauge>, high: f64, low: f64) -> Self {
+        Self {
+            gauge,
+            high,
+            low,
+            state: PressureState::Normal,
+            shrink: 0,
+            ratio: None,
+            peak_used: None,
+        }
+    }
+
+    /// Reads the gauge and updates the state: `Normal -> High` at or above the high watermark
+    /// (batches halve), `High -> Normal` at or below the low one; between the two the state
+    /// holds. While normal and below the low watermark, batches grow back one doubling per
+    /// sample.
+    pub(crate) fn sample(&mut self) -> PressureState {
+        let usage = self.gauge.usage();
+        self.peak_used = Some(
+            self.peak_used
+                .map_or(usage.used_bytes, |p| p.max(usage.used_bytes)),
+        );
+        self.ratio = usage.ratio();
+        let Some(r) = self.ratio else {
+            self.state = PressureState::Normal;
+            self.shrink = self.shrink.saturating_sub(1);
+            return self.state;
+        };
+        match self.state {
+            PressureState::Normal if r >= self.high => {
+                self.state = PressureState::High;
+                self.shrink = (self.shrink + 1).min(MAX_SHRINK);
+            }
+            PressureState::High if r <= self.low => self.state = PressureState::Normal,
+            PressureState::Normal if r < self.low => self.shrink = self.shrink.saturating_sub(1),
+            _ => {}
+        }
+        self.state
+    }
+
+    pub(crate) fn state(&self) -> PressureState {
+        self.state
+    }
+
+    pub(crate) fn ratio(&self) -> Option<f64> {
+        self.ratio
+    }
+
+    pub(crate) fn peak_used(&self) -> Option<u64> {
+        self.peak_used
+    }
+
+    /// The batch record limit now: `base` halved once per level of shrink, at least `min`.
+    pub(crate) fn batch_limit(&self, base: usize, min: usize) -> usize {
+        (base >> self.shrink).max(min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use weir_memwatch::{MemoryUsage, UsageSource};
+
+    fn gauge() -> (Arc<AtomicU64>, Arc<dyn MemoryGauge>) {
+        let used = Arc::new(AtomicU64::new(0));
+        let u = used.clone();
+        let g = move || MemoryUsage {
+            used_bytes: u.load(Ordering::SeqCst),
+            limit_bytes: Some(100),
+            source: UsageSource::Injected,
+        };
+        (used, Arc::new(g))
+    }
+
+    #[test]
+    fn hysteresis_between_watermarks() {
+        let (used, g) = gauge();
+        let mut p = Pressure::new(g, 0.8, 0.7);
+        let mut seq = Vec::new();
+        for u in [50, 79, 80, 75, 71, 70, 75, 79, 81] {
+            used.store(u, Ordering::SeqCst);
+            seq.push(p.sample());
+        }
+        use PressureState::{High, Normal};
+        assert_eq!(
+            seq,
+            [
+                Normal, Normal, High, High, High, Normal, Normal, Normal, High
+            ]
+        );
+        assert_eq!(p.peak_used(), Some(81));
+    }
+
+    #[test]
+    fn batches_shrink_under_pressure_and_grow_back() {
+        let (used, g) = gauge();
+        let mut p = Pressure::new(g, 0.8, 0.7);
+        assert_eq!(p.batch_limit(1000, 16), 1000);
+        used.store(90, Ordering::SeqCst);
+        p.sample();
+        assert_eq!(p.batch_limit(1000, 16), 500);
+        used.store(60, Ordering::SeqCst);
+        p.sample(); // back to normal
+        used.store(90, Ordering::SeqCst);
+        p.sample();
+        assert_eq!(p.batch_limit(1000, 16), 250);
+        used.store(60, Ordering::SeqCst);
+        p.sample();
+        assert_eq!(
+            p.batch_limit(1000, 16),
+            250,
+            "first sample only leaves High"
+        );
+        p.sample();
+        assert_eq!(p.batch_limit(1000, 16), 500);
+        p.sample();
+        assert_eq!(p.batch_limit(1000, 16), 1000);
+        p.sample();
+        assert_eq!(p.batch_limit(1000, 16), 1000);
+        for _ in 0..20 {
+            used.store(90, Ordering::SeqCst);
+            p.sample();
+            used.store(60, Ordering::SeqCst);
+            p.sample();
+        }
+        assert_eq!(p.batch_limit(1000, 16), 16, "never below the minimum");
+    }
+}

@@ -1,0 +1,85 @@
+//! Where batches go: the [`Sink`] trait and its error classification.
+
+use std::future::Future;
+
+use crate::{SourceNames, Staged};
+
+/// How a sink write failed; decides what the pipeline does next.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying as is (connection lost, timeout, deadlock): the batch is retried with
+    /// backoff, up to the retry policy's attempts. Nothing of the batch may have been kept
+    /// half-written in a way a retry cannot repeat (writes are idempotent MERGEs).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Some items are bad (constraint, type). With `bad_items` (indexes into the batch given to
+    /// `write`), those are dead-lettered and the rest written again; without, the batch is split
+    /// in halves until the bad items are isolated. Nothing of the batch was committed.
+    #[error("data error: {message}")]
+    Data {
+        /// What is wrong.
+        message: String,
+        /// Indexes of the bad items, when the sink knows them.
+        bad_items: Option<Vec<usize>>,
+    },
+    /// Give up: the run stops after what was committed.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// One write handed to the sink: a batch, or part of one while bad items are isolated.
+#[derive(Debug)]
+pub struct SinkBatch<'a, I> {
+    /// The batch's sequence number in this run (unique per run; parts of a split batch share
+    /// it).
+    pub seq: u64,
+    /// Attempt number of this write, from 1.
+    pub attempt: u32,
+    /// The items, in input order.
+    pub items: &'a [Staged<I>],
+    /// Input names, indexed by [`crate::Position::file`].
+    pub sources: &'a SourceNames,
+}
+
+/// Writes batches atomically: on `Ok` every item is committed; on `Err` none is.
+pub trait Sink: Send + Sync + 'static {
+    /// What it writes.
+    type Item: Send + Sync + 'static;
+
+    /// Writes one batch.
+    fn write(
+        &self,
+        batch: &SinkBatch<'_, Self::Item>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// A sink that accepts everything and keeps nothing (benchmarks, dry runs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NullSink<I>(std::marker::PhantomData<fn(I)>);
+
+impl<I> NullSink<I> {
+    /// A null sink.
+    pub fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<I: Send + Sync + 'static> Sink for NullSink<I> {
+    type Item = I;
+
+    async fn write(&self, batch: &SinkBatch<'_, I>) -> Result<(), SinkError> {
+        std::hint::black_box(batch.items.len());
+        Ok(())
+    }
+}
+
+impl<S: Sink> Sink for std::sync::Arc<S> {
+    type Item = S::Item;
+
+    fn write(
+        &self,
+        batch: &SinkBatch<'_, Self::Item>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        (**self).write(batch)
+    }
+}

@@ -1,0 +1,244 @@
+//! Batching and concurrency (paused clock): a batch goes out at most `linger` after its first
+//! record arrived, never exceeds the record or byte limit, at most `concurrency` batches are
+//! in flight, and progress events report the run.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{GenReader, Row, csv, map_row};
+use tokio::time::Instant;
+use weir_events::JobState;
+use weir_stream::{
+    CancellationToken, Format, Pipeline, PipelineConfig, Position, RawRecord, ReaderSource,
+    RecordKind, Sink, SinkBatch, SinkError, Source, SourceNames, StreamError,
+};
+
+/// One JSON record every `every`, `n` in all; remembers when each was handed over.
+struct Trickle {
+    next: u64,
+    n: u64,
+    every: Duration,
+    sent_at: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Source for Trickle {
+    async fn next_chunk(&mut self) -> Result<Option<Vec<RawRecord>>, StreamError> {
+        if self.next == self.n {
+            return Ok(None);
+        }
+        tokio::time::sleep(self.every).await;
+        let i = self.next;
+        self.next += 1;
+        let data = Bytes::from(format!("{{\"id\":{i}}}"));
+        let pos = Position {
+            file: 0,
+            line: i + 1,
+            offset: i * 100,
+        };
+        self.sent_at.lock().unwrap().push(Instant::now());
+        Ok(Some(vec![RawRecord {
+            position: pos,
+            next: Position {
+                line: i + 2,
+                offset: (i + 1) * 100,
+                ..pos
+            },
+            data,
+            kind: RecordKind::Data,
+        }]))
+    }
+
+    fn names(&self) -> SourceNames {
+        Arc::from(vec![Arc::<str>::from("trickle")])
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    batches: Mutex<Vec<(Instant, Vec<u64>, usize)>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    delay: Duration,
+}
+
+impl Sink for Recorder {
+    type Item = Row;
+
+    async fn write(&self, batch: &SinkBatch<'_, Row>) -> Result<(), SinkError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let bytes = batch.items.iter().map(|s| s.bytes()).sum();
+        self.batches.lock().unwrap().push((
+            Instant::now(),
+            batch.items.iter().map(|s| s.item.id).collect(),
+            bytes,
+        ));
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_source_batches_leave_after_linger_from_their_first_record() {
+    let sent_at = Arc::new(Mutex::new(Vec::new()));
+    let source = Trickle {
+        next: 0,
+        n: 40,
+        every: Duration::from_millis(30),
+        sent_at: sent_at.clone(),
+    };
+    let cfg = PipelineConfig {
+        format: Format::JsonLines,
+        linger: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let sink = Arc::new(Recorder::default());
+    let s = Pipeline::new(cfg, map_row, sink.clone())
+        .run(source, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.records_committed, 40);
+    let sent = sent_at.lock().unwrap().clone();
+    let batches = sink.batches.lock().unwrap().clone();
+    assert!(
+        batches.len() >= 10,
+        "linger split the trickle: {}",
+        batches.len()
+    );
+    for (at, ids, _) in &batches {
+        let first = sent[ids[0] as usize];
+        assert!(
+            at.duration_since(first) <= Duration::from_millis(100),
+            "batch starting with {} left {:?} after its first record",
+            ids[0],
+            at.duration_since(first)
+        );
+        assert!(ids.len() <= 4, "{ids:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_respect_record_and_byte_limits_and_concurrency() {
+    let cfg = PipelineConfig {
+        batch_records: 100,
+        min_batch_records: 1,
+        batch_bytes: 2_000,
+        batch_queue_bytes: 8_000,
+        concurrency: 3,
+        ..Default::default()
+    };
+    let sink = Arc::new(Recorder {
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let source = ReaderSource::new(GenReader::new(Some(5_000)), "g.csv", &cfg);
+    let pipeline = Pipeline::new(cfg, map_row, sink.clone());
+    let progress = pipeline.subscribe();
+    let s = pipeline
+        .run(source, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.records_committed, 5_000);
+    let batches = sink.batches.lock().unwrap().clone();
+    let per_item = batches[0].2 / batches[0].1.len();
+    for (_, ids, bytes) in &batches {
+        assert!(ids.len() <= 100);
+        // A batch closes on the record that reaches the byte limit.
+        assert!(*bytes < 2_000 + per_item * 2, "{bytes} bytes");
+    }
+    assert!(
+        batches.iter().all(|b| b.1.len() < 100),
+        "byte limit binds first here"
+    );
+    assert_eq!(sink.max_in_flight.load(Ordering::SeqCst), 3);
+
+    let p = progress.borrow().clone();
+    assert_eq!(p.state, JobState::Completed);
+    assert_eq!((p.records_read, p.records_committed), (5_000, 5_000));
+    assert_eq!(p.bytes_read, s.bytes_read);
+    assert_eq!(p.batches_in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn progress_reports_eta_when_total_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.csv");
+    std::fs::write(&path, csv(20_000)).unwrap();
+    let cfg = PipelineConfig {
+        batch_records: 100,
+        min_batch_records: 1,
+        progress_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let source = weir_stream::FileSource::open(&[path], &cfg, None).unwrap();
+    let total = source.bytes_total().unwrap();
+    let sink = Arc::new(Recorder {
+        delay: Duration::from_millis(10),
+        ..Default::default()
+    });
+    let pipeline = Pipeline::new(cfg, map_row, sink);
+    let mut progress = pipeline.subscribe();
+    let run = tokio::spawn(pipeline.run(source, CancellationToken::new()));
+    let mut saw_eta = false;
+    while progress.changed().await.is_ok() {
+        let p = progress.borrow().clone();
+        if p.state == JobState::Running && p.eta_secs.is_some() {
+            assert_eq!(p.bytes_total, Some(total));
+            assert!(p.records_per_sec >= 0.0);
+            saw_eta = true;
+        }
+        if p.state.is_terminal() {
+            break;
+        }
+    }
+    assert!(saw_eta, "no running progress event with an ETA");
+    run.await.unwrap().unwrap();
+}
+
+/// Batch 0 is slow; the others finish at once.
+struct SlowFirst {
+    seqs_before_first_done: Mutex<Vec<u64>>,
+    first_done: std::sync::atomic::AtomicBool,
+}
+
+impl Sink for SlowFirst {
+    type Item = Row;
+
+    async fn write(&self, batch: &SinkBatch<'_, Row>) -> Result<(), SinkError> {
+        if batch.seq == 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.first_done.store(true, Ordering::SeqCst);
+        } else if !self.first_done.load(Ordering::SeqCst) {
+            self.seqs_before_first_done.lock().unwrap().push(batch.seq);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_dispatched_ahead_of_a_slow_one_are_bounded_by_the_window() {
+    let cfg = PipelineConfig {
+        batch_records: 10,
+        min_batch_records: 1,
+        concurrency: 2,
+        ..Default::default()
+    };
+    let sink = Arc::new(SlowFirst {
+        seqs_before_first_done: Mutex::new(Vec::new()),
+        first_done: false.into(),
+    });
+    let source = ReaderSource::new(GenReader::new(Some(1_000)), "g.csv", &cfg);
+    let s = Pipeline::new(cfg, map_row, sink.clone())
+        .run(source, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.records_committed, 1_000);
+    let ahead = sink.seqs_before_first_done.lock().unwrap().clone();
+    // Window = 2 × concurrency: batches 1..=3 may finish while batch 0 is still writing.
+    assert_eq!(ahead, [1, 2, 3]);
+}

@@ -1,0 +1,491 @@
+use std::collections::BTreeMap;
+
+use futures::FutureExt;
+use weir_events::{EVENT_FORMAT_VERSION, JobState, PressureState, SourcePosition};
+
+use super::*;
+
+fn ev(kind: EntityKind, label: &str, key: &str, op: Operation) -> ChangeEvent {
+    ChangeEvent {
+        version: EVENT_FORMAT_VERSION,
+        seq: 0,
+        index: 0,
+        kind,
+        label: label.into(),
+        key: key.into(),
+        operation: op,
+        properties: BTreeMap::new(),
+        start: None,
+        end: None,
+        job_id: "j".into(),
+        batch_id: "j-1".into(),
+        source: SourcePosition::default(),
+        committed_at_ms: 0,
+    }
+}
+
+fn batch(events: Vec<ChangeEvent>) -> ChangeBatch {
+    ChangeBatch {
+        version: EVENT_FORMAT_VERSION,
+        seq: 0,
+        job_id: "j".into(),
+        batch_id: "j-1".into(),
+        events,
+    }
+}
+
+fn progress(job: &str, read: u64, state: JobState) -> ProgressEvent {
+    ProgressEvent {
+        version: EVENT_FORMAT_VERSION,
+        job_id: job.into(),
+        state,
+        records_read: read,
+        records_committed: read,
+        records_dead_lettered: 0,
+        bytes_read: 0,
+        bytes_total: None,
+        records_per_sec: 0.0,
+        batches_in_flight: 0,
+        pressure: PressureState::Normal,
+        pressure_ratio: None,
+        eta_secs: None,
+        elapsed_secs: 0.0,
+        error: None,
+    }
+}
+
+fn changes(labels: &[&str], types: &[&str], keys: &[&str], ops: &[Operation]) -> Topic {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+    Topic::Changes(ChangeFilter {
+        labels: s(labels),
+        types: s(types),
+        keys: s(keys),
+        operations: ops.to_vec(),
+    })
+}
+
+/// Takes what is queued now, without waiting.
+fn drain(sub: &mut Subscription) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    while let Some(Some(d)) = sub.next().now_or_never() {
+        out.push(d);
+    }
+    out
+}
+
+fn keys_of(ds: &[Delivery]) -> Vec<String> {
+    ds.iter()
+        .map(|d| match &d.item {
+            Item::Change(e) => e.key.clone(),
+            Item::Progress(p) => p.job_id.clone(),
+        })
+        .collect()
+}
+
+fn empty(m: &SubscriptionManager) {
+    let s = m.snapshot();
+    assert_eq!(
+        (
+            s.subscriptions,
+            s.connections_with_subscriptions,
+            s.index_keys,
+            s.wildcard,
+            s.progress_jobs,
+            s.expiries,
+            s.held_bytes
+        ),
+        (0, 0, 0, 0, 0, 0, 0),
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn filter_matches_label_type_key_and_operation() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let mut person = c
+        .subscribe(changes(&["Person"], &[], &[], &[]), Default::default())
+        .unwrap();
+    let mut knows_created = c
+        .subscribe(
+            changes(&[], &["KNOWS"], &[], &[Operation::Created]),
+            Default::default(),
+        )
+        .unwrap();
+    let mut alice = c
+        .subscribe(
+            changes(&["Person"], &[], &["alice"], &[]),
+            Default::default(),
+        )
+        .unwrap();
+    let mut all = c
+        .subscribe(changes(&[], &[], &[], &[]), Default::default())
+        .unwrap();
+    m.publish(&batch(vec![
+        ev(EntityKind::Node, "Person", "alice", Operation::Merged),
+        ev(EntityKind::Node, "Person", "bob", Operation::Created),
+        ev(EntityKind::Node, "City", "paris", Operation::Created),
+        ev(
+            EntityKind::Relationship,
+            "KNOWS",
+            "a->b",
+            Operation::Created,
+        ),
+        ev(
+            EntityKind::Relationship,
+            "KNOWS",
+            "b->c",
+            Operation::Updated,
+        ),
+        // A relationship type named like a label must not reach label subscribers.
+        ev(
+            EntityKind::Relationship,
+            "Person",
+            "x->y",
+            Operation::Created,
+        ),
+    ]));
+    assert_eq!(keys_of(&drain(&mut person)), ["alice", "bob"]);
+    assert_eq!(keys_of(&drain(&mut knows_created)), ["a->b"]);
+    assert_eq!(keys_of(&drain(&mut alice)), ["alice"]);
+    assert_eq!(drain(&mut all).len(), 6);
+    assert_eq!(m.stats().delivered_events, 2 + 1 + 1 + 6);
+}
+
+#[tokio::test]
+async fn dropping_the_handle_removes_everything() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let subs: Vec<_> = (0..10)
+        .map(|i| {
+            let topic = if i % 3 == 0 {
+                changes(&[], &[], &[], &[])
+            } else if i % 3 == 1 {
+                changes(&["A", "B"], &["R"], &[], &[])
+            } else {
+                Topic::Progress {
+                    job_id: format!("job{i}"),
+                }
+            };
+            c.subscribe(topic, Default::default()).unwrap()
+        })
+        .collect();
+    let s = m.snapshot();
+    assert_eq!(s.subscriptions, 10);
+    assert!(s.held_bytes > 0);
+    assert_eq!(c.active(), 10);
+    drop(subs);
+    empty(&m);
+    assert_eq!(m.stats().completed_disconnect, 10);
+    assert_eq!(m.snapshot().open_connections, 1);
+    drop(c);
+    assert_eq!(m.snapshot().open_connections, 0);
+}
+
+#[tokio::test]
+async fn per_connection_and_global_limits_refuse_with_clear_errors() {
+    let cfg = ManagerConfig {
+        max_per_connection: 2,
+        max_total: 3,
+        ..ManagerConfig::default()
+    };
+    let m = SubscriptionManager::new(cfg).unwrap();
+    let (c1, c2) = (m.connect(), m.connect());
+    let t = || changes(&["A"], &[], &[], &[]);
+    let _a = c1.subscribe(t(), Default::default()).unwrap();
+    let _b = c1.subscribe(t(), Default::default()).unwrap();
+    let err = c1.subscribe(t(), Default::default()).unwrap_err();
+    assert_eq!(err, SubscriptionError::ConnectionLimit { limit: 2 });
+    assert!(err.to_string().contains("limit 2"));
+    let _c = c2.subscribe(t(), Default::default()).unwrap();
+    let err = c2.subscribe(t(), Default::default()).unwrap_err();
+    assert_eq!(err, SubscriptionError::GlobalLimit { limit: 3 });
+    assert_eq!(m.stats().rejected_limit, 2);
+    assert_eq!(m.active(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_completes_and_removes_and_is_capped_by_max() {
+    let cfg = ManagerConfig {
+        default_ttl: Duration::from_secs(60),
+        max_ttl: Duration::from_secs(120),
+        ..ManagerConfig::default()
+    };
+    let m = SubscriptionManager::new(cfg).unwrap();
+    let c = m.connect();
+    let t = || changes(&["A"], &[], &[], &[]);
+    let start = Instant::now();
+    let mut short = c
+        .subscribe(
+            t(),
+            SubscribeOptions {
+                ttl: Some(Duration::from_secs(5)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let default = c.subscribe(t(), Default::default()).unwrap();
+    let long = c
+        .subscribe(
+            t(),
+            SubscribeOptions {
+                ttl: Some(Duration::from_secs(3600)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(default.expires_at() - start, Duration::from_secs(60));
+    assert_eq!(long.expires_at() - start, Duration::from_secs(120));
+    // The stream ends when the TTL runs out.
+    assert!(short.next().await.is_none());
+    assert_eq!(Instant::now() - start, Duration::from_secs(5));
+    assert_eq!(short.end_reason(), Some(EndReason::Ttl));
+    assert_eq!(m.active(), 2);
+    tokio::time::sleep(Duration::from_secs(121)).await;
+    assert_eq!(m.active(), 0);
+    assert_eq!(long.end_reason(), Some(EndReason::Ttl));
+    assert_eq!(m.stats().completed_ttl, 3);
+    drop((short, default, long));
+    assert_eq!(m.stats().completed_disconnect, 0);
+    empty(&m);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_consumer_drops_oldest_reports_missed_then_is_ended() {
+    let cfg = ManagerConfig {
+        queue_capacity: 4,
+        max_lag: Duration::from_secs(10),
+        ..ManagerConfig::default()
+    };
+    let m = SubscriptionManager::new(cfg).unwrap();
+    let c = m.connect();
+    let mut sub = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    for i in 0..10 {
+        m.publish(&batch(vec![ev(
+            EntityKind::Node,
+            "A",
+            &i.to_string(),
+            Operation::Created,
+        )]));
+    }
+    // Bounded: never more than the capacity queued.
+    assert_eq!(m.snapshot().queued_items, 4);
+    let got = drain(&mut sub);
+    assert_eq!(keys_of(&got), ["6", "7", "8", "9"]);
+    assert_eq!(got[0].missed, 6);
+    assert_eq!(got[1].missed, 0);
+    assert_eq!(m.stats().dropped_events, 6);
+    // Drained to empty: the lag clock restarts. Keep overflowing past max_lag: ended.
+    for i in 0..5 {
+        m.publish(&batch(vec![ev(
+            EntityKind::Node,
+            "A",
+            &i.to_string(),
+            Operation::Created,
+        )]));
+    }
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!(sub.end_reason(), None);
+    m.publish(&batch(vec![ev(
+        EntityKind::Node,
+        "A",
+        "x",
+        Operation::Created,
+    )]));
+    assert_eq!(sub.end_reason(), Some(EndReason::Lagged));
+    assert!(sub.next().await.is_none());
+    assert_eq!(m.stats().completed_lagged, 1);
+    empty(&m);
+}
+
+#[tokio::test]
+async fn shutdown_completes_everything_and_refuses_new() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let mut subs: Vec<_> = (0..5)
+        .map(|_| {
+            c.subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+                .unwrap()
+        })
+        .collect();
+    m.shutdown();
+    for s in &mut subs {
+        assert!(s.next().await.is_none());
+        assert_eq!(s.end_reason(), Some(EndReason::Shutdown));
+    }
+    assert_eq!(
+        c.subscribe(changes(&[], &[], &[], &[]), Default::default())
+            .unwrap_err(),
+        SubscriptionError::ShuttingDown
+    );
+    assert_eq!(m.stats().completed_shutdown, 5);
+    empty(&m);
+}
+
+#[tokio::test]
+async fn client_end_is_counted_as_client() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let mut s = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    assert!(m.end(s.id(), EndReason::Client));
+    assert!(!m.end(s.id(), EndReason::Client));
+    assert!(s.next().await.is_none());
+    drop(s);
+    let st = m.stats();
+    assert_eq!((st.completed_client, st.completed_disconnect), (1, 0));
+}
+
+#[tokio::test]
+async fn a_panicking_consumer_still_removes_its_subscription() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = Arc::new(m.connect());
+    let c2 = c.clone();
+    let task = tokio::spawn(async move {
+        let _s = c2
+            .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+            .unwrap();
+        panic!("handler bug");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    empty(&m);
+    assert_eq!(m.stats().completed_disconnect, 1);
+}
+
+#[tokio::test]
+async fn progress_latest_is_kept_bounded_and_delivered() {
+    let cfg = ManagerConfig {
+        max_jobs: 3,
+        ..ManagerConfig::default()
+    };
+    let m = SubscriptionManager::new(cfg).unwrap();
+    m.publish_progress(progress("a", 1, JobState::Completed));
+    m.publish_progress(progress("b", 1, JobState::Running));
+    let c = m.connect();
+    let mut watch_b = c
+        .subscribe(Topic::Progress { job_id: "b".into() }, Default::default())
+        .unwrap();
+    // The latest snapshot comes first.
+    let first = drain(&mut watch_b);
+    assert_eq!(first.len(), 1);
+    m.publish_progress(progress("b", 2, JobState::Running));
+    m.publish_progress(progress("c", 1, JobState::Running));
+    m.publish_progress(progress("d", 1, JobState::Running));
+    let got = drain(&mut watch_b);
+    assert_eq!(got.len(), 1);
+    let Item::Progress(p) = &got[0].item else {
+        panic!()
+    };
+    assert_eq!(p.records_read, 2);
+    // Bound: 3 jobs; the finished job "a" went first.
+    let ids: Vec<String> = m.jobs().iter().map(|j| j.job_id.clone()).collect();
+    assert_eq!(ids, ["d", "c", "b"]);
+    m.publish_progress(progress("e", 1, JobState::Running));
+    assert_eq!(m.snapshot().jobs, 3);
+    assert!(m.job("b").is_none(), "least recently updated goes next");
+}
+
+#[tokio::test]
+async fn replay_comes_first_and_overlap_is_skipped() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let with_seq = |k: &str, seq| {
+        let mut e = ev(EntityKind::Node, "A", k, Operation::Created);
+        e.seq = seq;
+        e
+    };
+    let replay = futures::stream::iter(vec![
+        Arc::new(with_seq("r1", 1)),
+        Arc::new(with_seq("r2", 2)),
+    ]);
+    let mut s = c
+        .subscribe(
+            changes(&["A"], &[], &[], &[]),
+            SubscribeOptions {
+                ttl: None,
+                replay: Some(replay.boxed()),
+            },
+        )
+        .unwrap();
+    m.publish(&batch(vec![with_seq("dup", 2), with_seq("live", 3)]));
+    assert_eq!(keys_of(&drain(&mut s)), ["r1", "r2", "live"]);
+}
+
+#[tokio::test]
+async fn feed_publishes_until_the_stream_ends() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let mut s = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    let batches = futures::stream::iter(vec![
+        batch(vec![ev(EntityKind::Node, "A", "1", Operation::Created)]),
+        batch(vec![ev(EntityKind::Node, "B", "2", Operation::Created)]),
+        batch(vec![ev(EntityKind::Node, "A", "3", Operation::Created)]),
+    ]);
+    m.feed(batches).await;
+    assert_eq!(keys_of(&drain(&mut s)), ["1", "3"]);
+}
+
+#[tokio::test]
+async fn a_thousand_subscriptions_over_a_hundred_connections_all_go() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let conns: Vec<_> = (0..100).map(|_| m.connect()).collect();
+    let mut subs = Vec::new();
+    for (i, c) in conns.iter().enumerate() {
+        for j in 0..10 {
+            let label = format!("L{}", (i + j) % 7);
+            subs.push(
+                c.subscribe(changes(&[&label], &["R"], &[], &[]), Default::default())
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(m.snapshot().subscriptions, 1000);
+    assert_eq!(m.snapshot().connections_with_subscriptions, 100);
+    m.publish(&batch(vec![ev(
+        EntityKind::Relationship,
+        "R",
+        "k",
+        Operation::Created,
+    )]));
+    assert_eq!(m.stats().delivered_events, 1000);
+    // End them by every path.
+    for (i, s) in subs.into_iter().enumerate() {
+        if i % 2 == 0 {
+            m.end(s.id(), EndReason::Client);
+        }
+        drop(s);
+    }
+    drop(conns);
+    empty(&m);
+    let snap = m.snapshot();
+    assert_eq!((snap.open_connections, snap.queued_items), (0, 0));
+    let st = m.stats();
+    assert_eq!(st.completed_client + st.completed_disconnect, 1000);
+}
+
+#[tokio::test]
+async fn idle_subscription_footprint_is_small() {
+    // The registry's own bytes per idle subscription (entry, slot, filter, index, schedule).
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let conns: Vec<_> = (0..100).map(|_| m.connect()).collect();
+    let subs: Vec<_> = (0..10_000)
+        .map(|i| {
+            conns[i % 100]
+                .subscribe(
+                    changes(&[&format!("Label{}", i % 50)], &[], &[], &[]),
+                    Default::default(),
+                )
+                .unwrap()
+        })
+        .collect();
+    let per_sub = m.snapshot().held_bytes / subs.len();
+    eprintln!("registry bytes per idle subscription: {per_sub}");
+    assert!(per_sub < 1024, "{per_sub} bytes per idle subscription");
+    drop(subs);
+    empty(&m);
+}

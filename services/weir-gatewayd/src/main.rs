@@ -1,0 +1,14 @@
+//! `weir-gatewayd`: parses flags and runs [`weir_gatewayd::run`] through the shared service `main`.
+
+use clap::Parser;
+use weir_gatewayd::Cli;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    weir_service::cli::service_main(
+        &cli.log_format,
+        cli.command.as_ref(),
+        |env| cli.resolve(env),
+        weir_gatewayd::run,
+    )
+}

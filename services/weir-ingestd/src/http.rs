@@ -1,0 +1,226 @@
+//! The job API.
+//!
+//! - `POST /jobs` with JSON `{"path": "...", "mapping": "<TOML>", "format": "csv"|"jsonl",
+//!   "label_prefix": "...", "id": "..."}`: a server-side file (inside `jobs.input_roots`).
+//! - `POST /jobs/upload?mapping=<TOML>&format=..&label_prefix=..&id=..` with the records as
+//!   the (streamed) request body: spooled to `jobs.spool_dir` (at most
+//!   `jobs.max_upload_bytes`), then run like a file.
+//! - `GET /jobs`, `GET /jobs/{id}`: status. `DELETE /jobs/{id}`: stop (checkpoint kept).
+//!
+//! Every route needs `Authorization: Bearer <token>` unless auth is disabled. Answers:
+//! 202 accepted, 400 bad request/mapping, 401, 403 path outside the roots, 404, 409 a job
+//! with that id is running, 413 upload too large, 429 too many jobs, 503 not ready or
+//! shutting down. Internal errors answer a generic message with a correlation id, logged
+//! with the cause.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use weir_service::Authenticator;
+
+use crate::IngestdError;
+use crate::jobs::{InputFormat, JobInput, JobManager, JobSpec};
+
+/// State of the job API.
+#[derive(Clone, Debug)]
+pub struct JobsApi {
+    /// The jobs.
+    pub jobs: JobManager,
+    /// The bearer-token check.
+    pub auth: Arc<Authenticator>,
+}
+
+/// Body of `POST /jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJob {
+    path: std::path::PathBuf,
+    mapping: String,
+    #[serde(default)]
+    format: Option<InputFormat>,
+    #[serde(default)]
+    label_prefix: String,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Query of `POST /jobs/upload`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadJob {
+    mapping: String,
+    #[serde(default)]
+    format: Option<InputFormat>,
+    #[serde(default)]
+    label_prefix: String,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+impl IntoResponse for IngestdError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            Self::InvalidMapping(_) => (StatusCode::BAD_REQUEST, "INVALID_MAPPING"),
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            Self::PathNotAllowed(_) => (StatusCode::FORBIDDEN, "PATH_NOT_ALLOWED"),
+            Self::InputNotFound(_) => (StatusCode::BAD_REQUEST, "INPUT_NOT_FOUND"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "JOB_RUNNING"),
+            Self::UploadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE"),
+            Self::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_JOBS"),
+            Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
+            Self::Internal(_) | Self::Config(_) | Self::Io(_) => {
+                let id = uuid::Uuid::new_v4();
+                tracing::error!(correlation_id = %id, error = %self, "internal error");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"error": {"code": "INTERNAL", "message": format!("internal error (correlation id {id})")}})),
+                )
+                    .into_response();
+            }
+        };
+        (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
+    }
+}
+
+fn authorize(api: &JobsApi, headers: &HeaderMap) -> Result<(), IngestdError> {
+    api.auth
+        .check_headers(headers)
+        .map_err(|e| IngestdError::Unauthenticated(e.to_string()))
+}
+
+/// The job routes (no `/health` or `/ready`: the service adds those, so the routes can be
+/// merged into `weir serve`'s gateway).
+pub fn jobs_router(api: JobsApi) -> Router {
+    Router::new()
+        .route("/jobs", post(submit_file).get(list))
+        .route(
+            "/jobs/upload",
+            post(submit_upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/jobs/{id}", get(status).delete(cancel))
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .with_state(api)
+}
+
+async fn submit_file(
+    State(api): State<JobsApi>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, IngestdError> {
+    authorize(&api, &headers)?;
+    let job: FileJob = serde_json::from_slice(&body)
+        .map_err(|e| IngestdError::BadRequest(format!("the body is not a job: {e}")))?;
+    let status = api
+        .jobs
+        .submit(JobSpec {
+            id: job.id,
+            input: JobInput::Path(job.path),
+            mapping: job.mapping,
+            format: job.format,
+            label_prefix: job.label_prefix,
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(status)).into_response())
+}
+
+async fn submit_upload(
+    State(api): State<JobsApi>,
+    headers: HeaderMap,
+    query: Result<Query<UploadJob>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<Response, IngestdError> {
+    authorize(&api, &headers)?;
+    let Query(job) = query.map_err(|e| IngestdError::BadRequest(e.body_text()))?;
+    if !api.jobs.ready().await {
+        return Err(IngestdError::NotReady);
+    }
+    let cfg = api.jobs.config();
+    tokio::fs::create_dir_all(&cfg.spool_dir).await?;
+    let path = cfg
+        .spool_dir
+        .join(format!("{}.upload", uuid::Uuid::new_v4()));
+    let written = spool(body, &path, cfg.max_upload_bytes).await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e);
+    }
+    let status = api
+        .jobs
+        .submit(JobSpec {
+            id: job.id,
+            input: JobInput::Spooled(path),
+            mapping: job.mapping,
+            format: job.format,
+            label_prefix: job.label_prefix,
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(status)).into_response())
+}
+
+/// Streams `body` into `path`, at most `max` bytes.
+async fn spool(body: Body, path: &std::path::Path, max: u64) -> Result<u64, IngestdError> {
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut stream = body.into_data_stream();
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| IngestdError::BadRequest(format!("reading the body: {e}")))?;
+        n += chunk.len() as u64;
+        if n > max {
+            return Err(IngestdError::UploadTooLarge { max });
+        }
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    Ok(n)
+}
+
+async fn list(State(api): State<JobsApi>, headers: HeaderMap) -> Result<Response, IngestdError> {
+    authorize(&api, &headers)?;
+    Ok(axum::Json(json!({"jobs": api.jobs.list()})).into_response())
+}
+
+async fn status(
+    State(api): State<JobsApi>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, IngestdError> {
+    authorize(&api, &headers)?;
+    api.jobs
+        .status(&id)
+        .map(|s| axum::Json(s).into_response())
+        .ok_or(IngestdError::NotFound(id))
+}
+
+async fn cancel(
+    State(api): State<JobsApi>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, IngestdError> {
+    authorize(&api, &headers)?;
+    if api.jobs.cancel(&id) {
+        Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"id": id, "cancelling": true})),
+        )
+            .into_response())
+    } else {
+        Err(IngestdError::NotFound(id))
+    }
+}

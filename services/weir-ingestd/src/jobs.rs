@@ -1,0 +1,543 @@
+//! Jobs: submitted, queued (bounded), run through the pipeline (bounded concurrency),
+//! checkpointed, reported.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_events::{JobState, ProgressEvent};
+use weir_graph::{GraphMapper, GraphSink, GraphWriter, Mapping, WriterConfig};
+use weir_pool::Pool;
+use weir_service::{BusPublisher, BusSlot};
+use weir_stream::{
+    CheckpointFile, FileSource, Format, JsonlDeadLetters, Pipeline, PipelineConfig, ProcessGauge,
+    RunOutcome, StreamError,
+};
+
+use crate::IngestdError;
+use crate::config::JobsConfig;
+
+/// Input format of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// CSV with a header row.
+    Csv,
+    /// JSON Lines.
+    Jsonl,
+}
+
+/// Where a job's records come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobInput {
+    /// A file or directory on the server, inside one of the configured input roots.
+    Path(PathBuf),
+    /// A request body spooled to this file; deleted when the job ends.
+    Spooled(PathBuf),
+}
+
+/// A job to run.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    /// Job id (letters, digits, `-`, `_`; at most 64). A job submitted again with the id of
+    /// an interrupted one resumes after its checkpoint. Default: a new UUID.
+    pub id: Option<String>,
+    /// The records.
+    pub input: JobInput,
+    /// The mapping, as TOML text.
+    pub mapping: String,
+    /// Input format; default: the mapping's `[input] format`, else from the file name.
+    pub format: Option<InputFormat>,
+    /// Prefix for every label and relationship type.
+    pub label_prefix: String,
+}
+
+/// What a client sees of a job.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobStatus {
+    /// Job id (also the `job_id` of its change and progress events).
+    pub id: String,
+    /// Where it is.
+    pub state: JobState,
+    /// The input, for display (uploads show `upload`).
+    pub input: String,
+    /// Records read so far.
+    pub records_read: u64,
+    /// Records committed to the graph so far.
+    pub records_committed: u64,
+    /// Records dead-lettered so far.
+    pub records_dead_lettered: u64,
+    /// Bytes read so far.
+    pub bytes_read: u64,
+    /// The fatal error, if it failed.
+    pub error: Option<String>,
+    /// The checkpoint file (kept when the job did not complete, so it can resume).
+    pub checkpoint: PathBuf,
+    /// Submission time, RFC 3339.
+    pub submitted_at: String,
+}
+
+struct Entry {
+    status: Mutex<JobStatus>,
+    cancel: CancellationToken,
+}
+
+impl Entry {
+    fn update(&self, p: &ProgressEvent) {
+        let mut s = self.status.lock();
+        if !s.state.is_terminal() {
+            s.state = p.state;
+        }
+        s.records_read = p.records_read;
+        s.records_committed = p.records_committed;
+        s.records_dead_lettered = p.records_dead_lettered;
+        s.bytes_read = p.bytes_read;
+        if p.error.is_some() {
+            s.error.clone_from(&p.error);
+        }
+    }
+}
+
+/// The jobs of one service. Cheap to clone.
+#[derive(Clone)]
+pub struct JobManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: JobsConfig,
+    pool: Pool,
+    bus: BusSlot,
+    publisher: BusPublisher,
+    slots: Arc<Semaphore>,
+    jobs: Mutex<VecDeque<(String, Arc<Entry>)>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for JobManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobManager")
+            .field("jobs", &self.inner.jobs.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn is_jsonl_name(p: &Path) -> bool {
+    let name = p.to_string_lossy().to_ascii_lowercase();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    [".jsonl", ".ndjson", ".json"]
+        .iter()
+        .any(|e| name.ends_with(e))
+}
+
+impl JobManager {
+    /// A manager running jobs on `pool`, publishing to the bus in `bus` through `publisher`.
+    /// Jobs stop (writing their checkpoints) when `shutdown` fires.
+    pub fn new(
+        config: JobsConfig,
+        pool: Pool,
+        bus: BusSlot,
+        publisher: BusPublisher,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                slots: Arc::new(Semaphore::new(config.max_concurrent)),
+                config,
+                pool,
+                bus,
+                publisher,
+                jobs: Mutex::new(VecDeque::new()),
+                shutdown,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &JobsConfig {
+        &self.inner.config
+    }
+
+    /// Whether the graph pool and the bus are reachable (jobs are refused until they are).
+    pub async fn ready(&self) -> bool {
+        self.inner.pool.ready() && self.inner.bus.check_ready().await.is_ok()
+    }
+
+    /// Checks that `path` lies inside a configured input root (after resolving `..` and
+    /// links); returns the canonical path.
+    pub fn allowed_path(&self, path: &Path) -> Result<PathBuf, IngestdError> {
+        let canon = path
+            .canonicalize()
+            .map_err(|_| IngestdError::InputNotFound(path.display().to_string()))?;
+        let inside = self.inner.config.input_roots.iter().any(|root| {
+            root.canonicalize()
+                .map(|r| canon.starts_with(r))
+                .unwrap_or(false)
+        });
+        if inside {
+            Ok(canon)
+        } else {
+            Err(IngestdError::PathNotAllowed(path.display().to_string()))
+        }
+    }
+
+    fn active(&self) -> usize {
+        self.inner
+            .jobs
+            .lock()
+            .iter()
+            .filter(|(_, e)| !e.status.lock().state.is_terminal())
+            .count()
+    }
+
+    /// Accepts a job: checks the mapping and the input, the queue bound and readiness, then
+    /// queues it. Returns its first status.
+    pub async fn submit(&self, spec: JobSpec) -> Result<JobStatus, IngestdError> {
+        let result = self.submit_inner(spec.clone()).await;
+        if result.is_err()
+            && let JobInput::Spooled(p) = &spec.input
+        {
+            let _ = std::fs::remove_file(p);
+        }
+        result
+    }
+
+    async fn submit_inner(&self, spec: JobSpec) -> Result<JobStatus, IngestdError> {
+        let inner = &self.inner;
+        if inner.shutdown.is_cancelled() {
+            return Err(IngestdError::ShuttingDown);
+        }
+        if spec.mapping.len() > inner.config.max_mapping_bytes {
+            return Err(IngestdError::BadRequest(format!(
+                "mapping larger than {} bytes",
+                inner.config.max_mapping_bytes
+            )));
+        }
+        let mapping = Mapping::parse(&spec.mapping, "mapping")
+            .map_err(|e| IngestdError::InvalidMapping(e.to_string()))?
+            .with_label_prefix(&spec.label_prefix)
+            .map_err(|e| IngestdError::InvalidMapping(format!("label prefix: {e}")))?;
+        let (path, shown) = match &spec.input {
+            JobInput::Path(p) => (self.allowed_path(p)?, p.display().to_string()),
+            JobInput::Spooled(p) => (p.clone(), "upload".to_owned()),
+        };
+        let id = match spec.id.clone() {
+            Some(id) if valid_id(&id) => id,
+            Some(_) => {
+                return Err(IngestdError::BadRequest(
+                    "job id: 1 to 64 letters, digits, `-` or `_`".into(),
+                ));
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        if !self.ready().await {
+            return Err(IngestdError::NotReady);
+        }
+        let jsonl = match spec.format {
+            Some(f) => f == InputFormat::Jsonl,
+            None => match mapping.input.format {
+                Some(f) => f == weir_graph::InputFormat::JsonLines,
+                None => is_jsonl_name(&path),
+            },
+        };
+        let format = if jsonl {
+            Format::JsonLines
+        } else {
+            Format::Csv {
+                delimiter: mapping.input.delimiter.unwrap_or(b','),
+                has_header: true,
+            }
+        };
+        std::fs::create_dir_all(&inner.config.job_dir)
+            .map_err(|e| IngestdError::Internal(format!("job dir: {e}")))?;
+        let checkpoint = inner.config.job_dir.join(format!("{id}.checkpoint.json"));
+        let entry = Arc::new(Entry {
+            status: Mutex::new(JobStatus {
+                id: id.clone(),
+                state: JobState::Queued,
+                input: shown,
+                records_read: 0,
+                records_committed: 0,
+                records_dead_lettered: 0,
+                bytes_read: 0,
+                error: None,
+                checkpoint: checkpoint.clone(),
+                submitted_at: chrono::Utc::now().to_rfc3339(),
+            }),
+            cancel: inner.shutdown.child_token(),
+        });
+        {
+            let mut jobs = inner.jobs.lock();
+            if jobs
+                .iter()
+                .any(|(j, e)| *j == id && !e.status.lock().state.is_terminal())
+            {
+                return Err(IngestdError::Conflict(id));
+            }
+            let active = jobs
+                .iter()
+                .filter(|(_, e)| !e.status.lock().state.is_terminal())
+                .count();
+            if active >= inner.config.max_concurrent + inner.config.max_queued {
+                return Err(IngestdError::Busy { active });
+            }
+            jobs.retain(|(j, _)| *j != id);
+            jobs.push_back((id.clone(), entry.clone()));
+            // Forget the oldest finished jobs beyond the history bound.
+            let mut finished = jobs
+                .iter()
+                .filter(|(_, e)| e.status.lock().state.is_terminal())
+                .count();
+            while finished > inner.config.history {
+                match jobs
+                    .iter()
+                    .position(|(_, e)| e.status.lock().state.is_terminal())
+                {
+                    Some(i) => {
+                        jobs.remove(i);
+                        finished -= 1;
+                    }
+                    None => break,
+                }
+            }
+        }
+        let first = entry.status.lock().clone();
+        let this = self.clone();
+        let spooled = matches!(spec.input, JobInput::Spooled(_));
+        inner.tasks.spawn(async move {
+            let permit = tokio::select! {
+                p = this.inner.slots.clone().acquire_owned() => p.ok(),
+                () = entry.cancel.cancelled() => None,
+            };
+            match permit {
+                Some(_permit) => {
+                    let r = this
+                        .run_job(
+                            &id,
+                            &entry,
+                            path.clone(),
+                            format,
+                            Arc::new(mapping),
+                            checkpoint,
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        tracing::error!(job = %id, error = %e, "job failed");
+                        let mut s = entry.status.lock();
+                        s.state = JobState::Failed;
+                        s.error = Some(e.to_string());
+                    }
+                }
+                None => {
+                    entry.status.lock().state = JobState::Cancelled;
+                }
+            }
+            if spooled {
+                let _ = std::fs::remove_file(&path);
+            }
+            let last = entry.status.lock().clone();
+            this.publish_final(&last).await;
+        });
+        Ok(first)
+    }
+
+    async fn publish_final(&self, s: &JobStatus) {
+        if let Some(bus) = self.inner.bus.get() {
+            let ev = ProgressEvent {
+                version: weir_events::EVENT_FORMAT_VERSION,
+                job_id: s.id.clone(),
+                state: s.state,
+                records_read: s.records_read,
+                records_committed: s.records_committed,
+                records_dead_lettered: s.records_dead_lettered,
+                bytes_read: s.bytes_read,
+                bytes_total: None,
+                records_per_sec: 0.0,
+                batches_in_flight: 0,
+                pressure: weir_events::PressureState::Normal,
+                pressure_ratio: None,
+                eta_secs: None,
+                elapsed_secs: 0.0,
+                error: s.error.clone(),
+            };
+            if let Err(e) = bus.publish_progress(&ev).await {
+                tracing::debug!(job = %s.id, error = %e, "final progress not published");
+            }
+        }
+    }
+
+    async fn run_job(
+        &self,
+        id: &str,
+        entry: &Arc<Entry>,
+        path: PathBuf,
+        format: Format,
+        mapping: Arc<Mapping>,
+        checkpoint: PathBuf,
+    ) -> Result<(), IngestdError> {
+        let inner = &self.inner;
+        let c = &inner.config;
+        let cfg = PipelineConfig {
+            job_id: id.to_owned(),
+            format,
+            batch_records: c.batch_size,
+            min_batch_records: PipelineConfig::default()
+                .min_batch_records
+                .min(c.batch_size),
+            concurrency: c.concurrency,
+            ..PipelineConfig::default()
+        };
+        let ckpt = CheckpointFile::new(&checkpoint);
+        let resume = ckpt
+            .load()
+            .map_err(|e| IngestdError::Internal(e.to_string()))?;
+        let source = FileSource::open(std::slice::from_ref(&path), &cfg, resume.as_ref())
+            .map_err(|e| IngestdError::InputNotFound(e.to_string()))?;
+        let writer = Arc::new(GraphWriter::new(
+            inner.pool.clone(),
+            mapping.clone(),
+            Arc::new(inner.publisher.clone()),
+            WriterConfig {
+                // The pool and the pipeline retry transient failures already.
+                max_attempts: 1,
+                job_id: id.to_owned(),
+                ..WriterConfig::default()
+            },
+        ));
+        writer
+            .ensure_schema()
+            .await
+            .map_err(|e| IngestdError::Internal(format!("creating key constraints: {e}")))?;
+        let dead = JsonlDeadLetters::open(c.job_dir.join(format!("{id}.dead-letters.jsonl")))
+            .map_err(|e| IngestdError::Internal(format!("dead-letter file: {e}")))?;
+        let pipeline = Pipeline::new(
+            cfg,
+            GraphMapper::new(mapping),
+            GraphSink::new(writer, id.to_owned()),
+        )
+        .with_gauge(Arc::new(ProcessGauge::new(c.memory_limit)))
+        .with_dead_letters(Arc::new(dead))
+        .with_checkpoint(ckpt)
+        .map_err(|e| IngestdError::Internal(e.to_string()))?;
+        let mut rx = pipeline.subscribe();
+        let forward = {
+            let entry = entry.clone();
+            let bus = inner.bus.clone();
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let p = rx.borrow_and_update().clone();
+                    entry.update(&p);
+                    // Progress is lossy by design: a snapshot superseded by the next one.
+                    if let Some(bus) = bus.get() {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), bus.publish_progress(&p))
+                                .await;
+                    }
+                    if p.state.is_terminal() {
+                        break;
+                    }
+                }
+            })
+        };
+        entry.status.lock().state = JobState::Running;
+        tracing::info!(job = %id, input = %path.display(), "job started");
+        let result = pipeline.run(source, entry.cancel.clone()).await;
+        let _ = forward.await;
+        let summary = match result {
+            Ok(s) => s,
+            Err(StreamError::Failed { cause, summary }) => {
+                let mut st = entry.status.lock();
+                st.error = Some(cause.to_string());
+                drop(st);
+                *summary
+            }
+            Err(e) => return Err(IngestdError::Internal(e.to_string())),
+        };
+        let mut st = entry.status.lock();
+        st.records_read = summary.records_read;
+        st.records_committed = summary.records_committed;
+        st.records_dead_lettered = summary.records_dead_lettered;
+        st.bytes_read = summary.bytes_read;
+        st.state = match summary.outcome {
+            RunOutcome::Completed => JobState::Completed,
+            RunOutcome::Cancelled => JobState::Cancelled,
+            RunOutcome::Failed => JobState::Failed,
+        };
+        tracing::info!(job = %id, state = ?st.state, committed = st.records_committed, "job ended");
+        if st.state == JobState::Completed {
+            let _ = std::fs::remove_file(&checkpoint);
+        }
+        Ok(())
+    }
+
+    /// The status of one job.
+    pub fn status(&self, id: &str) -> Option<JobStatus> {
+        self.inner
+            .jobs
+            .lock()
+            .iter()
+            .find(|(j, _)| j == id)
+            .map(|(_, e)| e.status.lock().clone())
+    }
+
+    /// Every job still known, oldest first.
+    pub fn list(&self) -> Vec<JobStatus> {
+        self.inner
+            .jobs
+            .lock()
+            .iter()
+            .map(|(_, e)| e.status.lock().clone())
+            .collect()
+    }
+
+    /// Asks a job to stop (it writes its checkpoint). `false` when unknown or already done.
+    pub fn cancel(&self, id: &str) -> bool {
+        let jobs = self.inner.jobs.lock();
+        match jobs.iter().find(|(j, _)| j == id) {
+            Some((_, e)) if !e.status.lock().state.is_terminal() => {
+                e.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Jobs queued or running now.
+    pub fn active_jobs(&self) -> usize {
+        self.active()
+    }
+
+    /// Waits, at most `grace`, for every job to stop after the shutdown token fired (running
+    /// jobs finish their in-flight batches and write checkpoints). `false` when it had to
+    /// give up.
+    pub async fn wait_stopped(&self, grace: Duration) -> bool {
+        self.inner.tasks.close();
+        let done = tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_ok();
+        if !done {
+            tracing::warn!(
+                ?grace,
+                jobs = self.active(),
+                "jobs still running after the shutdown grace"
+            );
+        }
+        done
+    }
+}

@@ -1,0 +1,48 @@
+//! Pieces shared by Weir's services (`weir-ingestd`, `weir-gatewayd` and `weir serve`).
+//!
+//! - [`config`]: one way in for every service — defaults, a TOML file, the environment
+//!   (`NEO4J_*`, `NATS_URL`, `WEIR_*`), then flags — and [`config::show`], which prints the
+//!   result with every secret masked.
+//! - [`Authenticator`]: bearer-token check with the gateway's [`weir_gateway::AuthConfig`], so
+//!   every service is authenticated the same way.
+//! - [`BusSlot`]: the bus, connected in the background with retries, so a service starts
+//!   not-ready instead of failing when NATS is down, and never queues work meanwhile.
+//! - [`BusPublisher`]: the graph writer's [`weir_graph::ChangePublisher`] over the bus:
+//!   publishes each committed batch once, retrying transient failures with the same batch id
+//!   (the bus deduplicates), so ingestion pauses while the bus is away instead of buffering.
+//! - [`health`]: `/health` and `/ready` that reflect the graph pool and the bus.
+//! - [`admin`]: the admin listener (`/metrics`, `/api/memory/*`) of weir-metrics.
+//! - [`GatedGraphReader`]: the gateway's graph reader, connected lazily, ready only when the
+//!   graph and the bus both are.
+
+pub mod admin;
+mod auth;
+mod bus;
+pub mod cli;
+pub mod config;
+mod error;
+pub mod health;
+mod publisher;
+mod reader;
+mod signal;
+
+pub use auth::{Authenticator, bearer};
+pub use bus::BusSlot;
+pub use error::ServiceError;
+pub use publisher::{BusPublisher, PublisherConfig};
+pub use reader::GatedGraphReader;
+pub use signal::cancel_on_signal;
+
+/// Sets up logging to stderr: `text` or `json`, filtered by `WEIR_LOG` (default `info`).
+pub fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
