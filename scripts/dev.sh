@@ -312,23 +312,39 @@ ensure_rust_tools() {
   fi
 }
 
+# Free space on the target directory's disk, in MiB, and the target directory's size: printed
+# after each build step so a CI log shows where the disk went.
+disk_report() {
+  local target=${CARGO_TARGET_DIR:-$REPO/target} free used
+  free=$(df -Pm "$REPO" | awk 'NR==2 {print $4}')
+  used=$(du -sm "$target" 2>/dev/null | awk '{print $1}')
+  log "disk: ${free:-?} MiB free, target dir ${used:-0} MiB ($1)"
+}
+
 cmd_test() {
   ensure_rust_tools
+  # Incremental caches only help rebuilds during development; in a one-shot test run they
+  # double the space the workspace's own crates take.
+  export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
   cmd_up
   load_env
   cd "$REPO"
+  disk_report "start"
   log "cargo fmt --check"
   cargo fmt --all -- --check
   log "cargo clippy -D warnings"
   cargo clippy --workspace --all-targets --locked -- -D warnings
+  disk_report "after clippy"
   log "scripts/dev.sh self-test (up twice, status, down leaves nothing behind)"
   bash "$REPO/scripts/lib/selftest.sh"
   log "cargo test --doc"
   cargo test --workspace --doc --locked
+  disk_report "after doctests"
   log "promtool (for the Prometheus format and alert-rule tests)"
   bash "$REPO/scripts/lib/ensure-promtool.sh" >/dev/null
   log "cargo nextest"
   cargo nextest run --workspace --locked --profile ci
+  disk_report "after nextest"
 }
 
 cmd_demo() {
