@@ -316,8 +316,8 @@ ensure_rust_tools() {
 # after each build step so a CI log shows where the disk went.
 disk_report() {
   local target=${CARGO_TARGET_DIR:-$REPO/target} free used
-  free=$(df -Pm "$REPO" | awk 'NR==2 {print $4}')
-  used=$(du -sm "$target" 2>/dev/null | awk '{print $1}')
+  free=$(df -Pm "$REPO" 2>/dev/null | awk 'NR==2 {print $4}' || true)
+  used=$( (du -sm "$target" 2>/dev/null || true) | awk '{print $1}')
   log "disk: ${free:-?} MiB free, target dir ${used:-0} MiB ($1)"
 }
 
