@@ -1,0 +1,10 @@
+//! Shared pieces of Weir's bench binaries: reading another process's memory and CPU from
+//! `/proc`, sampling RSS over time, summary statistics, Markdown tables and RSS charts.
+//!
+//! The binaries live in `src/bin/`; `scripts/bench.sh quick|full` runs them and prints the
+//! tables that BENCHMARKS.md quotes.
+
+pub mod chart;
+pub mod procfs;
+pub mod stats;
+pub mod table;
