@@ -1,0 +1,151 @@
+//! The machine and load the figures were measured under, and the results file: one generated
+//! section per preset between markers, so hand-written text around them survives a re-run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Replaces the section `name` (between `<!-- weir-bench-ingest:NAME -->` and
+/// `<!-- /weir-bench-ingest:NAME -->`) in `doc` with `body`, or appends it.
+pub(crate) fn replace_section(doc: &str, name: &str, body: &str) -> String {
+    let open = format!("<!-- weir-bench-ingest:{name} -->");
+    let close = format!("<!-- /weir-bench-ingest:{name} -->");
+    let block = format!("{open}\n{}\n{close}", body.trim_end());
+    if let Some(a) = doc.find(&open)
+        && let Some(b) = doc[a..].find(&close)
+    {
+        let end = a + b + close.len();
+        return format!("{}{block}{}", &doc[..a], &doc[end..]);
+    }
+    let mut out = doc.trim_end().to_owned();
+    if !out.is_empty() {
+        out.push_str("\n\n");
+    }
+    out.push_str(&block);
+    out.push('\n');
+    out
+}
+
+/// The 1-minute load average now.
+pub(crate) fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU model, core count and memory, from /proc.
+pub(crate) fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown CPU")
+        .to_owned();
+    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    format!(
+        "{cores} vCPU ({model}), {:.1} GiB RAM",
+        mem_kib as f64 / (1024.0 * 1024.0)
+    )
+}
+
+/// Load average over the run: sampled every 5 s on a thread; keeps only min, max, sum, count.
+pub(crate) struct LoadSampler {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<(f64, f64, f64, u32)>>,
+}
+
+impl LoadSampler {
+    /// Starts sampling.
+    pub(crate) fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut min, mut max, mut sum, mut n) = (f64::MAX, 0f64, 0f64, 0u32);
+            let mut tick = 0u32;
+            while !flag.load(Ordering::Relaxed) {
+                if tick.is_multiple_of(50)
+                    && let Some(l) = loadavg()
+                {
+                    min = min.min(l);
+                    max = max.max(l);
+                    sum += l;
+                    n += 1;
+                }
+                tick += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (min, max, sum, n)
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops and describes the load seen: "min–max (mean m)".
+    pub(crate) fn finish(mut self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take().and_then(|h| h.join().ok()) {
+            Some((min, max, sum, n)) if n > 0 => {
+                format!(
+                    "{min:.2}–{max:.2} (mean {:.2}, {n} samples)",
+                    sum / f64::from(n)
+                )
+            }
+            _ => "unknown".into(),
+        }
+    }
+}
+
+impl Drop for LoadSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_replaced_in_place_or_appended() {
+        let doc = "# Ingest\n\nintro\n";
+        let a = replace_section(doc, "quick", "| a |\n");
+        assert_eq!(
+            a,
+            "# Ingest\n\nintro\n\n<!-- weir-bench-ingest:quick -->\n| a |\n<!-- /weir-bench-ingest:quick -->\n"
+        );
+        let b = replace_section(&format!("{a}\nafter\n"), "quick", "| b |");
+        assert!(b.contains("| b |") && !b.contains("| a |"), "{b}");
+        assert!(
+            b.starts_with("# Ingest\n\nintro\n") && b.ends_with("\nafter\n"),
+            "{b}"
+        );
+        let c = replace_section(&b, "full", "F");
+        assert!(c.contains("| b |") && c.ends_with("<!-- /weir-bench-ingest:full -->\n"));
+        assert_eq!(replace_section(&c, "full", "F"), c);
+        assert!(replace_section("", "x", "y").starts_with("<!-- weir-bench-ingest:x -->"));
+    }
+
+    #[test]
+    fn machine_and_load_are_read() {
+        assert!(machine().contains("vCPU"));
+        assert!(loadavg().is_some());
+        let s = LoadSampler::start();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(s.finish().contains("samples"));
+    }
+}
