@@ -97,6 +97,9 @@ pub struct LimitsConfig {
     pub max_page_size: usize,
     /// Maximum labels in one `counts` query. Default 50.
     pub max_count_labels: usize,
+    /// `graphChanges(since:)` catch-ups running at once on this gateway (each holds a bus
+    /// consumer until it has caught up); more are refused with `LIMIT_EXCEEDED`. Default 64.
+    pub max_replays: usize,
 }
 
 impl Default for LimitsConfig {
@@ -109,6 +112,7 @@ impl Default for LimitsConfig {
             subscription_starts_per_sec: 20,
             max_page_size: 100,
             max_count_labels: 50,
+            max_replays: 64,
         }
     }
 }
@@ -177,6 +181,9 @@ impl GatewayConfig {
         }
         if l.max_page_size == 0 || l.max_count_labels == 0 {
             return bad("limits.max_page_size", "must be above zero");
+        }
+        if l.max_replays == 0 {
+            return bad("limits.max_replays", "must be above zero");
         }
         let w = &self.websocket;
         if w.connection_init_timeout.is_zero()

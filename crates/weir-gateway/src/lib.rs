@@ -18,6 +18,7 @@
 mod auth;
 mod config;
 mod graph;
+mod replay;
 pub mod schema;
 mod ws;
 
@@ -38,6 +39,7 @@ use weir_subscriptions::{SubscriptionError, SubscriptionManager};
 pub use auth::{AuthError, Authenticator, Principal, bearer};
 pub use config::{AuthConfig, GatewayConfig, LimitsConfig, WebSocketConfig};
 pub use graph::{Direction, GraphNode, GraphReader, Ident, Neighbour, NeighbourQuery, NodeKey};
+pub use replay::{ChangeReplay, ReplayBatches, ReplayError};
 pub use schema::{GatewaySchema, sdl};
 pub use ws::close_codes;
 
@@ -58,6 +60,17 @@ pub enum GatewayError {
     /// The subscription manager refused.
     #[error(transparent)]
     Subscription(#[from] SubscriptionError),
+    /// A `since` catch-up cannot be served.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// Too many `since` catch-ups are running on this gateway.
+    #[error(
+        "too many catch-ups (`since`) in progress on this gateway (limit {limit}); retry shortly"
+    )]
+    TooManyReplays {
+        /// `limits.max_replays`.
+        limit: usize,
+    },
     /// Authentication failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -110,6 +123,16 @@ impl GatewayState {
     /// Builds the state: validates `config`, makes the subscription manager (needs a tokio
     /// runtime) and the schema.
     pub fn new(config: GatewayConfig, reader: Arc<dyn GraphReader>) -> Result<Self, GatewayError> {
+        Self::with_replay(config, reader, None)
+    }
+
+    /// Like [`GatewayState::new`], with a source for `graphChanges(since:)` catch-ups (the bus).
+    /// Without one, a subscription passing `since` is refused with `REPLAY_UNAVAILABLE`.
+    pub fn with_replay(
+        config: GatewayConfig,
+        reader: Arc<dyn GraphReader>,
+        replay: Option<Arc<dyn ChangeReplay>>,
+    ) -> Result<Self, GatewayError> {
         config.validate()?;
         let manager = SubscriptionManager::new(config.subscriptions.clone())?;
         let schema = schema::build(
@@ -117,6 +140,7 @@ impl GatewayState {
             manager.clone(),
             &config.limits,
             config.introspection,
+            replay,
         );
         Ok(Self {
             inner: Arc::new(StateInner {

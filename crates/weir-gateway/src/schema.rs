@@ -18,6 +18,14 @@ use weir_subscriptions::{
 use crate::GatewayError;
 use crate::config::LimitsConfig;
 use crate::graph::{self, GraphReader, Ident, NeighbourQuery, NodeKey};
+use crate::replay::{self, ChangeReplay, ReplayError};
+
+/// What `graphChanges(since:)` needs: the replay source and the gateway-wide replay slots.
+struct ReplayCtx {
+    source: Option<Arc<dyn ChangeReplay>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
 
 /// The gateway's schema type.
 pub type GatewaySchema = Schema<QueryRoot, async_graphql::EmptyMutation, SubscriptionRoot>;
@@ -28,10 +36,16 @@ pub(crate) fn build(
     manager: SubscriptionManager,
     limits: &LimitsConfig,
     introspection: bool,
+    replay: Option<Arc<dyn ChangeReplay>>,
 ) -> GatewaySchema {
     let mut b = Schema::build(QueryRoot, async_graphql::EmptyMutation, SubscriptionRoot)
         .data(reader)
         .data(manager)
+        .data(ReplayCtx {
+            source: replay,
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_replays)),
+            limit: limits.max_replays,
+        })
         .data(limits.clone())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity);
@@ -540,6 +554,15 @@ fn start(
     topic: Topic,
     ttl: Option<Duration>,
 ) -> async_graphql::Result<(Arc<OpContext>, weir_subscriptions::Subscription)> {
+    start_with(ctx, topic, ttl, None)
+}
+
+fn start_with(
+    ctx: &Context<'_>,
+    topic: Topic,
+    ttl: Option<Duration>,
+    replay: Option<futures::stream::BoxStream<'static, Arc<ChangeEvent>>>,
+) -> async_graphql::Result<(Arc<OpContext>, weir_subscriptions::Subscription)> {
     let op = ctx
         .data::<Arc<OpContext>>()
         .map_err(|_| {
@@ -550,7 +573,7 @@ fn start(
         .clone();
     let sub = op
         .conn
-        .subscribe(topic, SubscribeOptions { ttl, replay: None })
+        .subscribe(topic, SubscribeOptions { ttl, replay })
         .map_err(|e| user_error(&GatewayError::Subscription(e)))?;
     *op.subscription.lock() = Some(sub.id());
     Ok((op, sub))
@@ -579,6 +602,13 @@ impl SubscriptionRoot {
     /// Graph changes matching the filter (empty or missing lists mean any). `labels` select
     /// nodes, `types` relationships; with neither, everything. Ends with `complete` when its
     /// TTL (default and maximum set by the server) runs out.
+    ///
+    /// `since`: the last `seq` this client received before it lost its connection. The
+    /// subscription first delivers every matching change after it that the bus still retains,
+    /// then goes on live, each change once and in order. Errors: `SINCE_TOO_OLD` (retention
+    /// dropped some: reload instead), `SINCE_AHEAD`, `REPLAY_UNAVAILABLE` (no bus, or it is
+    /// unreachable: retry), `LIMIT_EXCEEDED` (too many catch-ups at once: retry).
+    #[allow(clippy::too_many_arguments)]
     async fn graph_changes(
         &self,
         ctx: &Context<'_>,
@@ -587,6 +617,7 @@ impl SubscriptionRoot {
         keys: Option<Vec<String>>,
         operations: Option<Vec<Operation>>,
         ttl_seconds: Option<i32>,
+        since: Option<u64>,
     ) -> async_graphql::Result<impl Stream<Item = GraphChange> + use<>> {
         let labels = labels.unwrap_or_default();
         let types = types.unwrap_or_default();
@@ -612,14 +643,35 @@ impl SubscriptionRoot {
                 .map(Into::into)
                 .collect(),
         };
-        let (op, sub) = start(ctx, Topic::Changes(filter), ttl_arg(ttl_seconds)?)?;
-        Ok(deliveries(op, sub, |d| match d.item {
-            Item::Change(event) => Some(GraphChange {
-                event,
-                missed: d.missed,
-            }),
-            Item::Progress(_) => None,
-        }))
+        let ttl = ttl_arg(ttl_seconds)?;
+        let Some(since) = since else {
+            let (op, sub) = start(ctx, Topic::Changes(filter), ttl)?;
+            return Ok(changes_of(op, sub));
+        };
+        // Catch-up: open the replay first (a bad `since` fails before anything registers),
+        // register the live subscription, then replay up to what the manager had published.
+        let rc = ctx.data::<ReplayCtx>()?;
+        let Some(source) = rc.source.clone() else {
+            return Err(user_error(&GatewayError::Replay(ReplayError::Unavailable(
+                "this gateway has no bus to replay from".into(),
+            ))));
+        };
+        let permit = rc
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| user_error(&GatewayError::TooManyReplays { limit: rc.limit }))?;
+        let batches = source
+            .open(since)
+            .await
+            .map_err(|e| user_error(&GatewayError::Replay(e)))?;
+        let head = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let events =
+            replay::events_until_head(batches, since, head.clone(), filter.clone(), permit);
+        let manager = ctx.data::<SubscriptionManager>()?;
+        let (op, sub) = start_with(ctx, Topic::Changes(filter), ttl, Some(events.boxed()))?;
+        head.store(manager.last_seq(), std::sync::atomic::Ordering::Release);
+        Ok(changes_of(op, sub))
     }
 
     /// Progress of one ingest job: its latest state first, then every update.
@@ -629,17 +681,38 @@ impl SubscriptionRoot {
         job_id: String,
         ttl_seconds: Option<i32>,
     ) -> async_graphql::Result<impl Stream<Item = IngestJob> + use<>> {
-        if job_id.is_empty() || job_id.len() > 256 {
-            return Err(user_error(&GatewayError::BadArgument(
-                "`jobId` must be 1 to 256 characters".into(),
-            )));
-        }
-        let (op, sub) = start(ctx, Topic::Progress { job_id }, ttl_arg(ttl_seconds)?)?;
-        Ok(deliveries(op, sub, |d| match d.item {
-            Item::Progress(p) => Some(IngestJob(p)),
-            Item::Change(_) => None,
-        }))
+        ingest_progress(ctx, job_id, ttl_seconds)
     }
+}
+
+fn changes_of(
+    op: Arc<OpContext>,
+    sub: weir_subscriptions::Subscription,
+) -> impl Stream<Item = GraphChange> + Send + 'static {
+    deliveries(op, sub, |d| match d.item {
+        Item::Change(event) => Some(GraphChange {
+            event,
+            missed: d.missed,
+        }),
+        Item::Progress(_) => None,
+    })
+}
+
+fn ingest_progress(
+    ctx: &Context<'_>,
+    job_id: String,
+    ttl_seconds: Option<i32>,
+) -> async_graphql::Result<impl Stream<Item = IngestJob> + Send + 'static + use<>> {
+    if job_id.is_empty() || job_id.len() > 256 {
+        return Err(user_error(&GatewayError::BadArgument(
+            "`jobId` must be 1 to 256 characters".into(),
+        )));
+    }
+    let (op, sub) = start(ctx, Topic::Progress { job_id }, ttl_arg(ttl_seconds)?)?;
+    Ok(deliveries(op, sub, |d| match d.item {
+        Item::Progress(p) => Some(IngestJob(p)),
+        Item::Change(_) => None,
+    }))
 }
 
 impl GatewayError {
@@ -650,6 +723,10 @@ impl GatewayError {
             Self::Subscription(SubscriptionError::ConnectionLimit { .. })
             | Self::Subscription(SubscriptionError::GlobalLimit { .. }) => "LIMIT_EXCEEDED",
             Self::Subscription(SubscriptionError::ShuttingDown) => "SHUTTING_DOWN",
+            Self::TooManyReplays { .. } => "LIMIT_EXCEEDED",
+            Self::Replay(ReplayError::SinceTooOld { .. }) => "SINCE_TOO_OLD",
+            Self::Replay(ReplayError::SinceAhead { .. }) => "SINCE_AHEAD",
+            Self::Replay(ReplayError::Unavailable(_)) => "REPLAY_UNAVAILABLE",
             Self::Auth(_) => "UNAUTHENTICATED",
             _ => "INTERNAL",
         }

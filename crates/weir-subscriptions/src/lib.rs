@@ -383,6 +383,8 @@ struct State {
     job_clock: u64,
     next_sub: u64,
     shut_down: bool,
+    /// Highest bus `seq` of a change batch published so far (0: none).
+    last_seq: u64,
 }
 
 struct Inner {
@@ -459,7 +461,10 @@ impl SubscriptionManager {
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         {
-            let st = inner.state.lock();
+            let mut st = inner.state.lock();
+            // Recorded under the same lock that registers subscriptions, so a subscription
+            // registered before `last_seq()` returns N has every batch above N queued live.
+            st.last_seq = st.last_seq.max(batch.seq);
             if st.subs.is_empty() {
                 return;
             }
@@ -503,6 +508,13 @@ impl SubscriptionManager {
         for id in lagged {
             inner.end(id, EndReason::Lagged);
         }
+    }
+
+    /// The highest bus `seq` of a change batch published to this manager so far (0 when
+    /// none). A subscription registered before this call receives, live, every batch with a
+    /// higher seq; a `since` replay therefore needs to cover `(since, last_seq()]` only.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.state.lock().last_seq
     }
 
     /// Publishes every batch of `batches` until it ends or the manager shuts down. This is the

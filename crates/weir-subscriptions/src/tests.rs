@@ -415,6 +415,25 @@ async fn replay_comes_first_and_overlap_is_skipped() {
 }
 
 #[tokio::test]
+async fn last_seq_tracks_the_highest_batch_even_without_subscribers() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    assert_eq!(m.last_seq(), 0);
+    let mut b = batch(vec![ev(EntityKind::Node, "A", "1", Operation::Created)]);
+    b.seq = 7;
+    m.publish(&b);
+    assert_eq!(m.last_seq(), 7, "recorded with no subscription registered");
+    let c = m.connect();
+    let _s = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    b.seq = 9;
+    m.publish(&b);
+    b.seq = 8; // an out-of-order publish never moves it back
+    m.publish(&b);
+    assert_eq!(m.last_seq(), 9);
+}
+
+#[tokio::test]
 async fn feed_publishes_until_the_stream_ends() {
     let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
     let c = m.connect();

@@ -2,8 +2,10 @@
 //!
 //! Each replica reads change batches through its own bus consumer ([`feed`]) and publishes
 //! them to its subscription manager, so every replica delivers every matching change to its
-//! clients, in seq order, once. A client that reconnects pages through `GET /changes?since=`
-//! ([`replay`]) for what it missed. `/health` and `/ready` reflect the graph and the bus
+//! clients, in seq order, once. A client that reconnects subscribes again with
+//! `graphChanges(since: <last seq it saw>)` and first receives what it missed, read from the bus
+//! ([`weir_service::BusReplay`]), then goes on live; `GET /changes?since=` ([`replay`]) pages
+//! through the same history over HTTP. `/health` and `/ready` reflect the graph and the bus
 //! ([`weir_service::health`]); the GraphQL routes are the gateway's own
 //! ([`weir_gateway::router`]).
 //!
@@ -147,7 +149,11 @@ pub async fn run_on(
         bus.clone(),
         Duration::from_secs(3),
     )?);
-    let state = GatewayState::new(config.gateway.clone(), reader.clone())?;
+    let state = GatewayState::with_replay(
+        config.gateway.clone(),
+        reader.clone(),
+        Some(Arc::new(weir_service::BusReplay(bus.clone()))),
+    )?;
     let feeds = CancellationToken::new();
     let changes = feed::spawn_changes(bus.clone(), state.manager().clone(), feeds.clone());
     let progress = feed::spawn_progress(bus.clone(), state.manager().clone(), feeds.clone());

@@ -1,9 +1,10 @@
 //! `GET /changes?since=<seq>`: what a reconnecting client missed.
 //!
-//! The gateway's `graphChanges` subscription is live only; a client that reconnects
-//! subscribes again and then pages through `GET /changes?since=<last seq it saw>` (filters as
-//! in the subscription: `labels`, `types`, `keys`, comma-separated) until `complete` is true,
-//! skipping events at or below the last `(seq, index)` it already has. Each page reads at
+//! HTTP twin of `graphChanges(since:)`, for clients that want history without a WebSocket
+//! (or a larger catch-up than they want to hold a subscription for): page through
+//! `GET /changes?since=<last seq it saw>` (filters as in the subscription: `labels`, `types`,
+//! `keys`, comma-separated) until `complete` is true, skipping events at or below the last
+//! `(seq, index)` it already has. Each page reads at
 //! most `replay.max_batches` batches and `replay.max_events` events from the bus, through a
 //! consumer of its own that is dropped with the page. `410` (`SINCE_TOO_OLD`) when retention
 //! already dropped what is asked for, `400` (`SINCE_AHEAD`) for a seq not yet published.

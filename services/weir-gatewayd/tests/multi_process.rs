@@ -4,7 +4,9 @@
 //! - A client on each gateway subscribes; a dataset is ingested: each receives every
 //!   matching change exactly once, in order.
 //! - One gateway is killed: the other keeps delivering; the killed one is restarted and a
-//!   client resubscribing pages `GET /changes?since=<last seq>` for exactly what it missed.
+//!   client resubscribing with `graphChanges(since: <last seq>)` receives exactly what it
+//!   missed, then goes on live with the next dataset (nothing lost or doubled at the seam);
+//!   `GET /changes?since=` pages through the same history over HTTP.
 //! - SIGTERM stops `weir-ingestd` cleanly (exit 0).
 //!
 //! NATS outages mid-publish and retried publishes are covered in weir-bus
@@ -83,9 +85,45 @@ async fn two_gateways_deliver_everything_once_and_catch_up_with_since() {
     assert!(more_a[0].0 > got_a.last().unwrap().0);
     ca.quiet_for(std::time::Duration::from_millis(300)).await;
 
-    // 3. B restarts; a client resubscribes and catches up with `since`.
+    // 3. B restarts; a client resubscribes with `since`: first what it missed, then live.
     let b = spawn_gatewayd(&stream, b_port);
     wait_ready(b.addr).await;
+    let mut cb = Ws::subscribe_since(b.addr, &label, b_last_seq).await;
+    let replayed = cb.changes(m as usize).await;
+    assert_eq!(
+        assert_once_in_order(&replayed),
+        second_keys,
+        "graphChanges(since:) replays exactly what B's client missed"
+    );
+    assert_eq!(
+        replayed.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
+        more_a.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>(),
+        "same seqs and indexes as the client that never left"
+    );
+    let k = 40;
+    let third = people_csv(dir.path(), "third.csv", 20_000, k);
+    let (status, job) = http(
+        ingestd.addr,
+        "POST",
+        "/jobs",
+        Some(&json!({"path": third, "mapping": MAPPING, "label_prefix": prefix, "id": "third"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(wait_job(ingestd.addr, "third").await["state"], "completed");
+    let live_b = cb.changes(k as usize).await;
+    assert!(
+        live_b[0].0 > replayed.last().unwrap().0,
+        "live changes follow the catch-up in seq order"
+    );
+    assert_eq!(assert_once_in_order(&live_b).len(), k as usize);
+    cb.quiet_for(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        assert_once_in_order(&ca.changes(k as usize).await),
+        assert_once_in_order(&live_b)
+    );
+
+    // The HTTP twin pages through the same history B's client missed.
     let mut caught = Vec::new();
     let mut since = b_last_seq;
     loop {
@@ -109,10 +147,13 @@ async fn two_gateways_deliver_everything_once_and_catch_up_with_since() {
             break;
         }
     }
+    // Pages run to the end of the stream: the missed second dataset, then the third.
     let caught_keys: BTreeSet<String> = assert_once_in_order(&caught);
+    let mut expected = second_keys.clone();
+    expected.extend(assert_once_in_order(&live_b));
     assert_eq!(
-        caught_keys, second_keys,
-        "since replay gives exactly what B missed"
+        caught_keys, expected,
+        "GET /changes?since= pages the same history"
     );
 
     // 4. SIGTERM stops the ingest service cleanly.

@@ -12,6 +12,7 @@
 //!   (the bus deduplicates), so ingestion pauses while the bus is away instead of buffering.
 //! - [`health`]: `/health` and `/ready` that reflect the graph pool and the bus.
 //! - [`admin`]: the admin listener (`/metrics`, `/api/memory/*`) of weir-metrics.
+//! - [`BusReplay`]: the gateway's `graphChanges(since:)` catch-up, read from the bus.
 //! - [`GatedGraphReader`]: the gateway's graph reader, connected lazily, ready only when the
 //!   graph and the bus both are.
 
@@ -24,6 +25,7 @@ mod error;
 pub mod health;
 mod publisher;
 mod reader;
+mod replay;
 mod signal;
 
 pub use auth::{Authenticator, bearer};
@@ -31,6 +33,7 @@ pub use bus::BusSlot;
 pub use error::ServiceError;
 pub use publisher::{BusPublisher, PublisherConfig};
 pub use reader::GatedGraphReader;
+pub use replay::BusReplay;
 pub use signal::cancel_on_signal;
 
 /// Sets up logging to stderr: `text` or `json`, filtered by `WEIR_LOG` (default `info`).

@@ -199,7 +199,11 @@ pub(crate) async fn serve(
         bus.clone(),
         Duration::from_secs(3),
     )?);
-    let state = GatewayState::new(config.gateway.clone(), reader)?;
+    let state = GatewayState::with_replay(
+        config.gateway.clone(),
+        reader,
+        Some(Arc::new(weir_service::BusReplay(bus.clone()))),
+    )?;
     let feeds = CancellationToken::new();
     let changes =
         weir_gatewayd::feed::spawn_changes(bus.clone(), state.manager().clone(), feeds.clone());

@@ -27,10 +27,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The `weir-ingestd` binary, built on demand (it belongs to another package).
+/// The `weir-ingestd` binary (it belongs to another package, so Cargo gives this test no
+/// path to it). A workspace test run (`cargo nextest run --workspace`, as CI does) has just
+/// built it beside `weir-gatewayd` for weir-ingestd's own tests: that one is used when it is
+/// at least as new as `weir-gatewayd`. Otherwise (e.g. `-p weir-gatewayd` alone) it is built
+/// here — with this package's feature set, which costs a rebuild of many dependencies, so CI
+/// (small disk, time limit) never takes this path.
 pub fn ingestd_bin() -> PathBuf {
     let gw = PathBuf::from(env!("CARGO_BIN_EXE_weir-gatewayd"));
     let bin = gw.with_file_name("weir-ingestd");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(ingestd), Some(gatewayd)) = (mtime(&bin), mtime(&gw))
+        && ingestd >= gatewayd
+    {
+        return bin;
+    }
     let status = Command::new(env!("CARGO"))
         .args(["build", "-q", "-p", "weir-ingestd", "--bin", "weir-ingestd"])
         .status()
@@ -207,6 +218,15 @@ pub struct Ws {
 impl Ws {
     /// Connects with graphql-transport-ws, initialises and subscribes to `labels`' changes.
     pub async fn subscribe(addr: SocketAddr, label: &str) -> Self {
+        Self::subscribe_args(addr, &format!("labels: [\"{label}\"]")).await
+    }
+
+    /// Like [`Ws::subscribe`], catching up from after `since` first.
+    pub async fn subscribe_since(addr: SocketAddr, label: &str, since: u64) -> Self {
+        Self::subscribe_args(addr, &format!("labels: [\"{label}\"], since: {since}")).await
+    }
+
+    async fn subscribe_args(addr: SocketAddr, args: &str) -> Self {
         let mut req = format!("ws://{addr}/graphql/ws")
             .into_client_request()
             .unwrap();
@@ -220,9 +240,8 @@ impl Ws {
             .await;
         let ack = c.next_json().await;
         assert_eq!(ack["type"], "connection_ack", "{ack}");
-        let query = format!(
-            "subscription {{ graphChanges(labels: [\"{label}\"]) {{ seq index key operation }} }}"
-        );
+        let query =
+            format!("subscription {{ graphChanges({args}) {{ seq index key operation }} }}");
         c.send(json!({"type": "subscribe", "id": "1", "payload": {"query": query}}))
             .await;
         c

@@ -1,0 +1,213 @@
+//! Catch-up for reconnecting clients: `graphChanges(since: N)`.
+//!
+//! A client that saw changes up to bus sequence `N` and lost its connection subscribes again
+//! with `since: N`. The gateway then
+//!
+//! 1. opens a replay from the bus ([`ChangeReplay::open`]): batches with `seq > N`, in order —
+//!    a `since` older than the bus's retention or newer than anything published is refused
+//!    here, as a GraphQL error, before anything is registered;
+//! 2. registers the live subscription (from now on every batch the gateway's feed hands to the
+//!    subscription manager is queued for it);
+//! 3. reads `head` = the highest seq the manager had published at that moment, and delivers the
+//!    replayed batches with `seq <= head` (filtered like the live ones), then the live queue,
+//!    skipping live events the replay already delivered.
+//!
+//! So every matching change after `N` arrives once, in seq order, with nothing skipped at the
+//! seam. Memory stays bounded: the replay is pulled one batch at a time as the client reads
+//! (the bus consumer has its own bound), and live events that arrive meanwhile wait in the
+//! subscription's bounded queue (if the replay takes long enough to overflow it, the client
+//! sees `missed` as usual). At most [`LimitsConfig::max_replays`](crate::LimitsConfig) replays
+//! run at once per gateway, because each holds a bus consumer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
+use weir_events::{ChangeBatch, ChangeEvent};
+use weir_subscriptions::ChangeFilter;
+
+/// Batches replayed from the bus: each item is the next batch in seq order, or an error after
+/// which the replay ends.
+pub type ReplayBatches = BoxStream<'static, Result<ChangeBatch, ReplayError>>;
+
+/// Where `graphChanges(since:)` reads what a client missed: the bus (see
+/// `weir_service::BusReplay`), or anything that keeps change batches by seq.
+pub trait ChangeReplay: Send + Sync + 'static {
+    /// Opens a replay of every retained batch with `seq > since`, in seq order. It may go on
+    /// past the present (the gateway stops reading at the head it needs). Fails with
+    /// [`ReplayError::SinceTooOld`] when retention already dropped a batch after `since`, and
+    /// [`ReplayError::SinceAhead`] when `since` is newer than anything published.
+    fn open(&self, since: u64) -> BoxFuture<'static, Result<ReplayBatches, ReplayError>>;
+}
+
+/// Why a replay could not be opened or went on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// Retention already dropped batches after `since`; the client must reload its view.
+    #[error(
+        "`since` {since} is older than the bus retains (oldest retained seq {first_retained}): reload instead of catching up"
+    )]
+    SinceTooOld {
+        /// What the client asked for.
+        since: u64,
+        /// The oldest seq still retained.
+        first_retained: u64,
+    },
+    /// `since` is newer than anything published.
+    #[error("`since` {since} is ahead of the last published seq {last}")]
+    SinceAhead {
+        /// What the client asked for.
+        since: u64,
+        /// The last seq published.
+        last: u64,
+    },
+    /// The bus cannot be read now (not connected, timed out); the client may retry.
+    #[error("the bus is unavailable for replay: {0}")]
+    Unavailable(String),
+}
+
+/// Builds the replay stream a subscription delivers before its live queue.
+///
+/// `head` is set by the caller right after the live subscription is registered (before the
+/// stream is first polled); batches are read until the one with `seq >= head` and only
+/// events matching `filter` are yielded. `permit` (the gateway-wide replay slot) is released
+/// when the replay ends or the subscription drops.
+pub(crate) fn events_until_head(
+    batches: ReplayBatches,
+    since: u64,
+    head: Arc<AtomicU64>,
+    filter: ChangeFilter,
+    permit: OwnedSemaphorePermit,
+) -> impl Stream<Item = Arc<ChangeEvent>> + Send + 'static {
+    struct State {
+        batches: ReplayBatches,
+        since: u64,
+        head: Arc<AtomicU64>,
+        _permit: OwnedSemaphorePermit,
+    }
+    let state = State {
+        batches,
+        since,
+        head,
+        _permit: permit,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        let head = st.head.load(Ordering::Acquire);
+        // Nothing (left) to replay: the live queue holds everything above `head`. Returning
+        // `None` drops the state: the bus consumer and the replay slot go with it.
+        if st.since >= head {
+            return None;
+        }
+        let next = st.batches.next().await;
+        match next {
+            Some(Ok(batch)) => {
+                st.since = batch.seq.max(st.since);
+                Some((batch.events, st))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, since = st.since, head, "replay ended early");
+                None
+            }
+            None => None,
+        }
+    })
+    .flat_map(futures::stream::iter)
+    .filter(move |e| futures::future::ready(filter.matches(e)))
+    .map(Arc::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+    use weir_events::{EVENT_FORMAT_VERSION, EntityKind, Operation};
+
+    fn batch(seq: u64, labels: &[&str]) -> ChangeBatch {
+        let mut b = ChangeBatch {
+            version: EVENT_FORMAT_VERSION,
+            seq: 0,
+            job_id: "j".into(),
+            batch_id: format!("b{seq}"),
+            events: labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| ChangeEvent {
+                    version: EVENT_FORMAT_VERSION,
+                    seq: 0,
+                    index: 0,
+                    kind: EntityKind::Node,
+                    label: (*l).into(),
+                    key: format!("{seq}-{i}"),
+                    operation: Operation::Created,
+                    properties: Default::default(),
+                    start: None,
+                    end: None,
+                    job_id: "j".into(),
+                    batch_id: format!("b{seq}"),
+                    source: Default::default(),
+                    committed_at_ms: 0,
+                })
+                .collect(),
+        };
+        b.assign_seq(seq);
+        b
+    }
+
+    fn filter(labels: &[&str]) -> ChangeFilter {
+        ChangeFilter {
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            ..ChangeFilter::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn stops_at_head_filters_and_releases_the_permit() {
+        let sem = Arc::new(Semaphore::new(1));
+        let permit = sem.clone().try_acquire_owned().unwrap();
+        // The source goes on forever past the head, like a live bus subscription.
+        let source = futures::stream::iter((4..).map(|s| Ok(batch(s, &["A", "B"])))).boxed();
+        let head = Arc::new(AtomicU64::new(6));
+        let keys: Vec<String> = events_until_head(source, 3, head, filter(&["A"]), permit)
+            .map(|e| e.key.clone())
+            .collect()
+            .await;
+        assert_eq!(keys, ["4-0", "5-0", "6-0"]);
+        assert_eq!(sem.available_permits(), 1, "permit released at the end");
+    }
+
+    #[tokio::test]
+    async fn nothing_to_replay_when_since_is_at_head_and_the_source_is_not_read() {
+        let sem = Arc::new(Semaphore::new(1));
+        let permit = sem.clone().try_acquire_owned().unwrap();
+        // A source that would hang forever if polled.
+        let source = futures::stream::pending().boxed();
+        let head = Arc::new(AtomicU64::new(5));
+        let got: Vec<_> = events_until_head(source, 5, head, filter(&[]), permit)
+            .collect()
+            .await;
+        assert!(got.is_empty());
+        assert_eq!(sem.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_error_mid_replay_ends_it() {
+        let sem = Arc::new(Semaphore::new(1));
+        let permit = sem.clone().try_acquire_owned().unwrap();
+        let source = futures::stream::iter(vec![
+            Ok(batch(2, &["A"])),
+            Err(ReplayError::Unavailable("gone".into())),
+            Ok(batch(3, &["A"])),
+        ])
+        .boxed();
+        let head = Arc::new(AtomicU64::new(10));
+        let keys: Vec<String> = events_until_head(source, 1, head, filter(&[]), permit)
+            .map(|e| e.key.clone())
+            .collect()
+            .await;
+        assert_eq!(keys, ["2-0"]);
+        assert_eq!(sem.available_permits(), 1);
+    }
+}
