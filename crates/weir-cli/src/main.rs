@@ -1,9 +1,34 @@
 //! `weir`: Weir's command-line tool.
+//!
+//! With the default `jemalloc` feature, jemalloc is the global allocator (its statistics are in
+//! `/metrics` and `/api/memory/*`); with the default `heap-profiling` feature its heap profiler
+//! is built in, set up inactive through the exported `malloc_conf`, and turned on by
+//! `--heap-profiling` / `WEIR_HEAP_PROFILING=1` (see `weir_memwatch::profile`).
+
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 mod cmd;
 mod logging;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads this symbol once, at its first allocation (before `main`): profiler set up
+/// but inactive. `MALLOC_CONF` in the environment is applied after it.
+// SAFETY (of the unsafe attribute): nothing else in the program defines `malloc_conf`; jemalloc
+// declares it as a weak `const char *`, which `Option<&'static u8>` matches in layout, and the
+// bytes are a NUL-terminated static string.
+#[cfg(feature = "heap-profiling")]
+#[allow(unsafe_code, non_upper_case_globals)]
+#[unsafe(no_mangle)]
+static malloc_conf: Option<&'static u8> = Some(&weir_memwatch::JEMALLOC_CONF[0]);
+
+/// The memory log interval of `weir serve` when `--memory-log-interval` is not given.
+const SERVE_MEMORY_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Weir: load large datasets and live streams into a Neo4j-compatible graph without running out
 /// of memory, and watch the graph change through GraphQL subscriptions.
@@ -16,6 +41,16 @@ struct Cli {
     /// Log format: `text` (default) or `json`.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Log a `memory` line (target `weir::memory`: used, limit, ratio, level, RSS, jemalloc
+    /// allocated/resident, leak verdict) this often, e.g. `60s`, `500ms`; `0` turns it off.
+    /// Default: 60s for `serve`, off for `ingest` (which prints its own progress) and the rest.
+    #[arg(long, global = true, env = "WEIR_MEMORY_LOG_INTERVAL", value_parser = humantime::parse_duration)]
+    memory_log_interval: Option<Duration>,
+    /// Turn jemalloc's heap profiler on at start so `POST /api/memory/snapshot` on the admin
+    /// listener returns pprof heap profiles (also `WEIR_HEAP_PROFILING=1`). Off by default: the
+    /// profiler is built in but records nothing until turned on.
+    #[arg(long, global = true)]
+    heap_profiling: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +72,23 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(&cli.log_format);
+    let heap_profiling = cli.heap_profiling
+        || std::env::var(weir_memwatch::HEAP_PROFILING_ENV)
+            .is_ok_and(|v| weir_memwatch::env_requests_profiling(&v));
+    if heap_profiling && let Err(e) = weir_memwatch::activate_heap_profiling() {
+        tracing::warn!(error = %e, "heap profiling was asked for but cannot be turned on");
+    }
+    let (memory_log_interval, memory_limit) = match &cli.command {
+        Command::Serve(_) => (
+            cli.memory_log_interval.unwrap_or(SERVE_MEMORY_LOG_INTERVAL),
+            None,
+        ),
+        Command::Ingest(args) => (
+            cli.memory_log_interval.unwrap_or(Duration::ZERO),
+            args.memory_limit(),
+        ),
+        _ => (Duration::ZERO, None),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +100,15 @@ fn main() -> std::process::ExitCode {
         }
     };
     let code = rt.block_on(async {
+        let memory_log = CancellationToken::new();
+        if let Err(e) = weir_memwatch::spawn_process_memory_log(
+            memory_log_interval,
+            memory_limit,
+            memory_log.clone(),
+        ) {
+            tracing::warn!(error = %e, "memory log not started");
+        }
+        let _stop_memory_log = memory_log.drop_guard();
         match cli.command {
             Command::Ping(args) => cmd::ping::run(args).await,
             Command::Ingest(args) => cmd::ingest::run(args).await,

@@ -18,4 +18,10 @@ pub enum MemwatchError {
         /// Why, and how to turn it on where that is possible.
         reason: String,
     },
+    /// Profiling is available but taking or converting a heap profile failed.
+    #[error("heap profile failed: {reason}")]
+    Profile {
+        /// What failed.
+        reason: String,
+    },
 }

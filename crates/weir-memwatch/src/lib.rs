@@ -10,8 +10,9 @@
 //!   a broadcast channel and log lines) only when the level or verdict changes.
 //! - [`alloc`] reads jemalloc's statistics behind the `jemalloc` cargo feature; binaries set
 //!   `tikv_jemallocator::Jemalloc` as their global allocator.
-//! - [`spawn_memory_log`] writes the periodic `memory` log line.
-//! - [`profile`] says whether heap profiles are available (not yet: see its docs).
+//! - [`spawn_process_memory_log`] / [`spawn_memory_log`] write the periodic `memory` log line.
+//! - [`profile`]: heap profiles in pprof format from jemalloc's sampling profiler (cargo
+//!   feature `heap-profiling`; off until activated, see its docs).
 
 pub mod alloc;
 pub mod error;
@@ -28,8 +29,11 @@ pub use gauge::{MemoryGauge, MemoryUsage, ProcessGauge, UsageSource};
 pub use history::History;
 pub use leak::{LeakAnalysis, LeakConfig, LeakVerdict, analyze};
 pub use pressure::{PressureLevel, Thresholds};
-pub use profile::{ProfilingStatus, heap_profile, profiling_status};
+pub use profile::{
+    HEAP_PROFILING_ENV, JEMALLOC_CONF, ProfilingStatus, activate_heap_profiling,
+    env_requests_profiling, heap_profile, profiling_status,
+};
 pub use watcher::{
     CgroupStats, LeakStatus, MemoryAlert, MemoryReport, MemorySample, MemoryStats, MemoryWatcher,
-    WatcherConfig, log_memory_line, spawn_memory_log,
+    WatcherConfig, log_memory_line, spawn_memory_log, spawn_process_memory_log,
 };

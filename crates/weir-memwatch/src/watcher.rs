@@ -482,7 +482,8 @@ fn log_alert(alert: &MemoryAlert) {
 
 /// Spawns a task that logs one `memory` line (target `weir::memory`) every `interval` until
 /// `cancel` fires: used, limit, ratio, level, RSS and leak verdict of the watcher's latest
-/// sample (it takes one when there is none yet). For the CLI's `--memory-log-interval`.
+/// sample (it takes one when there is none yet). The watcher samples on its own schedule
+/// ([`MemoryWatcher::spawn`]); for a log that samples by itself see [`spawn_process_memory_log`].
 pub fn spawn_memory_log(
     watcher: MemoryWatcher,
     interval: Duration,
@@ -504,10 +505,55 @@ pub fn spawn_memory_log(
     )
 }
 
+/// The periodic memory log of this process (`--memory-log-interval`): a watcher of its own
+/// (a [`ProcessGauge`] against `configured_limit`, history bounded at the default 1,000 samples)
+/// takes a sample every `interval` and logs it as one `memory` line (see [`log_memory_line`]),
+/// the first after one `interval`, until `cancel` fires. `None` when `interval` is zero (off).
+pub fn spawn_process_memory_log(
+    interval: Duration,
+    configured_limit: Option<u64>,
+    cancel: CancellationToken,
+) -> Result<Option<JoinHandle<()>>, MemwatchError> {
+    if interval.is_zero() {
+        return Ok(None);
+    }
+    let watcher = MemoryWatcher::for_process(
+        WatcherConfig {
+            interval,
+            ..WatcherConfig::default()
+        },
+        configured_limit,
+    )?;
+    let span = tracing::info_span!("memory_log", component = "memwatch");
+    Ok(Some(tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    _ = tick.tick() => {
+                        let sample = watcher.sample_now();
+                        log_sample(&watcher, &sample);
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    )))
+}
+
 /// Logs one `memory` line for the watcher's latest sample (taking one when there is none).
+///
+/// Fields: `used_bytes`, `limit_bytes`, `ratio`, `level`, `rss_bytes`, `allocated_bytes` and
+/// `resident_bytes` (jemalloc; absent without it), `leak_verdict`, `slope_bytes_per_hour`.
 pub fn log_memory_line(watcher: &MemoryWatcher) {
     let s = watcher.latest().unwrap_or_else(|| watcher.sample_now());
-    let verdict = watcher.leak_status().verdict.as_str();
+    log_sample(watcher, &s);
+}
+
+fn log_sample(watcher: &MemoryWatcher, s: &MemorySample) {
+    let leak = watcher.leak_status();
     tracing::info!(
         target: "weir::memory",
         used_bytes = s.used_bytes,
@@ -516,7 +562,9 @@ pub fn log_memory_line(watcher: &MemoryWatcher) {
         level = s.level.as_str(),
         rss_bytes = s.rss_bytes,
         allocated_bytes = s.allocator.map(|a| a.allocated_bytes),
-        leak_verdict = verdict,
+        resident_bytes = s.allocator.map(|a| a.resident_bytes),
+        leak_verdict = leak.verdict.as_str(),
+        slope_bytes_per_hour = leak.latest.slope_bytes_per_hour,
         "memory"
     );
 }

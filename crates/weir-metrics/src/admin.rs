@@ -8,7 +8,7 @@
 //! | `GET /api/memory/history?limit=N` | admin | newest N samples, oldest first (`#/$defs/history`) |
 //! | `GET /api/memory/leak-detection` | admin | [`weir_memwatch::LeakStatus`] (`#/$defs/leak_detection`) |
 //! | `GET /api/memory/report` | admin | all of it (`#/$defs/report`) |
-//! | `POST /api/memory/snapshot` | admin | a pprof heap profile, or 503 saying profiling is off (`#/$defs/error`) |
+//! | `POST /api/memory/snapshot` | admin | a heap profile, gzipped pprof protobuf (`go tool pprof` reads it), or 503 `profiling_unavailable` saying how to turn profiling on (`#/$defs/error`) |
 //! | `GET /metrics` | admin | Prometheus text format |
 //!
 //! "admin" routes need `Authorization: Bearer <token>` when [`AdminState::with_admin_token`]
@@ -386,7 +386,19 @@ async fn report(State(state): State<AdminState>) -> Json<ReportBody> {
 }
 
 async fn snapshot() -> Response {
-    match heap_profile() {
+    // Dumping writes and parses a file: off the async workers.
+    let profile = match tokio::task::spawn_blocking(heap_profile).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "heap profile task failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "heap profile failed; see the service log",
+            );
+        }
+    };
+    match profile {
         Ok(bytes) => (
             StatusCode::OK,
             [

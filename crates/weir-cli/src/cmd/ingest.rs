@@ -357,6 +357,13 @@ fn print_summary(s: &RunSummary, dry_run: bool, dead_letter: Option<&Path>) {
     }
 }
 
+impl IngestArgs {
+    /// The `--memory-limit` the periodic memory log measures against.
+    pub(crate) fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
+    }
+}
+
 /// Runs `weir ingest`; see the exit codes in `--help`.
 pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     let mapping =
