@@ -138,6 +138,16 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        #[allow(unsafe_code)]
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory; it only
+        // asks the kernel to SIGTERM the child if this process dies without stopping it.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;

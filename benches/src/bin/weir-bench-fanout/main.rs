@@ -170,7 +170,7 @@ fn raise_nofile() -> anyhow::Result<u64> {
             "setrlimit failed"
         );
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// A NATS stream and subject private to this run, deleted when the handle drops.
