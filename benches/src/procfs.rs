@@ -71,7 +71,7 @@ impl RssSampler {
             let mut every = 1usize; // keep one reading in `every`
             let mut tick = 0usize;
             while !flag.load(Ordering::Relaxed) {
-                if tick % every == 0 {
+                if tick.is_multiple_of(every) {
                     match rss_bytes(pid) {
                         Some(rss) => points.push((started.elapsed().as_secs_f64(), rss)),
                         None => break, // the process is gone
