@@ -505,9 +505,12 @@ pub fn spawn_memory_log(
     )
 }
 
+/// Fewest samples the memory log's own watcher keeps.
+const MEMORY_LOG_MIN_HISTORY: usize = 16;
+
 /// The periodic memory log of this process (`--memory-log-interval`): a watcher of its own
-/// (a [`ProcessGauge`] against `configured_limit`, history bounded at the default 1,000 samples)
-/// takes a sample every `interval` and logs it as one `memory` line (see [`log_memory_line`]),
+/// (a [`ProcessGauge`] against `configured_limit`; its history holds one leak-detection window
+/// of samples, at least 16 and at most the default 1,000) takes a sample every `interval` and logs it as one `memory` line (see [`log_memory_line`]),
 /// the first after one `interval`, until `cancel` fires. `None` when `interval` is zero (off).
 pub fn spawn_process_memory_log(
     interval: Duration,
@@ -517,10 +520,17 @@ pub fn spawn_process_memory_log(
     if interval.is_zero() {
         return Ok(None);
     }
+    let defaults = WatcherConfig::default();
+    // Enough samples for one leak-detection window, within the default bound.
+    let per_window = defaults.leak.window.as_nanos() / interval.as_nanos().max(1) + 1;
+    let history_capacity = usize::try_from(per_window)
+        .unwrap_or(usize::MAX)
+        .clamp(MEMORY_LOG_MIN_HISTORY, defaults.history_capacity);
     let watcher = MemoryWatcher::for_process(
         WatcherConfig {
             interval,
-            ..WatcherConfig::default()
+            history_capacity,
+            ..defaults
         },
         configured_limit,
     )?;

@@ -225,3 +225,24 @@ async fn the_watcher_is_a_gauge_reading_live() {
     used.store(900 * MIB, Ordering::Relaxed);
     assert_eq!(MemoryGauge::usage(&w).ratio(), Some(0.9));
 }
+
+#[tokio::test(start_paused = true)]
+async fn process_memory_log_is_off_at_zero_and_stops_when_cancelled() {
+    use weir_memwatch::spawn_process_memory_log;
+    let cancel = CancellationToken::new();
+    assert!(
+        spawn_process_memory_log(Duration::ZERO, None, cancel.clone())
+            .unwrap()
+            .is_none()
+    );
+    let task = spawn_process_memory_log(Duration::from_millis(100), None, cancel.clone())
+        .unwrap()
+        .expect("a task for a positive interval");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(!task.is_finished());
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("stops on cancel")
+        .unwrap();
+}
