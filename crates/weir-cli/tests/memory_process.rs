@@ -428,3 +428,45 @@ fn heap_profiling_env_turns_it_on_too() {
     );
     check_heap_profile(&serve);
 }
+
+/// `weir ingest` writes the memory line only when asked (`--memory-log-interval`); a dry run
+/// needs no graph server.
+#[test]
+fn ingest_writes_the_memory_line_only_with_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("people.csv");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["generate", "--people", "100000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&csv, &out.stdout).unwrap();
+    let mapping = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/people/mapping.toml"
+    );
+    let ingest = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn,weir=info")
+            .current_dir(dir.path())
+            .args(["--log-format", "json", "ingest"])
+            .arg(&csv)
+            .args(["--mapping", mapping, "--dry-run"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "weir::memory" && v["fields"]["message"] == "memory")
+            .collect::<Vec<_>>()
+    };
+    let lines = ingest(&["--memory-log-interval", "10ms"]);
+    assert!(!lines.is_empty(), "no memory line from weir ingest");
+    assert!(lines[0]["fields"]["allocated_bytes"].as_u64().unwrap_or(0) > 0);
+    assert!(ingest(&[]).is_empty(), "ingest logs memory only when asked");
+}
