@@ -137,6 +137,11 @@ pub struct WebSocketConfig {
     /// Outgoing messages queued per connection (beyond this the subscriptions' own queues and
     /// slow-consumer policy take over). Default 64.
     pub outbound_queue: usize,
+    /// Bytes the socket reads from the network at once. Each open socket holds a buffer of this
+    /// size for its whole life (the WebSocket library's own default, 128 KiB, made an idle
+    /// subscription cost ~150 KB); larger messages still arrive whole, in several reads, up
+    /// to `limits.max_ws_message_bytes`. Default 4 KiB.
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -147,6 +152,7 @@ impl Default for WebSocketConfig {
             pong_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             outbound_queue: 64,
+            read_buffer_bytes: 4096,
         }
     }
 }
@@ -186,6 +192,9 @@ impl GatewayConfig {
             return bad("limits.max_replays", "must be above zero");
         }
         let w = &self.websocket;
+        if !(512..=1 << 20).contains(&w.read_buffer_bytes) {
+            return bad("websocket.read_buffer_bytes", "must be 512 B to 1 MiB");
+        }
         if w.connection_init_timeout.is_zero()
             || w.ping_interval.is_zero()
             || w.pong_timeout.is_zero()

@@ -87,6 +87,7 @@ pub(crate) async fn upgrade(
     let tracker = state.inner.sockets.clone();
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(state.inner.config.websocket.read_buffer_bytes)
         .on_upgrade(move |socket| tracker.track_future(run(socket, state, protocol, pre_auth)))
 }
 
