@@ -158,7 +158,8 @@ impl Env {
         }
     }
 
-    /// Applies `NATS_URL` and `WEIR_BUS_STREAM` to a NATS bus (nothing for the in-process one).
+    /// Applies `NATS_URL`, `WEIR_BUS_STREAM` and `WEIR_BUS_SUBJECT_PREFIX` to a NATS bus (nothing
+    /// for the in-process one).
     pub fn apply_bus(&self, bus: &mut BusConfig) {
         if let BusConfig::Nats(n) = bus {
             if let Some(v) = self.get("NATS_URL") {
@@ -166,6 +167,9 @@ impl Env {
             }
             if let Some(v) = self.get("WEIR_BUS_STREAM") {
                 n.stream = v.to_owned();
+            }
+            if let Some(v) = self.get("WEIR_BUS_SUBJECT_PREFIX") {
+                n.subject_prefix = v.to_owned();
             }
         }
     }
@@ -180,6 +184,10 @@ pub const COMMON_ENV: &[(&str, &str)] = &[
     ("NEO4J_DATABASE", "graph.database"),
     ("NATS_URL", "bus.url (NATS bus only)"),
     ("WEIR_BUS_STREAM", "bus.stream (NATS bus only)"),
+    (
+        "WEIR_BUS_SUBJECT_PREFIX",
+        "bus.subject_prefix (NATS bus only; one per Weir installation sharing a NATS)",
+    ),
     ("WEIR_BIND", "bind"),
     (
         "WEIR_API_KEYS",

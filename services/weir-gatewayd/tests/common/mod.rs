@@ -28,18 +28,14 @@ pub fn free_port() -> u16 {
 }
 
 /// The `weir-ingestd` binary (it belongs to another package, so Cargo gives this test no
-/// path to it). A workspace test run (`cargo nextest run --workspace`, as CI does) has just
-/// built it beside `weir-gatewayd` for weir-ingestd's own tests: that one is used when it is
-/// at least as new as `weir-gatewayd`. Otherwise (e.g. `-p weir-gatewayd` alone) it is built
-/// here — with this package's feature set, which costs a rebuild of many dependencies, so CI
-/// (small disk, time limit) never takes this path.
+/// path to it). A workspace test run (`cargo nextest run --workspace`, as CI does, or
+/// `-p weir-gatewayd -p weir-ingestd`) has just built it beside `weir-gatewayd` for
+/// weir-ingestd's own tests, and that one is used. Only when it is missing is it built here
+/// — with this package's feature set, which rebuilds many dependencies (slow, and more disk).
 pub fn ingestd_bin() -> PathBuf {
     let gw = PathBuf::from(env!("CARGO_BIN_EXE_weir-gatewayd"));
     let bin = gw.with_file_name("weir-ingestd");
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(ingestd), Some(gatewayd)) = (mtime(&bin), mtime(&gw))
-        && ingestd >= gatewayd
-    {
+    if bin.is_file() {
         return bin;
     }
     let status = Command::new(env!("CARGO"))
@@ -98,6 +94,9 @@ pub fn base_env(cmd: &mut Command, stream: &str) {
         .env("NEO4J_DATABASE", &s.graph.database)
         .env("NATS_URL", &s.nats.url)
         .env("WEIR_BUS_STREAM", stream)
+        // Subjects are unique per test too: a stream left behind by a killed run must not
+        // overlap this one's subjects.
+        .env("WEIR_BUS_SUBJECT_PREFIX", stream.to_lowercase())
         .env("WEIR_API_KEYS", KEY)
         .env("WEIR_LOG", "warn")
         .stdout(Stdio::null())
