@@ -165,3 +165,37 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::FAILURE
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct T {
+        #[command(flatten)]
+        p: ProcessArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ProcessArgs, clap::Error> {
+        use clap::Parser;
+        let mut v = vec!["svc"];
+        v.extend_from_slice(args);
+        T::try_parse_from(v).map(|t| t.p)
+    }
+
+    #[test]
+    fn memory_log_interval_defaults_to_a_minute_and_zero_turns_it_off() {
+        // (WEIR_MEMORY_LOG_INTERVAL is not set in the test environment.)
+        assert_eq!(parse(&[]).unwrap(), ProcessArgs::default());
+        let p = parse(&["--memory-log-interval", "250ms", "--heap-profiling"]).unwrap();
+        assert_eq!(p.memory_log_interval, Duration::from_millis(250));
+        assert!(p.heap_profiling && p.heap_profiling_requested());
+        assert_eq!(
+            parse(&["--memory-log-interval", "0"])
+                .unwrap()
+                .memory_log_interval,
+            Duration::ZERO
+        );
+        assert!(parse(&["--memory-log-interval", "soon"]).is_err());
+    }
+}
