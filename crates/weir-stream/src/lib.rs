@@ -7,7 +7,7 @@
 //!   line, byte offset). [`FileSource`] reads files, sorted directories and stdin on its own
 //!   thread (gzip detected by magic bytes); [`ReaderSource`] frames any reader in place.
 //! * The intake task decodes ([`Decoder`]: CSV or JSON Lines, buffers reused), maps
-//!   ([`Mapper`]) and batches by records, bytes and linger (from the batch's first chunk).
+//!   ([`Mapper`]) and batches by records, bytes and linger (from when the batch took its first record).
 //!   Records that fail to frame, decode or map go to the [`DeadLetterSink`] and the stream
 //!   goes on.
 //! * A queue bounded in batches *and* bytes (permits sized by each batch's bytes) feeds the

@@ -454,13 +454,11 @@ impl<M: Mapper> Intake<M> {
                 self.flush(&mut b).await;
                 return Ok(());
             };
-            let arrived = Instant::now();
+            // Linger runs from when the batch took its first record (`take_records` stamps
+            // it), not from when the chunk arrived: a flush in the middle of a chunk can wait
+            // long on a full queue, and the rest of the chunk then starts a fresh batch.
             if !self.take_chunk(chunk, &mut decoder, &mut b).await? {
                 return Ok(());
-            }
-            // Linger runs from the arrival of the batch's first record.
-            if b.dirty && b.started.is_none() {
-                b.started = Some(arrived);
             }
         }
     }
@@ -594,6 +592,9 @@ impl<M: Mapper> Intake<M> {
             }
             self.frontier = rec.next;
             b.dirty = true;
+            if b.started.is_none() {
+                b.started = Some(Instant::now());
+            }
             if b.items.len() >= limit || b.bytes >= self.cfg.batch_bytes {
                 // Count before the batch can be committed, so progress never shows more
                 // committed than read.

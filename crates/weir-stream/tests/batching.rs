@@ -242,3 +242,38 @@ async fn batches_dispatched_ahead_of_a_slow_one_are_bounded_by_the_window() {
     // Window = 2 × concurrency: batches 1..=3 may finish while batch 0 is still writing.
     assert_eq!(ahead, [1, 2, 3]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_slower_than_linger_still_gets_full_batches_from_a_fast_source() {
+    // The source hands over 1024 records per chunk at once; the sink takes longer than the
+    // linger per batch, so the intake waits on the full queue in the middle of a chunk. The
+    // rest of that chunk must start a fresh batch (linger from now), not be flushed at once
+    // as a runt batch because the chunk arrived long ago.
+    let cfg = PipelineConfig {
+        batch_records: 100,
+        min_batch_records: 1,
+        linger: Duration::from_millis(200),
+        concurrency: 1,
+        batch_queue: 1,
+        ..Default::default()
+    };
+    let sink = Arc::new(Recorder {
+        delay: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let source = ReaderSource::new(GenReader::new(Some(3_000)), "g.csv", &cfg);
+    let s = Pipeline::new(cfg, map_row, sink.clone())
+        .run(source, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.records_committed, 3_000);
+    let sizes: Vec<usize> = sink
+        .batches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b.1.len())
+        .collect();
+    assert_eq!(sizes, vec![100; 30], "one transaction per 100 records");
+    assert_eq!(s.batches_written, 30);
+}
