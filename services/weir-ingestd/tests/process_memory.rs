@@ -79,6 +79,8 @@ async fn allocator_stats_memory_line_and_heap_profile() {
         .env("NEO4J_DATABASE", &s.graph.database)
         .env("NATS_URL", &s.nats.url)
         .env("WEIR_BUS_STREAM", &stream)
+        // Subjects unique per test too: a stream left behind by a killed run must not overlap.
+        .env("WEIR_BUS_SUBJECT_PREFIX", stream.to_lowercase())
         .env("WEIR_API_KEYS", "svc-memory-key-0123456789")
         .env("WEIR_BIND", format!("127.0.0.1:{}", free_port()))
         .env("WEIR_ADMIN_BIND", admin.to_string())
