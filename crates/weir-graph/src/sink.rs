@@ -47,7 +47,7 @@ impl GraphError {
 /// transaction failures itself, per its `txn_max_attempts`).
 #[async_trait]
 impl CypherExecutor for Pool {
-    async fn write_txn(&self, statements: Vec<Query>) -> Result<(), GraphError> {
+    async fn write_txn(&self, statements: &[Query]) -> Result<(), GraphError> {
         Pool::write_txn(self, statements)
             .await
             .map(|_| ())

@@ -25,8 +25,10 @@ use crate::value::Value;
 #[async_trait]
 pub trait CypherExecutor: Send + Sync + 'static {
     /// Runs `statements` in order in one write transaction and commits it; on failure the
-    /// transaction is rolled back and the error classified.
-    async fn write_txn(&self, statements: Vec<Query>) -> Result<(), GraphError>;
+    /// transaction is rolled back and the error classified. Borrowed, so a retry reuses the
+    /// same statements: an implementation that must hand the driver an owned `Query` clones
+    /// one statement at a time as it sends it, never the whole list.
+    async fn write_txn(&self, statements: &[Query]) -> Result<(), GraphError>;
 
     /// Runs one statement on its own (auto-commit), e.g. schema statements.
     async fn run(&self, statement: Query) -> Result<(), GraphError>;
@@ -34,13 +36,14 @@ pub trait CypherExecutor: Send + Sync + 'static {
 
 #[async_trait]
 impl CypherExecutor for neo4rs::Graph {
-    async fn write_txn(&self, statements: Vec<Query>) -> Result<(), GraphError> {
+    async fn write_txn(&self, statements: &[Query]) -> Result<(), GraphError> {
         let mut txn = self
             .start_txn()
             .await
             .map_err(|e| GraphError::from_neo4rs(&e))?;
         for q in statements {
-            if let Err(e) = txn.run(q).await {
+            // `Txn::run` takes the query by value: one statement's copy at a time.
+            if let Err(e) = txn.run(q.clone()).await {
                 let _ = txn.rollback().await;
                 return Err(GraphError::from_neo4rs(&e));
             }
@@ -436,7 +439,7 @@ impl<E: CypherExecutor> GraphWriter<E> {
         let mut backoff = self.config.initial_backoff;
         loop {
             attempt += 1;
-            match self.exec.write_txn(prepared.queries.clone()).await {
+            match self.exec.write_txn(&prepared.queries).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && attempt < self.config.max_attempts.max(1) => {
                     tracing::debug!(batch = %batch_id, attempt, error = %e, "transient failure, retrying");

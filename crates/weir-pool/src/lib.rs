@@ -173,12 +173,14 @@ impl Pool {
     /// errors (connection failures, query timeouts, Neo4j `TransientError`s) up to
     /// `txn_max_attempts` times with exponential back-off and jitter. **For idempotent work
     /// only** (e.g. `MERGE`): a commit whose answer was lost is retried. Returns the number
-    /// of attempts made.
-    pub async fn write_txn(&self, queries: Vec<Query>) -> Result<u32, PoolError> {
+    /// of attempts made. Takes a `Vec`, an array or a borrowed slice; attempts reuse the same
+    /// list (each statement is copied only as it is sent, see [`Session::write_txn`]).
+    pub async fn write_txn(&self, queries: impl AsRef<[Query]> + Send) -> Result<u32, PoolError> {
+        let queries = queries.as_ref();
         let cfg = self.config();
         let mut attempt = 1;
         loop {
-            let result = async { self.get().await?.write_txn(&queries).await }.await;
+            let result = async { self.get().await?.write_txn(queries).await }.await;
             match result {
                 Ok(()) => return Ok(attempt),
                 Err(e) if e.is_retryable_in_txn() && attempt < cfg.txn_max_attempts => {
@@ -288,6 +290,8 @@ impl Session {
 
     /// Runs `queries` in one write transaction, once (no retry; see [`Pool::write_txn`]).
     /// The whole transaction is bounded by `query_timeout`; on error it is not committed.
+    /// The driver takes each statement by value, so each is cloned just before it is sent
+    /// and dropped once sent: one statement's copy at a time, never the whole list.
     pub async fn write_txn(&mut self, queries: &[Query]) -> Result<(), PoolError> {
         let t = self.query_timeout();
         self.lease.dirty = true;
