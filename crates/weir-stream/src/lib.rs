@@ -44,7 +44,7 @@
 //! ```
 //!
 //! The `2C` per batch accounts for the read buffers its raw slices keep alive at its edges.
-//! [`PipelineConfig::memory_bound_bytes`] computes it: 43,458,560 bytes (about 41.4 MiB) at the defaults. It assumes
+//! [`PipelineConfig::memory_bound_bytes`] computes it: 59,187,200 bytes (about 56.4 MiB) at the defaults. It assumes
 //! the mapper's `item_bytes` estimate is honest and the sink does not keep items after a write.
 //! It excludes the runtime, the allocator's retained free memory and the sink's own buffers.
 

@@ -9,7 +9,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_weir-stream-harness");
 
 #[test]
 fn peak_rss_stays_under_the_documented_bound() {
-    let rows = 2_000_000u64;
+    let rows = 3_000_000u64;
     let out = Command::new(BIN)
         .args(["rss", &rows.to_string(), "1"])
         .output()
