@@ -118,6 +118,15 @@ impl Bus {
         }
     }
 
+    /// The newest published seq now (0 before the first publish). On NATS this asks the
+    /// stream (within `connect_timeout`).
+    pub async fn last_seq(&self) -> Result<u64, BusError> {
+        match self {
+            Self::InProcess(b) => Ok(b.last_seq()),
+            Self::Nats(b) => Ok(b.retained_range().await?.1),
+        }
+    }
+
     /// Subscribes to progress events from now on.
     pub async fn subscribe_progress(&self) -> Result<ProgressStream, BusError> {
         match self {

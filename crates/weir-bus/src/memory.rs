@@ -84,6 +84,11 @@ impl InProcessBus {
         &self.inner.metrics
     }
 
+    /// The newest published seq (0 before the first publish).
+    pub fn last_seq(&self) -> u64 {
+        self.ring().last()
+    }
+
     /// Number of batches retained now (never above the capacity).
     pub fn retained(&self) -> usize {
         self.ring().batches.len()

@@ -39,7 +39,7 @@ use weir_subscriptions::{SubscriptionError, SubscriptionManager};
 pub use auth::{AuthError, Authenticator, Principal, bearer};
 pub use config::{AuthConfig, GatewayConfig, LimitsConfig, WebSocketConfig};
 pub use graph::{Direction, GraphNode, GraphReader, Ident, Neighbour, NeighbourQuery, NodeKey};
-pub use replay::{ChangeReplay, ReplayBatches, ReplayError};
+pub use replay::{ChangeReplay, Replay, ReplayBatches, ReplayError};
 pub use schema::{GatewaySchema, sdl};
 pub use ws::close_codes;
 

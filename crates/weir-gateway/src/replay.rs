@@ -8,7 +8,9 @@
 //!    here, as a GraphQL error, before anything is registered;
 //! 2. registers the live subscription (from now on every batch the gateway's feed hands to the
 //!    subscription manager is queued for it);
-//! 3. reads `head` = the highest seq the manager had published at that moment, and delivers the
+//! 3. reads `head` = the highest seq the manager had published at that moment (or the bus's
+//!    newest seq when the replay was opened, if higher: a gateway that just started feeds
+//!    itself from the bus's tip, so older batches never reach its manager), and delivers the
 //!    replayed batches with `seq <= head` (filtered like the live ones), then the live queue,
 //!    skipping live events the replay already delivered.
 //!
@@ -33,14 +35,32 @@ use weir_subscriptions::ChangeFilter;
 /// which the replay ends.
 pub type ReplayBatches = BoxStream<'static, Result<ChangeBatch, ReplayError>>;
 
+/// An opened replay.
+pub struct Replay {
+    /// Every retained batch with `seq > since`, in seq order; it may go on past the present
+    /// (the gateway stops reading at the head it needs).
+    pub batches: ReplayBatches,
+    /// The newest seq published on the bus when the replay was opened. The gateway replays at
+    /// least up to here: its own feed may not have seen these batches yet (a gateway that just
+    /// started reads the bus from its tip onwards).
+    pub last_published: u64,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("last_published", &self.last_published)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where `graphChanges(since:)` reads what a client missed: the bus (see
 /// `weir_service::BusReplay`), or anything that keeps change batches by seq.
 pub trait ChangeReplay: Send + Sync + 'static {
-    /// Opens a replay of every retained batch with `seq > since`, in seq order. It may go on
-    /// past the present (the gateway stops reading at the head it needs). Fails with
+    /// Opens a replay of every retained batch with `seq > since`, in seq order. Fails with
     /// [`ReplayError::SinceTooOld`] when retention already dropped a batch after `since`, and
     /// [`ReplayError::SinceAhead`] when `since` is newer than anything published.
-    fn open(&self, since: u64) -> BoxFuture<'static, Result<ReplayBatches, ReplayError>>;
+    fn open(&self, since: u64) -> BoxFuture<'static, Result<Replay, ReplayError>>;
 }
 
 /// Why a replay could not be opened or went on.
@@ -72,7 +92,8 @@ pub enum ReplayError {
 /// Builds the replay stream a subscription delivers before its live queue.
 ///
 /// `head` is set by the caller right after the live subscription is registered (before the
-/// stream is first polled); batches are read until the one with `seq >= head` and only
+/// stream is first polled) to the larger of the manager's last published seq and the bus's
+/// [`Replay::last_published`]; batches are read until the one with `seq >= head` and only
 /// events matching `filter` are yielded. `permit` (the gateway-wide replay slot) is released
 /// when the replay ends or the subscription drops.
 pub(crate) fn events_until_head(

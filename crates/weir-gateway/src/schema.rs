@@ -661,16 +661,19 @@ impl SubscriptionRoot {
             .clone()
             .try_acquire_owned()
             .map_err(|_| user_error(&GatewayError::TooManyReplays { limit: rc.limit }))?;
-        let batches = source
+        let opened = source
             .open(since)
             .await
             .map_err(|e| user_error(&GatewayError::Replay(e)))?;
         let head = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let events =
-            replay::events_until_head(batches, since, head.clone(), filter.clone(), permit);
+            replay::events_until_head(opened.batches, since, head.clone(), filter.clone(), permit);
         let manager = ctx.data::<SubscriptionManager>()?;
         let (op, sub) = start_with(ctx, Topic::Changes(filter), ttl, Some(events.boxed()))?;
-        head.store(manager.last_seq(), std::sync::atomic::Ordering::Release);
+        head.store(
+            manager.last_seq().max(opened.last_published),
+            std::sync::atomic::Ordering::Release,
+        );
         Ok(changes_of(op, sub))
     }
 

@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use weir_bus::BusError;
-use weir_gateway::{ChangeReplay, ReplayBatches, ReplayError};
+use weir_gateway::{ChangeReplay, Replay, ReplayError};
 
 use crate::BusSlot;
 
@@ -27,17 +27,22 @@ fn replay_error(e: BusError) -> ReplayError {
 }
 
 impl ChangeReplay for BusReplay {
-    fn open(&self, since: u64) -> BoxFuture<'static, Result<ReplayBatches, ReplayError>> {
+    fn open(&self, since: u64) -> BoxFuture<'static, Result<Replay, ReplayError>> {
         let slot = self.0.clone();
         Box::pin(async move {
             let bus = slot
                 .get()
                 .ok_or_else(|| ReplayError::Unavailable("the bus is not connected yet".into()))?;
+            // Read before subscribing: everything up to here is then in the replay.
+            let last_published = bus.last_seq().await.map_err(replay_error)?;
             let stream = bus
                 .subscribe_changes(Some(since))
                 .await
                 .map_err(replay_error)?;
-            Ok(stream.map(|r| r.map_err(replay_error)).boxed())
+            Ok(Replay {
+                batches: stream.map(|r| r.map_err(replay_error)).boxed(),
+                last_published,
+            })
         })
     }
 }

@@ -22,7 +22,7 @@ use weir_events::{
 };
 use weir_gateway::{
     AuthConfig, ChangeReplay, GatewayConfig, GatewayError, GatewayState, GraphNode, GraphReader,
-    Ident, Neighbour, NeighbourQuery, NodeKey, ReplayBatches, ReplayError,
+    Ident, Neighbour, NeighbourQuery, NodeKey, Replay, ReplayError,
 };
 use weir_service::{BusReplay, BusSlot};
 
@@ -325,8 +325,13 @@ impl ChangeReplay for Stalled {
     fn open(
         &self,
         _since: u64,
-    ) -> futures::future::BoxFuture<'static, Result<ReplayBatches, ReplayError>> {
-        Box::pin(async { Ok(futures::stream::pending().boxed()) })
+    ) -> futures::future::BoxFuture<'static, Result<Replay, ReplayError>> {
+        Box::pin(async {
+            Ok(Replay {
+                batches: futures::stream::pending().boxed(),
+                last_published: 2,
+            })
+        })
     }
 }
 
@@ -366,4 +371,23 @@ async fn catch_ups_are_bounded_and_a_disconnect_frees_the_slot() {
     }
     assert_eq!(gw.state.manager().active(), 2);
     drop(b);
+}
+
+#[tokio::test]
+async fn a_gateway_that_started_after_the_changes_still_replays_them() {
+    // Like a restarted weir-gatewayd: its feed reads the bus from the tip onwards, so its
+    // subscription manager never saw the batches the client missed.
+    let bus = InProcessBus::new(&InProcessConfig::default()).unwrap();
+    for n in 1..=4 {
+        bus.publish_changes(batch(n, &["A"]));
+    }
+    let replay = Arc::new(BusReplay(BusSlot::ready(Bus::InProcess(bus.clone()))));
+    let gw = Gateway::start_with(bus, config(4), Some(replay)).await;
+    assert_eq!(gw.state.manager().last_seq(), 0, "the feed saw nothing yet");
+    let mut c = Client::connect(gw.addr).await;
+    c.subscribe("1", "labels: [\"A\"], since: 1").await;
+    assert_eq!(keys(&c.changes("1", 3).await), ["2-0", "3-0", "4-0"]);
+    gw.publish(batch(5, &["A"])).await;
+    assert_eq!(keys(&c.changes("1", 1).await), ["5-0"]);
+    c.quiet_for(Duration::from_millis(200)).await;
 }

@@ -278,7 +278,14 @@ impl Ws {
     /// Receives `n` change events: (seq, index, key).
     pub async fn changes(&mut self, n: usize) -> Vec<(u64, u64, String)> {
         let mut out = Vec::with_capacity(n);
+        // Pings keep the socket busy, so bound the whole wait, not only each message.
+        let deadline = tokio::time::Instant::now() + 2 * WAIT;
         while out.len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} changes arrived: {out:?}",
+                out.len()
+            );
             let v = self.next_json().await;
             assert_eq!(v["type"], "next", "{v}");
             let c = &v["payload"]["data"]["graphChanges"];
