@@ -292,7 +292,7 @@ pub(crate) async fn run_churn(
             }
         }
         if alive {
-            if (seed + round) % 2 == 0 {
+            if (seed + round).is_multiple_of(2) {
                 leave_clean(ws).await;
                 shared.clean_leaves.fetch_add(1, Ordering::Relaxed);
             } else {
