@@ -104,9 +104,21 @@ pub fn base_env(cmd: &mut Command, stream: &str) {
 }
 
 pub fn spawn_gatewayd(stream: &str, port: u16) -> Service {
+    spawn_gatewayd_with(stream, port, &[], &[])
+}
+
+/// Like [`spawn_gatewayd`], with extra environment (applied last) and arguments.
+pub fn spawn_gatewayd_with(
+    stream: &str,
+    port: u16,
+    env: &[(&str, String)],
+    args: &[String],
+) -> Service {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir-gatewayd"));
     base_env(&mut cmd, stream);
     cmd.env("WEIR_BIND", format!("127.0.0.1:{port}"));
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(args);
     Service {
         child: cmd.spawn().expect("spawning weir-gatewayd"),
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -114,12 +126,26 @@ pub fn spawn_gatewayd(stream: &str, port: u16) -> Service {
 }
 
 pub fn spawn_ingestd(bin: &Path, stream: &str, port: u16, dir: &Path) -> Service {
+    spawn_ingestd_with(bin, stream, port, dir, &[], &[])
+}
+
+/// Like [`spawn_ingestd`], with extra environment (applied last) and arguments.
+pub fn spawn_ingestd_with(
+    bin: &Path,
+    stream: &str,
+    port: u16,
+    dir: &Path,
+    env: &[(&str, String)],
+    args: &[String],
+) -> Service {
     let mut cmd = Command::new(bin);
     base_env(&mut cmd, stream);
     cmd.env("WEIR_BIND", format!("127.0.0.1:{port}"))
         .env("WEIR_INPUT_ROOTS", dir)
         .env("WEIR_JOB_DIR", dir.join("jobs"))
         .env("WEIR_SPOOL_DIR", dir.join("spool"));
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(args);
     Service {
         child: cmd.spawn().expect("spawning weir-ingestd"),
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -240,7 +266,7 @@ impl Ws {
         let ack = c.next_json().await;
         assert_eq!(ack["type"], "connection_ack", "{ack}");
         let query =
-            format!("subscription {{ graphChanges({args}) {{ seq index key operation }} }}");
+            format!("subscription {{ graphChanges({args}) {{ seq index key operation missed }} }}");
         c.send(json!({"type": "subscribe", "id": "1", "payload": {"query": query}}))
             .await;
         c
@@ -286,9 +312,15 @@ impl Ws {
                 "only {} of {n} changes arrived: {out:?}",
                 out.len()
             );
-            let v = self.next_json().await;
+            let v = tokio::time::timeout_at(deadline, self.next_json())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} changes arrived", out.len()));
             assert_eq!(v["type"], "next", "{v}");
             let c = &v["payload"]["data"]["graphChanges"];
+            assert_eq!(
+                c["missed"], 0,
+                "the gateway dropped changes for this client: {v}"
+            );
             out.push((
                 c["seq"].as_u64().unwrap(),
                 c["index"].as_u64().unwrap(),
