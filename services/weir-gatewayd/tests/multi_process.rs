@@ -9,9 +9,10 @@
 //!   `GET /changes?since=` pages through the same history over HTTP.
 //! - SIGTERM stops `weir-ingestd` cleanly (exit 0).
 //!
-//! NATS outages mid-publish and retried publishes are covered in weir-bus
-//! (`tests/nats_outage.rs`, `tests/nats_publish_dedup.rs`); the publisher's wait-and-retry
-//! with the same batch is unit-tested in weir-service (`publisher.rs`).
+//! NATS stopped mid-ingest across these processes: `multi_process_nats_outage.rs`. At the bus
+//! level: weir-bus `tests/nats_outage.rs` and `tests/nats_publish_dedup.rs` (a publish retried
+//! after a timeout is delivered once); the publisher's wait-and-retry with the same batch is
+//! unit-tested in weir-service (`publisher.rs`).
 
 mod common;
 
