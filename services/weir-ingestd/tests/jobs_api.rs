@@ -76,6 +76,8 @@ fn config(stream: &str, dir: &std::path::Path) -> IngestdConfig {
         bus: BusConfig::Nats(NatsBusConfig {
             url: settings.nats.url,
             stream: stream.into(),
+            // Unique subjects too: a stream a killed run left behind must not overlap.
+            subject_prefix: stream.to_lowercase(),
             ..NatsBusConfig::default()
         }),
         shutdown_grace: Duration::from_secs(20),
