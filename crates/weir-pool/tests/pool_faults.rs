@@ -129,10 +129,11 @@ async fn hanging_server_hits_query_and_connect_deadlines() {
         acquire_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_millis(800),
         query_timeout: Duration::from_millis(800),
-        circuit_failure_threshold: 2,
+        circuit_failure_threshold: 3,
         ..common::fast_config()
     };
     let deadline = call_deadline(&cfg);
+    let (max_size, threshold) = (cfg.max_size, cfg.circuit_failure_threshold as usize);
     let pool = common::ready_pool(settings, cfg).await;
     assert_eq!(common::return_one(&pool).await.unwrap(), 1);
 
@@ -155,9 +156,27 @@ async fn hanging_server_hits_query_and_connect_deadlines() {
         1,
         "timed-out session discarded"
     );
-    let r = tokio::time::timeout(deadline, pool.run(query("RETURN 1")))
-        .await
-        .expect("connect deadline must fire");
+    // Another session opened earlier may still sit idle in the pool: it fails its query the
+    // same way and is discarded. After it, a checkout has to connect through the black hole
+    // and hits the connect deadline. Every one of these failures counts for the breaker.
+    let mut failures = 1;
+    let r = loop {
+        let r = tokio::time::timeout(deadline, pool.run(query("RETURN 1")))
+            .await
+            .expect("query or connect deadline must fire");
+        failures += 1;
+        let query_timeout = matches!(
+            r,
+            Err(PoolError::Timeout {
+                stage: TimeoutStage::Query,
+                ..
+            })
+        );
+        if query_timeout && failures < max_size + 1 {
+            continue;
+        }
+        break r;
+    };
     assert!(
         matches!(
             r,
@@ -168,6 +187,23 @@ async fn hanging_server_hits_query_and_connect_deadlines() {
         ),
         "{r:?}"
     );
+    // Connect deadlines until the breaker's threshold of consecutive failures is reached.
+    while failures < threshold {
+        let r = tokio::time::timeout(deadline, pool.run(query("RETURN 1")))
+            .await
+            .expect("connect deadline must fire");
+        assert!(
+            matches!(
+                r,
+                Err(PoolError::Timeout {
+                    stage: TimeoutStage::Connect,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        failures += 1;
+    }
     assert_eq!(pool.status().circuit, CircuitState::Open);
     let r = pool.run(query("RETURN 1")).await;
     assert!(matches!(r, Err(PoolError::CircuitOpen { .. })), "{r:?}");
