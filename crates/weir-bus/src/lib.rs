@@ -118,12 +118,16 @@ impl Bus {
         }
     }
 
-    /// The newest published seq now (0 before the first publish). On NATS this asks the
-    /// stream (within `connect_timeout`).
-    pub async fn last_seq(&self) -> Result<u64, BusError> {
+    /// Like [`Bus::subscribe_changes`], also returning the newest seq published when the
+    /// subscription opened (0 before the first publish), read in the same step that checks
+    /// `since`: a catch-up reads the stream at least up to it.
+    pub async fn subscribe_changes_at(
+        &self,
+        since: Option<u64>,
+    ) -> Result<(ChangeStream, u64), BusError> {
         match self {
-            Self::InProcess(b) => Ok(b.last_seq()),
-            Self::Nats(b) => Ok(b.retained_range().await?.1),
+            Self::InProcess(b) => b.subscribe_changes_at(since),
+            Self::Nats(b) => b.subscribe_changes_at(since).await,
         }
     }
 

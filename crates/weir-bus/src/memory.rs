@@ -84,11 +84,6 @@ impl InProcessBus {
         &self.inner.metrics
     }
 
-    /// The newest published seq (0 before the first publish).
-    pub fn last_seq(&self) -> u64 {
-        self.ring().last()
-    }
-
     /// Number of batches retained now (never above the capacity).
     pub fn retained(&self) -> usize {
         self.ring().batches.len()
@@ -135,11 +130,20 @@ impl InProcessBus {
 
     /// Subscribes to change batches; see [`crate::Bus::subscribe_changes`].
     pub fn subscribe_changes(&self, since: Option<u64>) -> Result<ChangeStream, BusError> {
+        self.subscribe_changes_at(since).map(|(stream, _)| stream)
+    }
+
+    /// Like [`InProcessBus::subscribe_changes`], also returning the newest seq published when
+    /// the subscription opened; see [`crate::Bus::subscribe_changes_at`].
+    pub fn subscribe_changes_at(
+        &self,
+        since: Option<u64>,
+    ) -> Result<(ChangeStream, u64), BusError> {
         let tip = self.inner.tip.subscribe();
-        let next = {
+        let (next, newest) = {
             let ring = self.ring();
             let (first, last) = (ring.first(), ring.last());
-            match since {
+            let next = match since {
                 None => last + 1,
                 Some(since) if since > last => return Err(BusError::SinceAhead { since, last }),
                 Some(since) if since + 1 < first => {
@@ -149,7 +153,8 @@ impl InProcessBus {
                     });
                 }
                 Some(since) => since + 1,
-            }
+            };
+            (next, last)
         };
         let bus = self.clone();
         let stream = futures::stream::unfold(Some((bus, next, tip)), |state| async move {
@@ -189,7 +194,7 @@ impl InProcessBus {
                 }
             }
         });
-        Ok(stream.boxed())
+        Ok((stream.boxed(), newest))
     }
 
     /// Subscribes to progress events from now on; a reader that falls more than

@@ -273,6 +273,16 @@ impl NatsBus {
 
     /// Subscribes through a new ordered consumer; see [`crate::Bus::subscribe_changes`].
     pub async fn subscribe_changes(&self, since: Option<u64>) -> Result<ChangeStream, BusError> {
+        Ok(self.subscribe_changes_at(since).await?.0)
+    }
+
+    /// Like [`NatsBus::subscribe_changes`], also returning the stream's newest seq when the
+    /// subscription opened (from the same stream-info request); see
+    /// [`crate::Bus::subscribe_changes_at`].
+    pub async fn subscribe_changes_at(
+        &self,
+        since: Option<u64>,
+    ) -> Result<(ChangeStream, u64), BusError> {
         let (first, last) = self.retained_range().await?;
         let since = match since {
             None => last,
@@ -308,37 +318,40 @@ impl NatsBus {
             connects_at_open: 0,
         };
         state.connects_at_open = state.connects();
-        Ok(futures::stream::unfold(Some(state), |state| async move {
-            let mut cur = state?;
-            let mut tick = tokio::time::interval(cur.check_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let item = tokio::select! {
-                    item = cur.messages.next() => item,
-                    _ = tick.tick() => {
-                        cur.watch_connection().await;
-                        continue;
+        Ok((
+            futures::stream::unfold(Some(state), |state| async move {
+                let mut cur = state?;
+                let mut tick = tokio::time::interval(cur.check_every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    let item = tokio::select! {
+                        item = cur.messages.next() => item,
+                        _ = tick.tick() => {
+                            cur.watch_connection().await;
+                            continue;
+                        }
+                    };
+                    match item {
+                        None => cur.reopen().await,
+                        Some(Err(e)) => {
+                            tracing::warn!(
+                                error = %e,
+                                last_seen = cur.last_seen,
+                                "bus consumer failed; reopening after the last seq delivered"
+                            );
+                            cur.reopen().await;
+                        }
+                        Some(Ok(msg)) => match cur.accept(&msg) {
+                            Step::Skip => {}
+                            Step::Fail(e) => return Some((Err(e), None)),
+                            Step::Deliver(batch) => return Some((Ok(batch), Some(cur))),
+                        },
                     }
-                };
-                match item {
-                    None => cur.reopen().await,
-                    Some(Err(e)) => {
-                        tracing::warn!(
-                            error = %e,
-                            last_seen = cur.last_seen,
-                            "bus consumer failed; reopening after the last seq delivered"
-                        );
-                        cur.reopen().await;
-                    }
-                    Some(Ok(msg)) => match cur.accept(&msg) {
-                        Step::Skip => {}
-                        Step::Fail(e) => return Some((Err(e), None)),
-                        Step::Deliver(batch) => return Some((Ok(batch), Some(cur))),
-                    },
                 }
-            }
-        })
-        .boxed())
+            })
+            .boxed(),
+            last,
+        ))
     }
 
     /// Subscribes to progress events on core NATS from now on.

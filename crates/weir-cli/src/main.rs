@@ -13,19 +13,8 @@ use tokio_util::sync::CancellationToken;
 mod cmd;
 mod logging;
 
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc reads this symbol once, at its first allocation (before `main`): profiler set up
-/// but inactive. `MALLOC_CONF` in the environment is applied after it.
-// SAFETY (of the unsafe attribute): nothing else in the program defines `malloc_conf`; jemalloc
-// declares it as a weak `const char *`, which `Option<&'static u8>` matches in layout, and the
-// bytes are a NUL-terminated static string.
-#[cfg(feature = "heap-profiling")]
-#[allow(unsafe_code, non_upper_case_globals)]
-#[unsafe(no_mangle)]
-static malloc_conf: Option<&'static u8> = Some(&weir_memwatch::JEMALLOC_CONF[0]);
+// jemalloc (`jemalloc` feature) and its inactive heap profiler (`heap-profiling` feature).
+weir_memwatch::binary_allocator!();
 
 /// The memory log interval of `weir serve` when `--memory-log-interval` is not given.
 const SERVE_MEMORY_LOG_INTERVAL: Duration = Duration::from_secs(60);

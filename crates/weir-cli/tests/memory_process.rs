@@ -11,40 +11,23 @@
 //!
 //! Nothing here needs the graph server: the admin listener and the allocator do not.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use weir_test_support::process::{
+    ChildProcess, HttpResponse, WAIT, free_port, http_request, is_memory_line, metric_value,
+};
 
 const TOKEN: &str = "admin-token-memory-0123";
-const WAIT: Duration = Duration::from_secs(60);
-/// Most stderr lines kept from a child.
-const MAX_LINES: usize = 5000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `weir serve` with an admin listener, killed on drop; its stderr lines are collected.
 struct Serve {
-    child: Child,
+    child: ChildProcess,
     admin: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Serve {
@@ -66,30 +49,10 @@ impl Serve {
                 &admin.to_string(),
             ])
             .args(extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawning weir serve");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let mut l = lines.lock().unwrap();
-                    if l.len() < MAX_LINES {
-                        l.push(line);
-                    }
-                }
-            });
-        }
+            .envs(extra_env.iter().copied());
         let serve = Serve {
-            child,
+            child: ChildProcess::spawn(&mut cmd),
             admin,
-            lines,
             _dir: dir,
         };
         serve.wait_admin();
@@ -100,11 +63,11 @@ impl Serve {
     fn wait_admin(&self) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok((200, _, body)) = try_request(self.admin, "GET", "/api/memory/stats", true) {
-                let v: Value = serde_json::from_slice(&body).unwrap();
-                if !v["current"].is_null() {
-                    return;
-                }
+            if let Ok(r) = self.request("GET", "/api/memory/stats", true)
+                && r.status == 200
+                && !r.json()["current"].is_null()
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -116,79 +79,22 @@ impl Serve {
     }
 
     fn stderr(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.child.stderr()
+    }
+
+    fn request(&self, method: &str, path: &str, auth: bool) -> std::io::Result<HttpResponse> {
+        http_request(self.admin, method, path, auth.then_some(TOKEN))
     }
 
     fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        let (s, _, b) = try_request(self.admin, "GET", path, true).unwrap();
-        (s, b)
+        let r = self.request("GET", path, true).unwrap();
+        (r.status, r.body)
     }
 
     fn json(&self, method: &str, path: &str, auth: bool) -> (u16, Value) {
-        let (s, _, b) = try_request(self.admin, method, path, auth).unwrap();
-        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+        let r = self.request(method, path, auth).unwrap();
+        (r.status, r.json())
     }
-}
-
-/// One HTTP/1.1 request (`Connection: close`): status, head, body (chunked bodies decoded).
-fn try_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    auth: bool,
-) -> std::io::Result<(u16, String, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(WAIT))?;
-    let auth = if auth {
-        format!("Authorization: Bearer {TOKEN}\r\n")
-    } else {
-        String::new()
-    };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no end of head"))?;
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let mut body = out[split + 4..].to_vec();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no status"))?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    Ok((status, head, body))
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
-        b = &b[eol + 2 + size + 2..];
-    }
-}
-
-/// The value of an unlabelled sample `name` in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[test]
@@ -226,27 +132,12 @@ fn allocator_stats_are_real_and_the_memory_line_is_json() {
         "weir_memory_allocator_allocated_bytes",
         "weir_memory_allocator_resident_bytes",
     ] {
-        let v = metric(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        let v = metric_value(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
         assert!(v > 0.0, "{name} = {v}");
     }
 
     // The periodic memory line: one JSON object per line, with the memory fields.
-    let deadline = Instant::now() + WAIT;
-    let line = loop {
-        let found = serve.lines.lock().unwrap().iter().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["target"] == "weir::memory" && v["fields"]["message"] == "memory").then_some(v)
-        });
-        if let Some(v) = found {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no memory line; stderr:\n{}",
-            serve.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let line = serve.child.wait_memory_line();
     let f = &line["fields"];
     assert_eq!(line["level"], "INFO", "{line}");
     for field in [
@@ -263,15 +154,7 @@ fn allocator_stats_are_real_and_the_memory_line_is_json() {
     );
     // More than one line: it is periodic.
     let deadline = Instant::now() + WAIT;
-    while serve
-        .lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("\"target\":\"weir::memory\"") && l.contains("\"memory\""))
-        .count()
-        < 3
-    {
+    while serve.child.memory_lines().len() < 3 {
         assert!(Instant::now() < deadline, "memory line not repeated");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -369,17 +252,17 @@ fn check_heap_profile(serve: &Serve) {
     assert_eq!(report["profiling"]["available"], true, "{report}");
     assert_eq!(report["profiling"]["format"], "pprof", "{report}");
 
-    let (status, head, body) =
-        try_request(serve.admin, "POST", "/api/memory/snapshot", true).unwrap();
+    let r = serve.request("POST", "/api/memory/snapshot", true).unwrap();
     assert_eq!(
-        status,
+        r.status,
         200,
-        "{head}\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&body),
+        "{}\n{}\nstderr:\n{}",
+        r.head,
+        r.text(),
         serve.stderr()
     );
-    assert!(head.contains("heap.pb.gz"), "{head}");
-    let p = decode_pprof(&body);
+    assert!(r.head.contains("heap.pb.gz"), "{}", r.head);
+    let p = decode_pprof(&r.body);
     let s = |i: i64| p.string_table[usize::try_from(i).unwrap()].as_str();
     assert_eq!(p.string_table.first().map(String::as_str), Some(""));
     let types: Vec<(&str, &str)> = p
@@ -462,7 +345,7 @@ fn ingest_writes_the_memory_line_only_with_the_flag() {
         stderr
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "weir::memory" && v["fields"]["message"] == "memory")
+            .filter(is_memory_line)
             .collect::<Vec<_>>()
     };
     let lines = ingest(&["--memory-log-interval", "10ms"]);

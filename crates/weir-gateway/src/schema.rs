@@ -24,7 +24,6 @@ use crate::replay::{self, ChangeReplay, ReplayError};
 struct ReplayCtx {
     source: Option<Arc<dyn ChangeReplay>>,
     slots: Arc<tokio::sync::Semaphore>,
-    limit: usize,
 }
 
 /// The gateway's schema type.
@@ -44,7 +43,6 @@ pub(crate) fn build(
         .data(ReplayCtx {
             source: replay,
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_replays)),
-            limit: limits.max_replays,
         })
         .data(limits.clone())
         .limit_depth(limits.max_depth)
@@ -656,11 +654,10 @@ impl SubscriptionRoot {
                 "this gateway has no bus to replay from".into(),
             ))));
         };
-        let permit = rc
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| user_error(&GatewayError::TooManyReplays { limit: rc.limit }))?;
+        let permit = rc.slots.clone().try_acquire_owned().map_err(|_| {
+            let limit = ctx.data_unchecked::<LimitsConfig>().max_replays;
+            user_error(&GatewayError::TooManyReplays { limit })
+        })?;
         let opened = source
             .open(since)
             .await

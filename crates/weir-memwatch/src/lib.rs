@@ -10,7 +10,7 @@
 //!   a broadcast channel and log lines) only when the level or verdict changes.
 //! - [`alloc`] reads jemalloc's statistics behind the `jemalloc` cargo feature; binaries set
 //!   `tikv_jemallocator::Jemalloc` as their global allocator.
-//! - [`spawn_process_memory_log`] / [`spawn_memory_log`] write the periodic `memory` log line.
+//! - [`spawn_process_memory_log`] writes the periodic `memory` log line.
 //! - [`profile`]: heap profiles in pprof format from jemalloc's sampling profiler (cargo
 //!   feature `heap-profiling`; off until activated, see its docs).
 
@@ -35,5 +35,5 @@ pub use profile::{
 };
 pub use watcher::{
     CgroupStats, LeakStatus, MemoryAlert, MemoryReport, MemorySample, MemoryStats, MemoryWatcher,
-    WatcherConfig, log_memory_line, spawn_memory_log, spawn_process_memory_log,
+    WatcherConfig, log_memory_line, spawn_process_memory_log,
 };

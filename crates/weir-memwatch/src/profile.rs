@@ -36,6 +36,34 @@ pub const HEAP_PROFILING_ENV: &str = "WEIR_HEAP_PROFILING";
 /// Options in `MALLOC_CONF` are applied after these and win.
 pub const JEMALLOC_CONF: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
 
+/// Declares a binary's allocator, once, in its crate root: jemalloc as the global allocator when
+/// the binary's `jemalloc` feature is on, and jemalloc's `malloc_conf` ([`JEMALLOC_CONF`]:
+/// heap profiler set up, inactive) when its `heap-profiling` feature is on. The binary depends
+/// on `tikv-jemallocator` (optional, enabled by its `jemalloc` feature). The `cfg`s are the
+/// binary's own features, since the items expand in the binary's crate.
+///
+/// ```ignore
+/// weir_memwatch::binary_allocator!();
+/// ```
+#[macro_export]
+macro_rules! binary_allocator {
+    () => {
+        #[cfg(feature = "jemalloc")]
+        #[global_allocator]
+        static GLOBAL: ::tikv_jemallocator::Jemalloc = ::tikv_jemallocator::Jemalloc;
+
+        /// jemalloc reads this symbol once, at its first allocation (before `main`): profiler
+        /// set up but inactive. `MALLOC_CONF` in the environment is applied after it.
+        // SAFETY (of the unsafe attribute): nothing else in the program defines `malloc_conf`;
+        // jemalloc declares it as a weak `const char *`, which `Option<&'static u8>` matches in
+        // layout, and the bytes are a NUL-terminated static string.
+        #[cfg(feature = "heap-profiling")]
+        #[allow(unsafe_code, non_upper_case_globals)]
+        #[unsafe(no_mangle)]
+        static malloc_conf: Option<&'static u8> = Some(&$crate::JEMALLOC_CONF[0]);
+    };
+}
+
 /// Whether a heap profile can be taken, and why not.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProfilingStatus {

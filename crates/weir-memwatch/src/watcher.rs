@@ -480,38 +480,14 @@ fn log_alert(alert: &MemoryAlert) {
     }
 }
 
-/// Spawns a task that logs one `memory` line (target `weir::memory`) every `interval` until
-/// `cancel` fires: used, limit, ratio, level, RSS and leak verdict of the watcher's latest
-/// sample (it takes one when there is none yet). The watcher samples on its own schedule
-/// ([`MemoryWatcher::spawn`]); for a log that samples by itself see [`spawn_process_memory_log`].
-pub fn spawn_memory_log(
-    watcher: MemoryWatcher,
-    interval: Duration,
-    cancel: CancellationToken,
-) -> JoinHandle<()> {
-    let span = tracing::info_span!("memory_log", component = "memwatch");
-    tokio::spawn(
-        async move {
-            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    _ = tick.tick() => log_memory_line(&watcher),
-                }
-            }
-        }
-        .instrument(span),
-    )
-}
-
 /// Fewest samples the memory log's own watcher keeps.
 const MEMORY_LOG_MIN_HISTORY: usize = 16;
 
 /// The periodic memory log of this process (`--memory-log-interval`): a watcher of its own
 /// (a [`ProcessGauge`] against `configured_limit`; its history holds one leak-detection window
-/// of samples, at least 16 and at most the default 1,000) takes a sample every `interval` and logs it as one `memory` line (see [`log_memory_line`]),
-/// the first after one `interval`, until `cancel` fires. `None` when `interval` is zero (off).
+/// of samples, at least 16 and at most the default 1,000) takes a sample every `interval` and
+/// logs it as one `memory` line (see [`log_memory_line`]), the first after one `interval`,
+/// until `cancel` fires. `None` when `interval` is zero (off).
 pub fn spawn_process_memory_log(
     interval: Duration,
     configured_limit: Option<u64>,

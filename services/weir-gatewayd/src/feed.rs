@@ -25,16 +25,11 @@ pub fn spawn_changes(
             let Some(b) = bus.wait(&shutdown).await else {
                 return;
             };
-            // Pin the starting point on the first subscription, so that a resubscription after
-            // an early error resumes from there instead of from "now".
-            if last.is_none()
-                && let weir_bus::Bus::Nats(n) = &b
-                && let Ok((_, tip)) = n.retained_range().await
-            {
-                last = Some(tip);
-            }
-            match b.subscribe_changes(last).await {
-                Ok(mut stream) => {
+            match b.subscribe_changes_at(last).await {
+                Ok((mut stream, newest)) => {
+                    // Pin the starting point on the first subscription, so that a
+                    // resubscription after an early error resumes from there, not from "now".
+                    last.get_or_insert(newest);
                     tracing::info!(since = ?last, "gateway feed subscribed");
                     loop {
                         let item = tokio::select! {

@@ -33,10 +33,8 @@ impl ChangeReplay for BusReplay {
             let bus = slot
                 .get()
                 .ok_or_else(|| ReplayError::Unavailable("the bus is not connected yet".into()))?;
-            // Read before subscribing: everything up to here is then in the replay.
-            let last_published = bus.last_seq().await.map_err(replay_error)?;
-            let stream = bus
-                .subscribe_changes(Some(since))
+            let (stream, last_published) = bus
+                .subscribe_changes_at(Some(since))
                 .await
                 .map_err(replay_error)?;
             Ok(Replay {

@@ -18,14 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const KEY: &str = "svc-test-key-0123456789";
 pub const WAIT: Duration = Duration::from_secs(45);
 
-/// A port free right now on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use weir_test_support::process::free_port;
 
 /// The `weir-ingestd` binary (it belongs to another package, so Cargo gives this test no
 /// path to it). A workspace test run (`cargo nextest run --workspace`, as CI does, or
@@ -83,20 +76,10 @@ impl Service {
     }
 }
 
-/// Environment shared by the services of one test.
+/// Environment shared by the services of one test: the test graph server and NATS, its own bus
+/// stream and subjects (`weir_test_support::process::service_env`), the API key, warn logs.
 pub fn base_env(cmd: &mut Command, stream: &str) {
-    let s = weir_test_support::settings();
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("NEO4J_URI", &s.graph.uri)
-        .env("NEO4J_USER", &s.graph.user)
-        .env("NEO4J_PASSWORD", s.graph.password.expose())
-        .env("NEO4J_DATABASE", &s.graph.database)
-        .env("NATS_URL", &s.nats.url)
-        .env("WEIR_BUS_STREAM", stream)
-        // Subjects are unique per test too: a stream left behind by a killed run must not
-        // overlap this one's subjects.
-        .env("WEIR_BUS_SUBJECT_PREFIX", stream.to_lowercase())
+    weir_test_support::process::service_env(cmd, stream)
         .env("WEIR_API_KEYS", KEY)
         .env("WEIR_LOG", "warn")
         .stdout(Stdio::null())
