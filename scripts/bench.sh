@@ -2,7 +2,7 @@
 # Weir's benchmarks in one command. Results: tables on stdout and in benches/results/*.md,
 # RSS charts next to BENCHMARKS.md (BENCHMARKS-rss-*.png). BENCHMARKS.md quotes them.
 #
-#   scripts/bench.sh quick   ~25 min: ingest (10 k people, 3 runs, sweep), fan-out (1,000 clients,
+#   scripts/bench.sh quick   ~25 min (estimate): ingest (10 k people, 3 runs, sweep), fan-out (1,000 clients,
 #                            3 runs, 1 and 2 replicas, churn), criterion micro-benches (short)
 #   scripts/bench.sh full    hours: ingest (1 M people → 1.02 M nodes, 2 M relationships),
 #                            fan-out (10,000 clients), criterion micro-benches (default times)
