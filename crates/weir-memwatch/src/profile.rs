@@ -42,7 +42,7 @@ pub const JEMALLOC_CONF: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19
 /// on `tikv-jemallocator` (optional, enabled by its `jemalloc` feature). The `cfg`s are the
 /// binary's own features, since the items expand in the binary's crate.
 ///
-/// ```ignore
+/// ```text
 /// weir_memwatch::binary_allocator!();
 /// ```
 #[macro_export]
