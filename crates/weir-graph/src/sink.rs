@@ -171,7 +171,14 @@ impl<E: CypherExecutor> Sink for GraphSink<E> {
         let first = batch.items.first().map(|s| s.position.offset).unwrap_or(0);
         let id = format!("{}-{}-{first}", self.job_id, batch.seq);
         match self.writer.write_records(id, &refs).await {
-            Ok(_) => Ok(()),
+            Ok(outcome) => {
+                // Retried deadlocks or constraint races: tell the pipeline, which lowers its
+                // concurrency (servers that serialise MERGEs do better with fewer writers).
+                if outcome.attempts > 1 {
+                    batch.contention.report();
+                }
+                Ok(())
+            }
             Err(e) if e.is_transient() => Err(SinkError::Transient(e.to_string())),
             Err(e) if e.is_data_error() => Err(SinkError::Data {
                 message: e.to_string(),

@@ -67,6 +67,10 @@ pub struct PipelineConfig {
     pub linger: Duration,
     /// Most batches in flight to the sink at once. Default 4.
     pub concurrency: usize,
+    /// Whether the in-flight limit adapts between 1 and `concurrency`: it starts at 1, rises
+    /// while writes go through cleanly and halves when they contend (retries, deadlocks); see
+    /// [`crate::ConcurrencyLimit`]. Off: always `concurrency`. Default on.
+    pub adaptive_concurrency: bool,
     /// Most batches queued between the batcher and the sink stage. Default 4.
     pub batch_queue: usize,
     /// Most estimated bytes queued between the batcher and the sink stage. Default 4 MiB.
@@ -110,6 +114,7 @@ impl Default for PipelineConfig {
             min_batch_records: 16,
             linger: Duration::from_millis(200),
             concurrency: 4,
+            adaptive_concurrency: true,
             batch_queue: 4,
             batch_queue_bytes: 4 << 20,
             read_chunk_bytes: 64 << 10,

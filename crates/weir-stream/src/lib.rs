@@ -11,9 +11,11 @@
 //!   Records that fail to frame, decode or map go to the [`DeadLetterSink`] and the stream
 //!   goes on.
 //! * A queue bounded in batches *and* bytes (permits sized by each batch's bytes) feeds the
-//!   sink stage, which keeps at most `concurrency` batches in flight to the [`Sink`]. Transient
-//!   errors are retried with exponential backoff and jitter; data errors are isolated (by the
-//!   sink's indexes, else by halving) and only the bad items dead-lettered.
+//!   sink stage, which keeps at most `concurrency` batches in flight to the [`Sink`] (by
+//!   default an adaptive limit between 1 and `concurrency` that halves when writes contend,
+//!   see [`ConcurrencyLimit`]). Transient errors are retried with exponential backoff and
+//!   jitter; data errors are isolated (by the sink's indexes, else by halving) and only the bad
+//!   items dead-lettered.
 //! * The checkpoint (the first position not known to be committed or dead-lettered) moves only
 //!   over a contiguous prefix of finished batches, and is written atomically (temporary file,
 //!   fsync, rename; dead letters are flushed and synced first). At most `2 × concurrency`
@@ -49,6 +51,7 @@
 //! It excludes the runtime, the allocator's retained free memory and the sink's own buffers.
 
 mod checkpoint;
+mod concurrency;
 mod config;
 mod deadletter;
 mod decode;
@@ -62,6 +65,10 @@ mod sink;
 mod source;
 
 pub use checkpoint::{CHECKPOINT_VERSION, Checkpoint, CheckpointFile};
+pub use concurrency::{
+    ConcurrencyLimit, INITIAL_PROBE_WINDOWS, LOWER_LOSS, MAX_PROBE_WINDOWS, RAISE_GAIN,
+    WINDOW_MIN_BATCHES,
+};
 pub use config::{PipelineConfig, RetryPolicy};
 pub use deadletter::{DeadLetter, DeadLetterSink, JsonlDeadLetters, MemoryDeadLetters, Stage};
 pub use decode::{CsvRow, DecodeError, Decoded, DecodedRecord, Decoder, Format};
@@ -69,7 +76,7 @@ pub use error::StreamError;
 pub use map::{MapError, Mapper};
 pub use pipeline::{BatchReport, Pipeline, PipelineObserver, RunOutcome, RunSummary};
 pub use record::{Position, RawRecord, RecordKind, SourceNames, Staged};
-pub use sink::{NullSink, Sink, SinkBatch, SinkError};
+pub use sink::{Contention, NullSink, Sink, SinkBatch, SinkError};
 pub use source::{FileSource, ReaderSource, Source, list_dir};
 pub use tokio_util::sync::CancellationToken;
 pub use weir_memwatch::{MemoryGauge, MemoryUsage, ProcessGauge};

@@ -18,9 +18,9 @@ use crate::checkpoint::Committer;
 use crate::pressure::Pressure;
 use crate::queue::{self, QueueReceiver, QueueSender};
 use crate::{
-    CHECKPOINT_VERSION, Checkpoint, CheckpointFile, DeadLetter, DeadLetterSink, Decoder, Mapper,
-    MemoryDeadLetters, PipelineConfig, Position, RawRecord, RecordKind, Sink, SinkBatch, SinkError,
-    Source, SourceNames, Stage, Staged, StreamError,
+    CHECKPOINT_VERSION, Checkpoint, CheckpointFile, ConcurrencyLimit, Contention, DeadLetter,
+    DeadLetterSink, Decoder, Mapper, MemoryDeadLetters, PipelineConfig, Position, RawRecord,
+    RecordKind, Sink, SinkBatch, SinkError, Source, SourceNames, Stage, Staged, StreamError,
 };
 
 /// How a run ended.
@@ -318,6 +318,10 @@ impl<M: Mapper, S: Sink<Item = M::Item>> Pipeline<M, S> {
             started,
             bytes_total,
             observer: self.observer.clone(),
+            limit: Arc::new(Limit {
+                state: ConcurrencyLimit::new(cfg.concurrency, cfg.adaptive_concurrency).into(),
+                observer: self.observer.clone(),
+            }),
         };
         let stage_result = stage.run(rx, cancel.clone()).await;
         stop.cancel();
@@ -650,6 +654,12 @@ struct Written {
     seq: u64,
     end: Position,
     fatal: Option<StreamError>,
+    /// Some write of the batch was retried (transient error or contention the sink reported).
+    contended: bool,
+    /// The concurrency limit's epoch when the batch was dispatched.
+    epoch: u64,
+    records: usize,
+    took: Duration,
 }
 
 /// Dispatches batches to the sink, at most `concurrency` at once, and moves the checkpoint.
@@ -667,6 +677,51 @@ struct SinkStage<S: Sink> {
     started: Instant,
     bytes_total: Option<u64>,
     observer: Option<Arc<dyn PipelineObserver>>,
+    limit: Arc<Limit>,
+}
+
+/// The adaptive in-flight limit, shared by the sink stage (which reads it before taking a
+/// batch) and the write tasks (which lower it the moment a write contends).
+struct Limit {
+    state: std::sync::Mutex<ConcurrencyLimit>,
+    observer: Option<Arc<dyn PipelineObserver>>,
+}
+
+impl Limit {
+    fn get(&self) -> usize {
+        self.lock().limit()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConcurrencyLimit> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.lock().epoch()
+    }
+
+    /// A write of a batch dispatched in `epoch` contended.
+    fn contended(&self, epoch: u64) {
+        let changed = self.lock().on_contention(epoch);
+        self.changed(changed, true);
+    }
+
+    /// A batch dispatched in `epoch` was written without a retry.
+    fn clean(&self, epoch: u64, records: usize, took: Duration) {
+        let changed = self.lock().on_clean_batch(epoch, records, took);
+        self.changed(changed, false);
+    }
+
+    fn changed(&self, changed: Option<usize>, contended: bool) {
+        if let Some(limit) = changed {
+            debug!(limit, contended, "write concurrency limit changed");
+            if let Some(o) = &self.observer {
+                o.concurrency_changed(limit);
+            }
+        }
+    }
 }
 
 impl<S: Sink> SinkStage<S> {
@@ -688,7 +743,7 @@ impl<S: Sink> SinkStage<S> {
         self.publish(JobState::Running, &mut last_rate);
         while !(input_done && tasks.is_empty()) {
             let can_take = !input_done
-                && tasks.len() < self.cfg.concurrency
+                && tasks.len() < self.limit.get()
                 && next_seq < self.committer.oldest_pending() + window;
             tokio::select! {
                 biased;
@@ -705,6 +760,9 @@ impl<S: Sink> SinkStage<S> {
                                 fatal.get_or_insert(e);
                                 self.stop.cancel();
                                 break;
+                            }
+                            if !w.contended {
+                                self.limit.clean(w.epoch, w.records, w.took);
                             }
                             self.finish(w.seq, w.end);
                         }
@@ -733,6 +791,8 @@ impl<S: Sink> SinkStage<S> {
                         counters: self.counters.clone(),
                         names: self.names.clone(),
                         observer: self.observer.clone(),
+                        limit: self.limit.clone(),
+                        epoch: self.limit.epoch(),
                     };
                     tasks.spawn(async move { write_batch(&*sink, &ctx, batch).await });
                 }
@@ -854,6 +914,9 @@ struct WriteCtx {
     counters: Arc<Counters>,
     names: SourceNames,
     observer: Option<Arc<dyn PipelineObserver>>,
+    limit: Arc<Limit>,
+    /// The concurrency limit's epoch at dispatch.
+    epoch: u64,
 }
 
 /// One finished batch, as reported to a [`PipelineObserver`].
@@ -883,6 +946,9 @@ pub trait PipelineObserver: Send + Sync + 'static {
 
     /// Intake paused (`High`) or resumed (`Normal`) on memory pressure.
     fn pressure_changed(&self, _state: PressureState, _ratio: Option<f64>) {}
+
+    /// The adaptive limit of batches in flight moved (see [`crate::ConcurrencyLimit`]).
+    fn concurrency_changed(&self, _limit: usize) {}
 }
 
 /// Writes one batch: retries transient errors with backoff, isolates bad items by the sink's
@@ -899,13 +965,26 @@ async fn write_batch<S: Sink>(sink: &S, ctx: &WriteCtx, batch: Batch<S::Item>) -
         duration: Duration::ZERO,
         failed: false,
     };
-    let fatal = write_parts(sink, ctx, seq, items, &mut report).await.err();
+    let mut contended = false;
+    let records = items.len();
+    let fatal = write_parts(sink, ctx, seq, items, &mut report, &mut contended)
+        .await
+        .err();
+    let took = started.elapsed();
     if let Some(o) = &ctx.observer {
-        report.duration = started.elapsed();
+        report.duration = took;
         report.failed = fatal.is_some();
         o.batch_finished(&report);
     }
-    Written { seq, end, fatal }
+    Written {
+        seq,
+        end,
+        fatal,
+        contended,
+        epoch: ctx.epoch,
+        records,
+        took,
+    }
 }
 
 async fn write_parts<S: Sink>(
@@ -914,6 +993,7 @@ async fn write_parts<S: Sink>(
     seq: u64,
     items: Vec<Staged<S::Item>>,
     report: &mut BatchReport,
+    contended: &mut bool,
 ) -> Result<(), StreamError> {
     let policy = &ctx.cfg.retry;
     let mut stack = vec![items];
@@ -921,14 +1001,20 @@ async fn write_parts<S: Sink>(
         let mut attempt = 1u32;
         loop {
             report.writes += 1;
+            let contention = Contention::default();
             let res = sink
                 .write(&SinkBatch {
                     seq,
                     attempt,
                     items: &part,
                     sources: &ctx.names,
+                    contention: &contention,
                 })
                 .await;
+            if contention.reported() || matches!(res, Err(SinkError::Transient(_))) {
+                *contended = true;
+                ctx.limit.contended(ctx.epoch);
+            }
             match res {
                 Ok(()) => {
                     let raw: u64 = part.iter().map(|s| s.raw.len() as u64).sum();

@@ -1,6 +1,7 @@
 //! Where batches go: the [`Sink`] trait and its error classification.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{SourceNames, Staged};
 
@@ -39,6 +40,26 @@ pub struct SinkBatch<'a, I> {
     pub items: &'a [Staged<I>],
     /// Input names, indexed by [`crate::Position::file`].
     pub sources: &'a SourceNames,
+    /// Where the sink reports contention it absorbed itself (see [`Contention`]).
+    pub contention: &'a Contention,
+}
+
+/// A sink's report that a write succeeded only after retrying contention of its own (a
+/// deadlock, a lock timeout, a refused concurrent transaction). The pipeline treats it like a
+/// transient error it retried: the adaptive concurrency limit comes down.
+#[derive(Debug, Default)]
+pub struct Contention(AtomicBool);
+
+impl Contention {
+    /// Records that this write met contention.
+    pub fn report(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether contention was reported.
+    pub fn reported(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Writes batches atomically: on `Ok` every item is committed; on `Err` none is.

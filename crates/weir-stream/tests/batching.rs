@@ -130,6 +130,7 @@ async fn batches_respect_record_and_byte_limits_and_concurrency() {
         batch_bytes: 2_000,
         batch_queue_bytes: 8_000,
         concurrency: 3,
+        adaptive_concurrency: false,
         ..Default::default()
     };
     let sink = Arc::new(Recorder {
@@ -226,6 +227,7 @@ async fn batches_dispatched_ahead_of_a_slow_one_are_bounded_by_the_window() {
         batch_records: 10,
         min_batch_records: 1,
         concurrency: 2,
+        adaptive_concurrency: false,
         ..Default::default()
     };
     let sink = Arc::new(SlowFirst {
@@ -276,4 +278,207 @@ async fn a_sink_slower_than_linger_still_gets_full_batches_from_a_fast_source() 
         .collect();
     assert_eq!(sizes, vec![100; 30], "one transaction per 100 records");
     assert_eq!(s.batches_written, 30);
+}
+
+/// A server that refuses concurrent writers (like ArcadeDB's MERGE): a write that overlaps
+/// another reports contention, as `GraphSink` does after the writer retried a deadlock.
+#[derive(Default)]
+struct Serialising {
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    contended: AtomicUsize,
+    writes: AtomicUsize,
+    /// Writers it takes without contention.
+    capacity: usize,
+}
+
+impl Sink for Serialising {
+    type Item = Row;
+
+    async fn write(&self, batch: &SinkBatch<'_, Row>) -> Result<(), SinkError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if self.in_flight.load(Ordering::SeqCst) > self.capacity || now > self.capacity {
+            self.contended.fetch_add(1, Ordering::SeqCst);
+            batch.contention.report();
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn run_serialising(capacity: usize, adaptive: bool) -> (Arc<Serialising>, u64) {
+    let cfg = PipelineConfig {
+        batch_records: 10,
+        min_batch_records: 1,
+        concurrency: 4,
+        adaptive_concurrency: adaptive,
+        ..Default::default()
+    };
+    let sink = Arc::new(Serialising {
+        capacity,
+        ..Default::default()
+    });
+    let source = ReaderSource::new(GenReader::new(Some(4_000)), "g.csv", &cfg);
+    let s = Pipeline::new(cfg, map_row, sink.clone())
+        .run(source, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.records_committed, 4_000);
+    (sink, s.batches_written)
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_concurrency_backs_off_from_a_server_that_refuses_concurrent_writes() {
+    let (fixed, _) = run_serialising(1, false).await;
+    let (adaptive, batches) = run_serialising(1, true).await;
+    assert_eq!(batches, 400);
+    let fixed_contended = fixed.contended.load(Ordering::SeqCst);
+    let adaptive_contended = adaptive.contended.load(Ordering::SeqCst);
+    // Fixed at 4, nearly every write overlaps another; adaptive, only its rare probes do.
+    assert!(fixed_contended > 300, "fixed: {fixed_contended} contended");
+    assert!(
+        adaptive_contended <= 20,
+        "adaptive: {adaptive_contended} of 400 writes contended"
+    );
+    assert!(adaptive.max_in_flight.load(Ordering::SeqCst) <= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_concurrency_rises_to_the_maximum_when_writes_do_not_contend() {
+    let (sink, _) = run_serialising(usize::MAX, true).await;
+    assert_eq!(sink.contended.load(Ordering::SeqCst), 0);
+    assert_eq!(sink.max_in_flight.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_count_as_contention() {
+    // Fails a write that starts while another is in flight with a transient error (the
+    // first writer wins, as with a deadlock); the pipeline retries it, and the adaptive limit
+    // must come down to 1 like it does for reported contention.
+    #[derive(Default)]
+    struct Refusing {
+        in_flight: AtomicUsize,
+        refused: AtomicUsize,
+    }
+    impl Sink for Refusing {
+        type Item = Row;
+        async fn write(&self, _: &SinkBatch<'_, Row>) -> Result<(), SinkError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let busy = now > 1;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if busy {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(SinkError::Transient("deadlock detected".into()));
+            }
+            Ok(())
+        }
+    }
+    let cfg = PipelineConfig {
+        batch_records: 10,
+        min_batch_records: 1,
+        concurrency: 4,
+        ..Default::default()
+    };
+    let sink = Arc::new(Refusing::default());
+    let source = ReaderSource::new(GenReader::new(Some(4_000)), "g.csv", &cfg);
+    let s = Pipeline::new(cfg, map_row, sink.clone())
+        .run(source, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.records_committed, 4_000);
+    let refused = sink.refused.load(Ordering::SeqCst);
+    assert!(refused <= 40, "{refused} writes refused over 400 batches");
+    assert_eq!(s.retries, refused as u64);
+}
+
+/// A server that serialises writers on a lock and loses 20 % per waiting writer (lock
+/// thrash), without ever reporting an error: ArcadeDB's behaviour for concurrent MERGEs on the
+/// people example. Only the measured throughput tells the pipeline to keep one writer.
+#[derive(Default)]
+struct Locking {
+    lock: tokio::sync::Mutex<()>,
+    in_flight: AtomicUsize,
+    overlapped: AtomicUsize,
+}
+
+impl Sink for Locking {
+    type Item = Row;
+
+    async fn write(&self, _: &SinkBatch<'_, Row>) -> Result<(), SinkError> {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
+            self.overlapped.fetch_add(1, Ordering::SeqCst);
+        }
+        {
+            let _held = self.lock.lock().await;
+            let waiting = self.in_flight.load(Ordering::SeqCst) - 1;
+            let thrash = 1.0 + 0.2 * waiting as f64;
+            tokio::time::sleep(Duration::from_millis(100).mul_f64(thrash)).await;
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Records the adaptive limit's moves.
+#[derive(Default)]
+struct Limits(Mutex<Vec<usize>>);
+
+impl weir_stream::PipelineObserver for Limits {
+    fn batch_finished(&self, _: &weir_stream::BatchReport) {}
+    fn concurrency_changed(&self, limit: usize) {
+        self.0.lock().unwrap().push(limit);
+    }
+}
+
+/// Virtual time (paused clock) to write 4,000 records in batches of 10, writes that
+/// overlapped another, and the limit's moves.
+async fn run_locking(concurrency: usize, adaptive: bool) -> (Duration, usize, Vec<usize>) {
+    let cfg = PipelineConfig {
+        batch_records: 10,
+        min_batch_records: 1,
+        concurrency,
+        adaptive_concurrency: adaptive,
+        ..Default::default()
+    };
+    let sink = Arc::new(Locking::default());
+    let source = ReaderSource::new(GenReader::new(Some(4_000)), "g.csv", &cfg);
+    let started = Instant::now();
+    let limits = Arc::new(Limits::default());
+    let s = Pipeline::new(cfg, map_row, sink.clone())
+        .with_observer(limits.clone())
+        .run(source, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.records_committed, 4_000);
+    let moves = limits.0.lock().unwrap().clone();
+    (
+        started.elapsed(),
+        sink.overlapped.load(Ordering::SeqCst),
+        moves,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_concurrency_keeps_one_writer_when_more_only_queue_on_the_server() {
+    let (one, ..) = run_locking(1, false).await;
+    let (four, ..) = run_locking(4, false).await;
+    let (adaptive, overlapped, moves) = run_locking(4, true).await;
+    // The model punishes concurrency: four fixed writers are much slower than one.
+    assert!(
+        four > one.mul_f64(1.3),
+        "fixed 4: {four:?}, fixed 1: {one:?}"
+    );
+    // Adaptive: within 10 % of one writer, and only its probes overlapped.
+    assert!(
+        adaptive < one.mul_f64(1.10),
+        "adaptive: {adaptive:?}, fixed 1: {one:?}"
+    );
+    assert!(
+        overlapped <= 60,
+        "{overlapped} of 400 writes overlapped; limit moves {moves:?}"
+    );
 }

@@ -43,6 +43,7 @@ fn cfg() -> PipelineConfig {
         batch_records: 50,
         min_batch_records: 1,
         concurrency: 3,
+        adaptive_concurrency: false,
         grace_period: Duration::from_secs(2),
         checkpoint_interval: Duration::from_secs(3600),
         ..Default::default()

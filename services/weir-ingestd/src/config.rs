@@ -84,8 +84,11 @@ pub struct JobsConfig {
     pub max_mapping_bytes: usize,
     /// Records per batch (one write transaction each). Default 1000.
     pub batch_size: usize,
-    /// Batches written at once per job. Default 4.
+    /// Most batches written at once per job. Default 4.
     pub concurrency: usize,
+    /// Whether the batches in flight adapt between 1 and `concurrency` (fewer when writes
+    /// contend: deadlocks, refused concurrent transactions). Default true.
+    pub adaptive_concurrency: bool,
     /// Memory limit in bytes for backpressure (intake pauses above 80 % of it). Default: the
     /// cgroup limit, if any. Env `WEIR_MEMORY_LIMIT` (bytes).
     pub memory_limit: Option<u64>,
@@ -105,6 +108,7 @@ impl Default for JobsConfig {
             max_mapping_bytes: 64 << 10,
             batch_size: 1000,
             concurrency: 4,
+            adaptive_concurrency: true,
             memory_limit: None,
         }
     }

@@ -401,6 +401,7 @@ impl JobManager {
                 .min_batch_records
                 .min(c.batch_size),
             concurrency: c.concurrency,
+            adaptive_concurrency: c.adaptive_concurrency,
             ..PipelineConfig::default()
         };
         let ckpt = CheckpointFile::new(&checkpoint);

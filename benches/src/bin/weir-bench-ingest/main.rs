@@ -114,13 +114,15 @@ struct Opts {
     /// Batch sizes of the sweep.
     #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000")]
     sweep_batch: Vec<usize>,
-    /// Concurrencies of the sweep.
+    /// Fixed concurrencies of the sweep (`weir ingest --fixed-concurrency --concurrency N`); the
+    /// sweep also runs Weir's default, adaptive up to `--concurrency`.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     sweep_concurrency: Vec<usize>,
     /// Runs per sweep cell.
     #[arg(long, default_value_t = 1)]
     sweep_runs: usize,
-    /// The RSS chart. Default: BENCHMARKS-rss-ingest.png at the repository root.
+    /// The RSS chart. Default: BENCHMARKS-rss-ingest.png at the repository root, or in `--out`
+    /// when that is given.
     #[arg(long)]
     chart: Option<PathBuf>,
     /// Do not draw the chart.
@@ -202,7 +204,7 @@ impl Bench {
     async fn weir_run(
         &self,
         batch: usize,
-        conc: usize,
+        conc: Conc,
         limit: Option<&str>,
     ) -> anyhow::Result<WeirRun> {
         let mut cmd = Command::new(&self.weir);
@@ -212,8 +214,11 @@ impl Bench {
             .arg(&self.mapping)
             .args(["--label-prefix", &self.prefix])
             .args(["--batch-size", &batch.to_string()])
-            .args(["--concurrency", &conc.to_string()])
+            .args(["--concurrency", &conc.max().to_string()])
             .args(["--progress", "none"]);
+        if let Conc::Fixed(_) = conc {
+            cmd.arg("--fixed-concurrency");
+        }
         if let Some(l) = limit {
             cmd.args(["--memory-limit", l]);
         }
@@ -265,6 +270,32 @@ impl Bench {
         let c = graph::count(&self.graph, &self.prefix).await?;
         graph::delete_all(&self.graph, &self.prefix).await?;
         Ok(c)
+    }
+}
+
+/// `weir ingest`'s write concurrency in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conc {
+    /// The default: adaptive between 1 and this.
+    Adaptive(usize),
+    /// `--fixed-concurrency`.
+    Fixed(usize),
+}
+
+impl Conc {
+    fn max(self) -> usize {
+        match self {
+            Self::Adaptive(n) | Self::Fixed(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for Conc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Adaptive(n) => write!(f, "adaptive ≤ {n}"),
+            Self::Fixed(n) => write!(f, "fixed {n}"),
+        }
     }
 }
 
@@ -464,7 +495,7 @@ async fn main() -> anyhow::Result<()> {
         "retries",
         "vs bare",
     ]);
-    let weir_row = |t: &mut Table, name: &str, conc: usize, rs: &[WeirRun]| {
+    let weir_row = |t: &mut Table, name: &str, conc: Conc, rs: &[WeirRun]| {
         let rate = med(rs
             .iter()
             .map(|r| per_sec(people, r.child.wall.as_secs_f64())));
@@ -494,16 +525,12 @@ async fn main() -> anyhow::Result<()> {
             ),
         ]);
     };
-    weir_row(
-        &mut t,
-        "`weir ingest` (defaults)",
-        bench.opts.concurrency,
-        &res.weir,
-    );
+    let main_conc = Conc::Adaptive(bench.opts.concurrency);
+    weir_row(&mut t, "`weir ingest` (defaults)", main_conc, &res.weir);
     weir_row(
         &mut t,
         &format!("`weir ingest --memory-limit {}`", bench.opts.memory_limit),
-        bench.opts.concurrency,
+        main_conc,
         &res.weir_limited,
     );
     t.row([
@@ -630,13 +657,19 @@ async fn main() -> anyhow::Result<()> {
 
     // Weir sweep.
     if !res.sweep.is_empty() {
-        let concs = &bench.opts.sweep_concurrency;
+        let concs: Vec<Conc> = bench
+            .opts
+            .sweep_concurrency
+            .iter()
+            .map(|&c| Conc::Fixed(c))
+            .chain([main_conc])
+            .collect();
         let mut header = vec!["batch \\ concurrency".to_owned()];
         header.extend(concs.iter().map(|c| c.to_string()));
         let mut t = Table::new(header);
         for bs in &bench.opts.sweep_batch {
             let mut row = vec![bs.to_string()];
-            for c in concs {
+            for c in &concs {
                 let cell: Vec<&WeirRun> = res
                     .sweep
                     .iter()
@@ -648,7 +681,11 @@ async fn main() -> anyhow::Result<()> {
                     .map(|r| per_sec(people, r.child.wall.as_secs_f64())));
                 let peak = med(cell.iter().map(|r| r.child.peak_rss as f64));
                 let retries = med(cell.iter().map(|r| r.retries as f64));
-                let mark = if *bs == 1000 && *c == 4 { "**" } else { "" };
+                let mark = if *bs == 1000 && *c == main_conc {
+                    "**"
+                } else {
+                    ""
+                };
                 row.push(format!(
                     "{mark}{}{mark} rows/s, {}, {retries:.0} retries",
                     k(rate),
@@ -659,7 +696,8 @@ async fn main() -> anyhow::Result<()> {
         }
         md.push_str(&format!(
             "\n`weir ingest` batch size × concurrency, end-to-end rows/s, peak RSS and retries \
-             ({} run(s) per cell; Weir's default batch 1000 × concurrency 4 in bold):\n\n",
+             ({} run(s) per cell; Weir's default, batch 1000 × adaptive concurrency up to 4, in \
+             bold):\n\n",
             bench.opts.sweep_runs
         ));
         md.push_str(&t.to_markdown());
@@ -671,7 +709,17 @@ async fn main() -> anyhow::Result<()> {
             .opts
             .chart
             .clone()
+            .or_else(|| {
+                bench
+                    .opts
+                    .out
+                    .as_ref()
+                    .map(|d| d.join("BENCHMARKS-rss-ingest.png"))
+            })
             .unwrap_or_else(|| root.join("BENCHMARKS-rss-ingest.png"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let longest = |rs: &[WeirRun]| {
             rs.iter()
                 .max_by(|a, b| a.child.wall.cmp(&b.child.wall))
@@ -686,10 +734,7 @@ async fn main() -> anyhow::Result<()> {
             .max_by(|a, b| a.child.wall.cmp(&b.child.wall))
             .map(|r| r.child.rss.clone())
             .unwrap_or_default();
-        let la = format!(
-            "weir ingest (batch {b}, concurrency {})",
-            bench.opts.concurrency
-        );
+        let la = format!("weir ingest (batch {b}, concurrency {main_conc})");
         let ll = format!("weir ingest --memory-limit {}", bench.opts.memory_limit);
         let lb = format!(
             "bare neo4rs loop (all rows pre-parsed), concurrency {}",
@@ -749,7 +794,7 @@ struct Results {
     weir: Vec<WeirRun>,
     weir_limited: Vec<WeirRun>,
     bare: Vec<BareRun>,
-    sweep: Vec<(usize, usize, WeirRun)>,
+    sweep: Vec<(usize, Conc, WeirRun)>,
 }
 
 impl Results {
@@ -790,7 +835,9 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
     let (mut weir, mut weir_limited, mut bare) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=runs {
         eprintln!("run {i}/{runs}: weir ingest ...");
-        let r = bench.weir_run(b, o.concurrency, None).await?;
+        let r = bench
+            .weir_run(b, Conc::Adaptive(o.concurrency), None)
+            .await?;
         eprintln!(
             "  {:.1} s, {:.0} rows/s, peak {}, {} retries",
             r.child.wall.as_secs_f64(),
@@ -814,7 +861,7 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
             o.memory_limit
         );
         let r = bench
-            .weir_run(b, o.concurrency, Some(&o.memory_limit))
+            .weir_run(b, Conc::Adaptive(o.concurrency), Some(&o.memory_limit))
             .await?;
         eprintln!(
             "  {:.1} s, {:.0} rows/s, peak {}, {} retries",
@@ -829,7 +876,12 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
     if do_sweep {
         for _ in 0..o.sweep_runs.max(1) {
             for &sb in &o.sweep_batch {
-                for &sc in &o.sweep_concurrency {
+                let concs = o
+                    .sweep_concurrency
+                    .iter()
+                    .map(|&c| Conc::Fixed(c))
+                    .chain([Conc::Adaptive(o.concurrency)]);
+                for sc in concs {
                     eprintln!("sweep: weir ingest --batch-size {sb} --concurrency {sc} ...");
                     let r = bench.weir_run(sb, sc, None).await?;
                     eprintln!(

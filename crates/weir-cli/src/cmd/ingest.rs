@@ -69,9 +69,14 @@ pub(crate) struct IngestArgs {
     /// Most records per batch (one write transaction each).
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
-    /// Most batches written at once.
+    /// Most batches written at once. The number in flight adapts between 1 and this: it rises
+    /// while writes go through cleanly and halves when they contend (deadlocks, refused
+    /// concurrent transactions, as ArcadeDB does for concurrent MERGEs).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Always keep `--concurrency` batches in flight instead of adapting.
+    #[arg(long)]
+    fixed_concurrency: bool,
     /// Memory limit (e.g. `64MiB`, `1GiB`): intake pauses above 80 % of it and resumes below
     /// 70 %; buffers are sized to fit. Default: the cgroup limit, if any.
     #[arg(long, value_parser = parse_size)]
@@ -384,6 +389,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
             .min_batch_records
             .min(args.batch_size),
         concurrency: args.concurrency,
+        adaptive_concurrency: !args.fixed_concurrency,
         max_errors: args.max_errors,
         ..PipelineConfig::default()
     };
