@@ -140,7 +140,9 @@ pub struct WebSocketConfig {
     /// Bytes the socket reads from the network at once. Each open socket holds a buffer of this
     /// size for its whole life (the WebSocket library's own default, 128 KiB, made an idle
     /// subscription cost ~150 KB); larger messages still arrive whole, in several reads, up
-    /// to `limits.max_ws_message_bytes`. Default 4 KiB.
+    /// to `limits.max_ws_message_bytes` (the buffer then keeps the size that message needed).
+    /// Clients send only small control messages (`connection_init`, `subscribe`, `pong`), so
+    /// 1 KiB holds a typical one in a single read. Default 1 KiB.
     pub read_buffer_bytes: usize,
 }
 
@@ -152,7 +154,7 @@ impl Default for WebSocketConfig {
             pong_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             outbound_queue: 64,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
         }
     }
 }

@@ -15,9 +15,10 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::stream::SplitSink;
+use futures::stream::{BoxStream, SplitSink};
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -91,19 +92,20 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| tracker.track_future(run(socket, state, protocol, pre_auth)))
 }
 
+/// What an operation's task hands the connection task, boxed: the channel's blocks (32 slots
+/// each, one allocated per connection from the start, idle or not) then cost 32 pointers, not 32
+/// messages. Frames are serialised by the operation's task (in parallel, off the connection
+/// task) and carry the operation's id as a shared `Arc<str>`.
 enum Out {
-    Next {
-        id: String,
+    /// A `next` / `data` / `error` frame of operation `id`, serialised.
+    Frame {
+        id: Arc<str>,
         generation: u64,
-        payload: Value,
+        text: String,
     },
-    Error {
-        id: String,
-        generation: u64,
-        payload: Value,
-    },
+    /// Operation `id` ended; `complete` says whether to send `complete`.
     Done {
-        id: String,
+        id: Arc<str>,
         generation: u64,
         complete: bool,
     },
@@ -111,6 +113,19 @@ enum Out {
         code: u16,
         reason: &'static str,
     },
+}
+
+/// The most frames written to a socket before one flush (one `sendto`).
+const MAX_BATCH_FRAMES: usize = 16;
+/// Past this many bytes fed, the batch is flushed (the WebSocket library keeps the capacity
+/// its write buffer reached, so this also bounds that buffer at about this plus one frame).
+const MAX_BATCH_BYTES: usize = 8 * 1024;
+
+/// What the connection does with one [`Out`].
+enum Step {
+    Write(Message),
+    Skip,
+    End(Flow),
 }
 
 enum Flow {
@@ -151,9 +166,9 @@ struct Conn {
     protocol: Protocol,
     sink: SplitSink<WebSocket, Message>,
     conn: Arc<Connection>,
-    ops: HashMap<String, Op>,
+    ops: HashMap<Arc<str>, Op>,
     tasks: JoinSet<()>,
-    out_tx: mpsc::Sender<Out>,
+    out_tx: mpsc::Sender<Box<Out>>,
     next_gen: u64,
     init_received: bool,
     principal: Option<Principal>,
@@ -216,7 +231,7 @@ async fn run(
             biased;
             _ = force.cancelled() => Flow::Drop,
             _ = closing.cancelled() => {
-                c.complete_all_ops().await;
+                Box::pin(c.complete_all_ops()).await;
                 Flow::Close(cc::GOING_AWAY, "server shutting down")
             }
             _ = &mut init_deadline, if !acked => {
@@ -225,9 +240,9 @@ async fn run(
             _ = &mut pong_deadline, if awaiting_pong => Flow::Close(cc::PONG_TIMEOUT, "pong timeout"),
             _ = pings.tick(), if acked => {
                 let sent = match c.protocol {
-                    Protocol::Transport => c.send_json(json!({"type": "ping"})).await,
-                    Protocol::Legacy => match c.send(Message::Ping(Default::default())).await {
-                        Flow::Continue => c.send_json(json!({"type": "ka"})).await,
+                    Protocol::Transport => Box::pin(c.send_json(json!({"type": "ping"}))).await,
+                    Protocol::Legacy => match Box::pin(c.send(Message::Ping(Default::default()))).await {
+                        Flow::Continue => Box::pin(c.send_json(json!({"type": "ka"}))).await,
                         other => other,
                     },
                 };
@@ -237,7 +252,9 @@ async fn run(
                 }
                 sent
             }
-            Some(out) = out_rx.recv() => c.on_out(out).await,
+            // Boxed like every write below: the write's future (its timer, the sink's) lives only
+            // while writing, instead of in the connection task for the socket's whole life.
+            Some(out) = out_rx.recv() => Box::pin(c.write_outs(out, &mut out_rx)).await,
             msg = stream.next() => {
                 awaiting_pong = false;
                 match msg {
@@ -251,7 +268,10 @@ async fn run(
                             Flow::Drop
                         }
                     }
-                    Some(Ok(Message::Text(t))) => c.on_text(t.as_str()).await,
+                    // Boxed: a client message is rare next to deliveries, and its future (the
+                    // request being parsed, the operation being started) is large; inline, the
+                    // connection task would carry its size for the socket's whole life.
+                    Some(Ok(Message::Text(t))) => Box::pin(c.on_text(t.as_str())).await,
                     Some(Ok(Message::Binary(_))) => Flow::Close(cc::BAD_REQUEST, "binary messages are not supported"),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                     Some(Ok(Message::Close(_))) => Flow::Drop,
@@ -265,7 +285,7 @@ async fn run(
                     code,
                     reason: reason.into(),
                 };
-                let _ = c.send(Message::Close(Some(frame))).await;
+                let _ = Box::pin(c.send(Message::Close(Some(frame)))).await;
                 break;
             }
             Flow::Drop => break,
@@ -278,14 +298,27 @@ async fn run(
 
 impl Conn {
     async fn send(&mut self, msg: Message) -> Flow {
-        let timeout = self.state.inner.config.websocket.write_timeout;
-        let force = self.state.inner.force.clone();
-        // A write blocked on a client that reads nothing ends at the write timeout, or at once
-        // when the shutdown grace period is over.
+        let deadline = Instant::now() + self.state.inner.config.websocket.write_timeout;
+        match self.write(deadline, Some(msg)).await {
+            Flow::Continue => self.write(deadline, None).await,
+            other => other,
+        }
+    }
+
+    /// Feeds `msg` to the socket (buffered, not flushed), or flushes it when `msg` is `None`. A
+    /// write blocked on a client that reads nothing ends at `deadline` (the write timeout), or
+    /// at once when the shutdown grace period is over.
+    async fn write(&mut self, deadline: Instant, msg: Option<Message>) -> Flow {
+        let io = async {
+            match msg {
+                Some(m) => self.sink.feed(m).await,
+                None => self.sink.flush().await,
+            }
+        };
         tokio::select! {
             biased;
-            _ = force.cancelled() => Flow::Drop,
-            res = tokio::time::timeout(timeout, self.sink.send(msg)) => match res {
+            _ = self.state.inner.force.cancelled() => Flow::Drop,
+            res = tokio::time::timeout_at(deadline, io) => match res {
                 Ok(Ok(())) => Flow::Continue,
                 Ok(Err(_)) => Flow::Drop,
                 Err(_) => {
@@ -296,52 +329,77 @@ impl Conn {
         }
     }
 
+    /// Writes `first` and whatever else is already queued (up to [`MAX_BATCH_FRAMES`] /
+    /// [`MAX_BATCH_BYTES`]), then flushes once: one syscall for a burst instead of one per frame.
+    /// The whole batch is bounded by one write timeout.
+    async fn write_outs(&mut self, first: Box<Out>, rx: &mut mpsc::Receiver<Box<Out>>) -> Flow {
+        let deadline = Instant::now() + self.state.inner.config.websocket.write_timeout;
+        let mut fed = false;
+        let mut frames = 0;
+        let mut bytes = 0;
+        let mut end = Flow::Continue;
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            match self.on_out(*out) {
+                Step::Skip => {}
+                Step::Write(msg) => {
+                    if let Message::Text(t) = &msg {
+                        bytes += t.as_str().len();
+                    }
+                    match self.write(deadline, Some(msg)).await {
+                        Flow::Continue => fed = true,
+                        other => return other,
+                    }
+                }
+                Step::End(flow) => {
+                    end = flow;
+                    break;
+                }
+            }
+            frames += 1;
+            if frames < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if fed && let Flow::Drop = self.write(deadline, None).await {
+            return Flow::Drop;
+        }
+        end
+    }
+
     async fn send_json(&mut self, v: Value) -> Flow {
         self.send(Message::Text(v.to_string().into())).await
     }
 
     async fn complete_all_ops(&mut self) {
-        let ids: Vec<String> = self.ops.keys().cloned().collect();
+        let ids: Vec<Arc<str>> = self.ops.keys().cloned().collect();
         for id in ids {
             if let Some(op) = self.ops.remove(&id) {
                 op.abort.abort();
-                if let Flow::Drop = self.send_json(json!({"type": "complete", "id": id})).await {
+                let text = frame("complete", &id, None::<&()>);
+                if let Flow::Drop = self.send(Message::Text(text.into())).await {
                     return;
                 }
             }
         }
     }
 
-    async fn on_out(&mut self, out: Out) -> Flow {
-        let live = |ops: &HashMap<String, Op>, id: &str, generation: u64| {
+    /// What to do with `out`: frames of an operation that is no longer running (completed by
+    /// the client, or its id reused since) are skipped.
+    fn on_out(&mut self, out: Out) -> Step {
+        let live = |ops: &HashMap<Arc<str>, Op>, id: &str, generation: u64| {
             ops.get(id).is_some_and(|o| o.generation == generation)
         };
         match out {
-            Out::Next {
+            Out::Frame {
                 id,
                 generation,
-                payload,
+                text,
             } => {
                 if !live(&self.ops, &id, generation) {
-                    return Flow::Continue;
+                    return Step::Skip;
                 }
-                let ty = match self.protocol {
-                    Protocol::Transport => "next",
-                    Protocol::Legacy => "data",
-                };
-                self.send_json(json!({"type": ty, "id": id, "payload": payload}))
-                    .await
-            }
-            Out::Error {
-                id,
-                generation,
-                payload,
-            } => {
-                if !live(&self.ops, &id, generation) {
-                    return Flow::Continue;
-                }
-                self.send_json(json!({"type": "error", "id": id, "payload": payload}))
-                    .await
+                Step::Write(Message::Text(text.into()))
             }
             Out::Done {
                 id,
@@ -349,16 +407,16 @@ impl Conn {
                 complete,
             } => {
                 if !live(&self.ops, &id, generation) {
-                    return Flow::Continue;
+                    return Step::Skip;
                 }
                 self.ops.remove(&id);
                 if complete {
-                    self.send_json(json!({"type": "complete", "id": id})).await
+                    Step::Write(Message::Text(frame("complete", &id, None::<&()>).into()))
                 } else {
-                    Flow::Continue
+                    Step::Skip
                 }
             }
-            Out::Disconnect { code, reason } => Flow::Close(code, reason),
+            Out::Disconnect { code, reason } => Step::End(Flow::Close(code, reason)),
         }
     }
 
@@ -451,8 +509,7 @@ impl Conn {
         else {
             return Flow::Close(cc::BAD_REQUEST, "Invalid message received");
         };
-        let id = id.to_owned();
-        if self.ops.contains_key(&id) {
+        if self.ops.contains_key(id) {
             return Flow::Close(cc::DUPLICATE_ID, "Subscriber for this id already exists");
         }
         let Ok(request) = serde_json::from_value::<async_graphql::Request>(
@@ -463,14 +520,14 @@ impl Conn {
         let limit = self.state.inner.config.subscriptions.max_per_connection;
         if self.ops.len() >= limit {
             let m = format!("too many operations on this connection (limit {limit})");
-            return self.op_error(&id, "LIMIT_EXCEEDED", &m).await;
+            return self.op_error(id, "LIMIT_EXCEEDED", &m).await;
         }
         if !self.bucket.take() {
             let m = format!(
                 "too many subscriptions started per second (limit {})",
                 self.state.inner.config.limits.subscription_starts_per_sec
             );
-            return self.op_error(&id, "RATE_LIMITED", &m).await;
+            return self.op_error(id, "RATE_LIMITED", &m).await;
         }
         self.next_gen += 1;
         let generation = self.next_gen;
@@ -479,49 +536,20 @@ impl Conn {
             subscription: Mutex::new(None),
             ended: Mutex::new(None),
         });
-        let mut responses = self
+        let responses = self
             .state
             .inner
             .schema
             .execute_stream(request.data(ctx.clone()).data(principal));
-        let out = self.out_tx.clone();
-        let task_ctx = ctx.clone();
-        let task_id = id.clone();
-        let abort = self.tasks.spawn(async move {
-            let id = task_id;
-            let mut complete = true;
-            while let Some(resp) = responses.next().await {
-                if resp.is_err() && resp.data == async_graphql::Value::Null {
-                    let payload = serde_json::to_value(&resp.errors).unwrap_or(Value::Null);
-                    let _ = out.send(Out::Error { id: id.clone(), generation, payload }).await;
-                    complete = false;
-                    break;
-                }
-                let payload = serde_json::to_value(&resp).unwrap_or(Value::Null);
-                if out.send(Out::Next { id: id.clone(), generation, payload }).await.is_err() {
-                    return;
-                }
-            }
-            drop(responses);
-            let lagged = *task_ctx.ended.lock() == Some(EndReason::Lagged);
-            if lagged {
-                let _ = out
-                    .send(Out::Error {
-                        id: id.clone(),
-                        generation,
-                        payload: json!([{"message": "slow consumer: too far behind, disconnecting", "extensions": {"code": "SLOW_CONSUMER"}}]),
-                    })
-                    .await;
-                let _ = out
-                    .send(Out::Disconnect {
-                        code: cc::SLOW_CONSUMER,
-                        reason: "slow consumer",
-                    })
-                    .await;
-                return;
-            }
-            let _ = out.send(Out::Done { id, generation, complete }).await;
-        });
+        let id: Arc<str> = id.into();
+        let abort = self.tasks.spawn(run_op(
+            responses,
+            self.out_tx.clone(),
+            ctx.clone(),
+            id.clone(),
+            generation,
+            self.protocol,
+        ));
         self.ops.insert(
             id,
             Op {
@@ -532,4 +560,91 @@ impl Conn {
         );
         Flow::Continue
     }
+}
+
+/// Serialises one protocol frame: `{"type": ty, "id": id, "payload": payload}` (no `payload`
+/// when it is `None`).
+fn frame<P: Serialize + ?Sized>(ty: &str, id: &str, payload: Option<&P>) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a, P: ?Sized> {
+        #[serde(rename = "type")]
+        ty: &'a str,
+        id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<&'a P>,
+    }
+    serde_json::to_string(&Frame { ty, id, payload }).unwrap_or_else(|e| {
+        // A payload that cannot be JSON (it never happens with async-graphql's values): the
+        // frame still goes out, with a null payload, as before.
+        tracing::warn!(error = %e, "could not serialise a frame payload");
+        serde_json::to_string(&Frame::<()> {
+            ty,
+            id,
+            payload: Some(&()),
+        })
+        .unwrap_or_default()
+    })
+}
+
+/// One operation: reads its response stream and hands each response, serialised, to the
+/// connection task through the bounded channel (waiting when it is full: the subscription's own
+/// queue and slow-consumer policy take over).
+async fn run_op(
+    mut responses: BoxStream<'static, async_graphql::Response>,
+    out: mpsc::Sender<Box<Out>>,
+    ctx: Arc<OpContext>,
+    id: Arc<str>,
+    generation: u64,
+    protocol: Protocol,
+) {
+    let next = match protocol {
+        Protocol::Transport => "next",
+        Protocol::Legacy => "data",
+    };
+    let mut complete = true;
+    while let Some(resp) = responses.next().await {
+        let text = if resp.is_err() && resp.data == async_graphql::Value::Null {
+            complete = false;
+            frame("error", &id, Some(&resp.errors))
+        } else {
+            frame(next, &id, Some(&resp))
+        };
+        let msg = Box::new(Out::Frame {
+            id: id.clone(),
+            generation,
+            text,
+        });
+        if out.send(msg).await.is_err() {
+            return;
+        }
+        if !complete {
+            break;
+        }
+    }
+    drop(responses);
+    let lagged = *ctx.ended.lock() == Some(EndReason::Lagged);
+    if lagged {
+        let payload = json!([{"message": "slow consumer: too far behind, disconnecting", "extensions": {"code": "SLOW_CONSUMER"}}]);
+        let _ = out
+            .send(Box::new(Out::Frame {
+                id: id.clone(),
+                generation,
+                text: frame("error", &id, Some(&payload)),
+            }))
+            .await;
+        let _ = out
+            .send(Box::new(Out::Disconnect {
+                code: cc::SLOW_CONSUMER,
+                reason: "slow consumer",
+            }))
+            .await;
+        return;
+    }
+    let _ = out
+        .send(Box::new(Out::Done {
+            id,
+            generation,
+            complete,
+        }))
+        .await;
 }

@@ -289,6 +289,9 @@ struct Counters {
     delivered: AtomicU64,
 }
 
+/// Slots a drained subscription queue keeps (more are given back; the queue starts with none).
+const IDLE_QUEUE_SLOTS: usize = 8;
+
 /// The part of a subscription shared between the registry and its handle.
 struct Slot {
     q: Mutex<SlotQueue>,
@@ -1003,6 +1006,11 @@ impl Stream for Subscription {
                 let missed = std::mem::take(&mut q.missed);
                 if q.items.is_empty() {
                     q.lagging_since = None;
+                    // A burst grew the queue (up to `queue_capacity` items); drained, it keeps
+                    // only a few slots, so an idle subscription does not hold a burst's memory.
+                    if q.items.capacity() > IDLE_QUEUE_SLOTS {
+                        q.items.shrink_to(IDLE_QUEUE_SLOTS);
+                    }
                 }
                 return Poll::Ready(Some(Delivery { item, missed }));
             }

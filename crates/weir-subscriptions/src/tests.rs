@@ -250,6 +250,37 @@ async fn ttl_completes_and_removes_and_is_capped_by_max() {
     empty(&m);
 }
 
+#[tokio::test]
+async fn a_drained_queue_gives_back_what_a_burst_grew() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let mut sub = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    // Nothing is allocated for the queue until something is delivered.
+    let idle = m.snapshot().held_bytes;
+    let burst: Vec<ChangeEvent> = (0..200)
+        .map(|i| ev(EntityKind::Node, "A", &i.to_string(), Operation::Created))
+        .collect();
+    m.publish(&batch(burst));
+    let full = m.snapshot();
+    assert_eq!(full.queued_items, 200);
+    assert!(
+        full.held_bytes >= idle + 200 * size_of::<Item>(),
+        "{full:?}"
+    );
+    assert_eq!(drain(&mut sub).len(), 200);
+    let drained = m.snapshot();
+    assert_eq!(drained.queued_items, 0);
+    assert!(
+        drained.held_bytes <= idle + IDLE_QUEUE_SLOTS * size_of::<Item>(),
+        "a drained queue still holds {} bytes (idle {idle})",
+        drained.held_bytes
+    );
+    drop(sub);
+    empty(&m);
+}
+
 #[tokio::test(start_paused = true)]
 async fn slow_consumer_drops_oldest_reports_missed_then_is_ended() {
     let cfg = ManagerConfig {
