@@ -28,7 +28,13 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
 log "ingest: weir ingest vs a bare neo4rs loop ($preset)"
-target/release/weir-bench-ingest --preset "$preset"
+if [ "$preset" = quick ]; then
+  target/release/weir-bench-ingest --preset quick
+else
+  # The bare loop's best concurrency comes from the quick preset's sweep (1 on ArcadeDB): a
+  # search at 1 M rows would add four passes of ~10 min each.
+  target/release/weir-bench-ingest --preset full --bare-concurrency 1
+fi
 log "fan-out: WebSocket subscriptions on weir-gatewayd over NATS ($preset)"
 target/release/weir-bench-fanout --preset "$preset"
 

@@ -84,7 +84,9 @@ pub struct JobsConfig {
     pub max_mapping_bytes: usize,
     /// Records per batch (one write transaction each). Default 1000.
     pub batch_size: usize,
-    /// Most batches written at once per job. Default 4.
+    /// Most batches written at once per job (adaptive up to this when above 1). Default 1, as
+    /// for `weir ingest --concurrency` (see there: ArcadeDB is slower, and has corrupted
+    /// records, with concurrent writers; on Neo4j try 4).
     pub concurrency: usize,
     /// Whether the batches in flight adapt between 1 and `concurrency` (fewer when writes
     /// contend: deadlocks, refused concurrent transactions). Default true.
@@ -107,7 +109,7 @@ impl Default for JobsConfig {
             max_upload_bytes: 4 << 30,
             max_mapping_bytes: 64 << 10,
             batch_size: 1000,
-            concurrency: 4,
+            concurrency: 1,
             adaptive_concurrency: true,
             memory_limit: None,
         }

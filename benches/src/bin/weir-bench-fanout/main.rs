@@ -99,8 +99,22 @@ struct Plan {
 impl Cli {
     fn plan(&self) -> anyhow::Result<Plan> {
         let (clients, rates, secs, churn_secs, churn_clients, open_rate) = match self.preset {
-            Preset::Quick => (1_000, vec![1_000, 10_000, 100_000], 5, 20, 200, 500),
-            Preset::Full => (10_000, vec![10_000, 50_000, 100_000], 15, 90, 1_000, 1_000),
+            Preset::Quick => (
+                1_000,
+                vec![1_000, 10_000, 25_000, 50_000, 100_000],
+                5,
+                20,
+                200,
+                500,
+            ),
+            Preset::Full => (
+                10_000,
+                vec![10_000, 25_000, 50_000, 100_000],
+                15,
+                90,
+                1_000,
+                1_000,
+            ),
         };
         let clients = self.clients.unwrap_or(clients);
         anyhow::ensure!(

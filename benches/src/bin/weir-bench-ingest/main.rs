@@ -10,9 +10,12 @@
 //! target/release/weir-bench-ingest --preset full             # 1 M people: hours on ArcadeDB
 //! ```
 //!
-//! Every run uses the label prefix of this invocation and starts from an empty graph under it
-//! (the previous run's data is deleted first), with the key constraints in place: MERGE always
-//! creates. Settings of the graph server come from `weir_config` (defaults < `.weir/env` <
+//! Every run starts from an empty graph under its label prefix, with the key constraints in
+//! place: MERGE always creates. By default (quick) the runs share the invocation's prefix and
+//! each run's data is deleted after it is counted; with `--keep-data` (the default of `full`)
+//! each run gets a prefix of its own and its data stays, because deleting 3 M records through
+//! Bolt takes ArcadeDB about half an hour (restart the local server with `dev.sh down && dev.sh
+//! up` for a fresh data directory). Settings of the graph server come from `weir_config` (defaults < `.weir/env` <
 //! environment), as for `weir` itself.
 
 mod bare;
@@ -99,8 +102,8 @@ struct Opts {
     /// Records per batch, both sides (Weir's default is 1000).
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
-    /// `weir ingest --concurrency` of the main comparison (Weir's default is 4).
-    #[arg(long, default_value_t = 4)]
+    /// `weir ingest --concurrency` of the main comparison (Weir's default is 1).
+    #[arg(long, default_value_t = 1)]
     concurrency: usize,
     /// Concurrencies tried for the bare loop; the fastest is compared.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
@@ -114,10 +117,12 @@ struct Opts {
     /// Batch sizes of the sweep.
     #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000")]
     sweep_batch: Vec<usize>,
-    /// Fixed concurrencies of the sweep (`weir ingest --fixed-concurrency --concurrency N`); the
-    /// sweep also runs Weir's default, adaptive up to `--concurrency`.
+    /// Fixed concurrencies of the sweep (`weir ingest --fixed-concurrency --concurrency N`).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     sweep_concurrency: Vec<usize>,
+    /// The sweep also runs `weir ingest --concurrency N` (adaptive between 1 and N) with this N.
+    #[arg(long, default_value_t = 4)]
+    sweep_adaptive: usize,
     /// Runs per sweep cell.
     #[arg(long, default_value_t = 1)]
     sweep_runs: usize,
@@ -131,6 +136,10 @@ struct Opts {
     /// Where generated datasets are kept (reused across runs: generation is deterministic).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Give each run a label prefix of its own and keep its data instead of deleting it
+    /// (default: quick no, full yes).
+    #[arg(long)]
+    keep_data: Option<bool>,
 }
 
 fn repo_root() -> PathBuf {
@@ -189,6 +198,9 @@ struct Bench {
     rows: u64,
     settings: weir_config::GraphSettings,
     graph: neo4rs::Graph,
+    keep_data: bool,
+    /// Prefixes used so far (one per run with `keep_data`).
+    used: std::sync::Mutex<Vec<String>>,
 }
 
 impl Bench {
@@ -201,18 +213,33 @@ impl Bench {
             .env("NEO4J_DATABASE", &s.database);
     }
 
+    /// The label prefix of the next run.
+    fn next_prefix(&self) -> String {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let p = if self.keep_data {
+            format!("{}r{}_", self.prefix, used.len() + 1)
+        } else {
+            self.prefix.clone()
+        };
+        if !used.contains(&p) {
+            used.push(p.clone());
+        }
+        p
+    }
+
     async fn weir_run(
         &self,
         batch: usize,
         conc: Conc,
         limit: Option<&str>,
     ) -> anyhow::Result<WeirRun> {
+        let prefix = self.next_prefix();
         let mut cmd = Command::new(&self.weir);
         cmd.arg("ingest")
             .arg(&self.csv)
             .arg("--mapping")
             .arg(&self.mapping)
-            .args(["--label-prefix", &self.prefix])
+            .args(["--label-prefix", &prefix])
             .args(["--batch-size", &batch.to_string()])
             .args(["--concurrency", &conc.max().to_string()])
             .args(["--progress", "none"]);
@@ -225,7 +252,7 @@ impl Bench {
         self.env(&mut cmd);
         let child = tokio::task::spawn_blocking(move || child::run_measured(cmd)).await??;
         let (committed, retries, pipeline_secs) = parse_summary(&child.stdout)?;
-        let counts = self.count_and_clean().await?;
+        let counts = self.count_and_clean(&prefix).await?;
         if committed != self.rows {
             bail!("weir committed {committed} of {} rows", self.rows);
         }
@@ -238,11 +265,12 @@ impl Bench {
     }
 
     async fn bare_run(&self, batch: usize, conc: usize) -> anyhow::Result<BareRun> {
+        let prefix = self.next_prefix();
         let mut cmd = Command::new(std::env::current_exe().context("own executable")?);
         cmd.arg("bare")
             .arg("--csv")
             .arg(&self.csv)
-            .args(["--prefix", &self.prefix])
+            .args(["--prefix", &prefix])
             .args(["--batch-size", &batch.to_string()])
             .args(["--concurrency", &conc.to_string()]);
         self.env(&mut cmd);
@@ -255,7 +283,7 @@ impl Bench {
                 .context("bare run printed nothing")?,
         )
         .with_context(|| format!("bare run output: {}", child.stdout))?;
-        let counts = self.count_and_clean().await?;
+        let counts = self.count_and_clean(&prefix).await?;
         if report.rows != self.rows {
             bail!("bare run sent {} of {} rows", report.rows, self.rows);
         }
@@ -266,9 +294,11 @@ impl Bench {
         })
     }
 
-    async fn count_and_clean(&self) -> anyhow::Result<Counts> {
-        let c = graph::count(&self.graph, &self.prefix).await?;
-        graph::delete_all(&self.graph, &self.prefix).await?;
+    async fn count_and_clean(&self, prefix: &str) -> anyhow::Result<Counts> {
+        let c = graph::count(&self.graph, prefix).await?;
+        if !self.keep_data {
+            graph::delete_all(&self.graph, prefix).await?;
+        }
         Ok(c)
     }
 }
@@ -293,6 +323,7 @@ impl Conc {
 impl std::fmt::Display for Conc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Adaptive(1) => write!(f, "1"),
             Self::Adaptive(n) => write!(f, "adaptive ≤ {n}"),
             Self::Fixed(n) => write!(f, "fixed {n}"),
         }
@@ -427,6 +458,8 @@ async fn main() -> anyhow::Result<()> {
         rows: people,
         settings,
         graph,
+        keep_data: opts.keep_data.unwrap_or(preset == Preset::Full),
+        used: std::sync::Mutex::new(Vec::new()),
     };
     let started_at = chrono::Utc::now();
     let load = report::LoadSampler::start();
@@ -435,9 +468,22 @@ async fn main() -> anyhow::Result<()> {
     let result = run_all(&bench, runs, do_sweep).await;
     let elapsed = t0.elapsed();
     let load_text = load.finish();
-    // Clean up whatever a failed run left, then the constraints.
-    let cleanup = graph::delete_all(&bench.graph, &prefix).await;
-    let dropped = graph::drop_constraints(&bench.graph, &bare::constraint_names(&prefix)).await;
+    // Clean up whatever a failed run left (unless the data is kept), then the constraints.
+    let used = bench.used.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let cleanup = if bench.keep_data {
+        Ok(())
+    } else {
+        graph::delete_all(&bench.graph, &prefix).await
+    };
+    let mut dropped = Ok(());
+    if !bench.keep_data {
+        for p in &used {
+            if let Err(e) = graph::drop_constraints(&bench.graph, &bare::constraint_names(p)).await
+            {
+                dropped = Err(e);
+            }
+        }
+    }
     let res = result?;
     cleanup?;
 
@@ -631,6 +677,17 @@ async fn main() -> anyhow::Result<()> {
     }
     md.push_str("\nEach run:\n\n");
     md.push_str(&t.to_markdown());
+    if bench.keep_data {
+        md.push_str(&format!(
+            "\nEach run wrote under a label prefix of its own ({}) and its data was kept, not \
+             deleted (deleting 3 M records through Bolt takes ArcadeDB about half an hour), so \
+             later runs wrote into a larger database than earlier ones.\n",
+            used.iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
 
     // Bare concurrency sweep.
     let mut t = Table::new([
@@ -649,11 +706,19 @@ async fn main() -> anyhow::Result<()> {
             r.report.retries.to_string(),
         ]);
     }
-    md.push_str(&format!(
-        "\nThe bare loop's concurrency, batch {b}, one run each (the fastest is compared \
-         above):\n\n"
-    ));
-    md.push_str(&t.to_markdown());
+    if res.bare_sweep.is_empty() {
+        md.push_str(&format!(
+            "\nThe bare loop ran at concurrency {} as given (`--bare-concurrency`; the quick \
+             preset's sweep found it fastest).\n",
+            res.bare_conc
+        ));
+    } else {
+        md.push_str(&format!(
+            "\nThe bare loop's concurrency, batch {b}, one run each (the fastest is compared \
+             above):\n\n"
+        ));
+        md.push_str(&t.to_markdown());
+    }
 
     // Weir sweep.
     if !res.sweep.is_empty() {
@@ -662,7 +727,7 @@ async fn main() -> anyhow::Result<()> {
             .sweep_concurrency
             .iter()
             .map(|&c| Conc::Fixed(c))
-            .chain([main_conc])
+            .chain([Conc::Adaptive(bench.opts.sweep_adaptive)])
             .collect();
         let mut header = vec!["batch \\ concurrency".to_owned()];
         header.extend(concs.iter().map(|c| c.to_string()));
@@ -681,11 +746,8 @@ async fn main() -> anyhow::Result<()> {
                     .map(|r| per_sec(people, r.child.wall.as_secs_f64())));
                 let peak = med(cell.iter().map(|r| r.child.peak_rss as f64));
                 let retries = med(cell.iter().map(|r| r.retries as f64));
-                let mark = if *bs == 1000 && *c == main_conc {
-                    "**"
-                } else {
-                    ""
-                };
+                let default = *c == main_conc || (main_conc.max() == 1 && *c == Conc::Fixed(1));
+                let mark = if *bs == 1000 && default { "**" } else { "" };
                 row.push(format!(
                     "{mark}{}{mark} rows/s, {}, {retries:.0} retries",
                     k(rate),
@@ -696,8 +758,8 @@ async fn main() -> anyhow::Result<()> {
         }
         md.push_str(&format!(
             "\n`weir ingest` batch size × concurrency, end-to-end rows/s, peak RSS and retries \
-             ({} run(s) per cell; Weir's default, batch 1000 × adaptive concurrency up to 4, in \
-             bold):\n\n",
+             ({} run(s) per cell; Weir's default, batch 1000 × concurrency {main_conc}, in bold; \
+             \"adaptive ≤ N\" is `--concurrency N` without `--fixed-concurrency`):\n\n",
             bench.opts.sweep_runs
         ));
         md.push_str(&t.to_markdown());
@@ -815,7 +877,13 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
     let b = o.batch_size;
     let people = bench.rows as f64;
     let mut bare_sweep = Vec::new();
-    for &c in &o.bare_concurrency {
+    // One concurrency given: nothing to search, no extra pass.
+    let search = if o.bare_concurrency.len() > 1 {
+        &o.bare_concurrency[..]
+    } else {
+        &[]
+    };
+    for &c in search {
         eprintln!("bare loop, batch {b}, concurrency {c} ...");
         let r = bench.bare_run(b, c).await?;
         eprintln!(
@@ -827,11 +895,14 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
         );
         bare_sweep.push((c, r));
     }
-    let bare_conc = bare_sweep
-        .iter()
-        .min_by(|a, b| a.1.report.secs.total_cmp(&b.1.report.secs))
-        .map(|r| r.0)
-        .context("--bare-concurrency is empty")?;
+    let bare_conc = match o.bare_concurrency[..] {
+        [c] => c,
+        _ => bare_sweep
+            .iter()
+            .min_by(|a, b| a.1.report.secs.total_cmp(&b.1.report.secs))
+            .map(|r| r.0)
+            .context("--bare-concurrency is empty")?,
+    };
     let (mut weir, mut weir_limited, mut bare) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=runs {
         eprintln!("run {i}/{runs}: weir ingest ...");
@@ -880,7 +951,7 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
                     .sweep_concurrency
                     .iter()
                     .map(|&c| Conc::Fixed(c))
-                    .chain([Conc::Adaptive(o.concurrency)]);
+                    .chain([Conc::Adaptive(o.sweep_adaptive)]);
                 for sc in concs {
                     eprintln!("sweep: weir ingest --batch-size {sb} --concurrency {sc} ...");
                     let r = bench.weir_run(sb, sc, None).await?;
@@ -935,7 +1006,7 @@ mod tests {
         assert_eq!(c.opts.preset, Some(Preset::Quick));
         assert_eq!(c.opts.sweep_batch, vec![100, 200]);
         assert_eq!(c.opts.bare_concurrency, vec![1, 2, 4, 8]);
-        assert_eq!((c.opts.batch_size, c.opts.concurrency), (1000, 4));
+        assert_eq!((c.opts.batch_size, c.opts.concurrency), (1000, 1));
         let c = Cli::try_parse_from([
             "x",
             "bare",

@@ -69,10 +69,12 @@ pub(crate) struct IngestArgs {
     /// Most records per batch (one write transaction each).
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
-    /// Most batches written at once. The number in flight adapts between 1 and this: it rises
-    /// while writes go through cleanly and halves when they contend (deadlocks, refused
-    /// concurrent transactions, as ArcadeDB does for concurrent MERGEs).
-    #[arg(long, default_value_t = 4)]
+    /// Most batches written at once. Above 1, the number in flight adapts between 1 and this:
+    /// one more writer is kept only while it raises the measured throughput, and retried
+    /// writes (deadlocks, refused concurrent transactions) lower it. Default 1: on ArcadeDB
+    /// (the local server) more writers were slower and concurrent MERGEs of relationships have
+    /// corrupted records on the server (BENCHMARKS.md); on Neo4j try 4.
+    #[arg(long, default_value_t = 1)]
     concurrency: usize,
     /// Always keep `--concurrency` batches in flight instead of adapting.
     #[arg(long)]
