@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh quick   ~25 min (estimate): ingest (10 k people, 3 runs, sweep), fan-out (1,000 clients,
 #                            3 runs, 1 and 2 replicas, churn), criterion micro-benches (short)
-#   scripts/bench.sh full    hours: ingest (1 M people → 1.02 M nodes, 2 M relationships),
+#   scripts/bench.sh full    ~1 h (estimate): ingest (1 M people → 1.02 M nodes, 2 M relationships),
 #                            fan-out (10,000 clients), criterion micro-benches (default times)
 #
 # Starts the local graph server and NATS first (scripts/dev.sh up); settings as in dev.sh.

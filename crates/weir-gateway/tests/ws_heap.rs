@@ -151,11 +151,7 @@ fn an_idle_subscription_holds_few_server_heap_bytes() {
 
     client_rt.block_on(async {
         // Warm up: one full connection, so one-off allocations are not counted per socket.
-        let mut warm = connect(server.addr, "graphql-transport-ws").await;
-        warm.init().await;
-        warm.subscribe("w", "subscription { graphChanges { key } }")
-            .await;
-        server.wait_active(1).await;
+        let warm = server.warm_up().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let bytes_before = SERVER_BYTES.load(Ordering::Relaxed);
         let blocks_before = SERVER_BLOCKS.load(Ordering::Relaxed);

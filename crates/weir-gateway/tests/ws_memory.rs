@@ -36,11 +36,7 @@ async fn an_idle_subscription_costs_kilobytes_not_a_read_buffer() {
     assert_eq!(cfg.websocket.read_buffer_bytes, 1024, "the default");
     let server = serve(cfg).await;
     // Warm up: one full connection, so one-off allocations are not counted per socket.
-    let mut warm = connect(server.addr, "graphql-transport-ws").await;
-    warm.init().await;
-    warm.subscribe("w", "subscription { graphChanges { key } }")
-        .await;
-    server.wait_active(1).await;
+    let warm = server.warm_up().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = rss_bytes();
 

@@ -265,6 +265,15 @@ mod tests {
         Duration::from_secs_f64(n / 1000.0)
     }
 
+    /// An adaptive limit that has climbed to `max` on a server that scales, not mid-probe.
+    fn settled_at_max(max: usize) -> ConcurrencyLimit {
+        let mut c = ConcurrencyLimit::new(max, true);
+        while c.limit() < max || c.probing() {
+            simulate(&mut c, 1, |_| ms(300.0));
+        }
+        c
+    }
+
     fn share_at(limits: &[usize], level: usize) -> f64 {
         limits.iter().filter(|&&l| l == level).count() as f64 / limits.len() as f64
     }
@@ -337,12 +346,7 @@ mod tests {
 
     #[test]
     fn contention_halves_it_but_never_below_one() {
-        let mut c = ConcurrencyLimit::new(7, true);
-        simulate(&mut c, 400, |_| ms(300.0));
-        while c.probing() {
-            simulate(&mut c, 1, |_| ms(300.0));
-        }
-        assert_eq!(c.limit(), 7);
+        let mut c = settled_at_max(7);
         assert_eq!(c.on_contention(c.epoch()), Some(4));
         assert_eq!(c.on_contention(c.epoch()), Some(2));
         assert_eq!(c.on_contention(c.epoch()), Some(1));
@@ -352,12 +356,7 @@ mod tests {
 
     #[test]
     fn one_burst_of_contention_is_one_decrease() {
-        let mut c = ConcurrencyLimit::new(8, true);
-        simulate(&mut c, 600, |_| ms(300.0));
-        while c.probing() {
-            simulate(&mut c, 1, |_| ms(300.0));
-        }
-        assert_eq!(c.limit(), 8);
+        let mut c = settled_at_max(8);
         let dispatched = c.epoch();
         // Eight writes in flight all hit the same deadlock.
         assert_eq!(c.on_contention(dispatched), Some(4));

@@ -287,7 +287,6 @@ struct Serialising {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     contended: AtomicUsize,
-    writes: AtomicUsize,
     /// Writers it takes without contention.
     capacity: usize,
 }
@@ -298,7 +297,6 @@ impl Sink for Serialising {
     async fn write(&self, batch: &SinkBatch<'_, Row>) -> Result<(), SinkError> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        self.writes.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(100)).await;
         if self.in_flight.load(Ordering::SeqCst) > self.capacity || now > self.capacity {
             self.contended.fetch_add(1, Ordering::SeqCst);
@@ -309,24 +307,51 @@ impl Sink for Serialising {
     }
 }
 
-async fn run_serialising(capacity: usize, adaptive: bool) -> (Arc<Serialising>, u64) {
+/// Records the adaptive limit's moves.
+#[derive(Default)]
+struct Limits(Mutex<Vec<usize>>);
+
+impl weir_stream::PipelineObserver for Limits {
+    fn batch_finished(&self, _: &weir_stream::BatchReport) {}
+    fn concurrency_changed(&self, limit: usize) {
+        self.0.lock().unwrap().push(limit);
+    }
+}
+
+/// Writes 4,000 records in batches of 10 (400 batches) to `sink`, at most `concurrency` at
+/// once, adaptive or not. Returns the summary, the virtual time it took (paused clock) and the
+/// adaptive limit's moves.
+async fn run_400_batches<S: Sink<Item = Row>>(
+    sink: Arc<S>,
+    concurrency: usize,
+    adaptive: bool,
+) -> (weir_stream::RunSummary, Duration, Vec<usize>) {
     let cfg = PipelineConfig {
         batch_records: 10,
         min_batch_records: 1,
-        concurrency: 4,
+        concurrency,
         adaptive_concurrency: adaptive,
         ..Default::default()
     };
-    let sink = Arc::new(Serialising {
-        capacity,
-        ..Default::default()
-    });
     let source = ReaderSource::new(GenReader::new(Some(4_000)), "g.csv", &cfg);
-    let s = Pipeline::new(cfg, map_row, sink.clone())
+    let limits = Arc::new(Limits::default());
+    let started = Instant::now();
+    let s = Pipeline::new(cfg, map_row, sink)
+        .with_observer(limits.clone())
         .run(source, CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(s.records_committed, 4_000);
+    let moves = limits.0.lock().unwrap().clone();
+    (s, started.elapsed(), moves)
+}
+
+async fn run_serialising(capacity: usize, adaptive: bool) -> (Arc<Serialising>, u64) {
+    let sink = Arc::new(Serialising {
+        capacity,
+        ..Default::default()
+    });
+    let (s, ..) = run_400_batches(sink.clone(), 4, adaptive).await;
     (sink, s.batches_written)
 }
 
@@ -377,19 +402,8 @@ async fn transient_errors_count_as_contention() {
             Ok(())
         }
     }
-    let cfg = PipelineConfig {
-        batch_records: 10,
-        min_batch_records: 1,
-        concurrency: 4,
-        ..Default::default()
-    };
     let sink = Arc::new(Refusing::default());
-    let source = ReaderSource::new(GenReader::new(Some(4_000)), "g.csv", &cfg);
-    let s = Pipeline::new(cfg, map_row, sink.clone())
-        .run(source, CancellationToken::new())
-        .await
-        .unwrap();
-    assert_eq!(s.records_committed, 4_000);
+    let (s, ..) = run_400_batches(sink.clone(), 4, true).await;
     let refused = sink.refused.load(Ordering::SeqCst);
     assert!(refused <= 40, "{refused} writes refused over 400 batches");
     assert_eq!(s.retries, refused as u64);
@@ -423,43 +437,11 @@ impl Sink for Locking {
     }
 }
 
-/// Records the adaptive limit's moves.
-#[derive(Default)]
-struct Limits(Mutex<Vec<usize>>);
-
-impl weir_stream::PipelineObserver for Limits {
-    fn batch_finished(&self, _: &weir_stream::BatchReport) {}
-    fn concurrency_changed(&self, limit: usize) {
-        self.0.lock().unwrap().push(limit);
-    }
-}
-
-/// Virtual time (paused clock) to write 4,000 records in batches of 10, writes that
-/// overlapped another, and the limit's moves.
+/// Virtual time to write 400 batches, writes that overlapped another, and the limit's moves.
 async fn run_locking(concurrency: usize, adaptive: bool) -> (Duration, usize, Vec<usize>) {
-    let cfg = PipelineConfig {
-        batch_records: 10,
-        min_batch_records: 1,
-        concurrency,
-        adaptive_concurrency: adaptive,
-        ..Default::default()
-    };
     let sink = Arc::new(Locking::default());
-    let source = ReaderSource::new(GenReader::new(Some(4_000)), "g.csv", &cfg);
-    let started = Instant::now();
-    let limits = Arc::new(Limits::default());
-    let s = Pipeline::new(cfg, map_row, sink.clone())
-        .with_observer(limits.clone())
-        .run(source, CancellationToken::new())
-        .await
-        .unwrap();
-    assert_eq!(s.records_committed, 4_000);
-    let moves = limits.0.lock().unwrap().clone();
-    (
-        started.elapsed(),
-        sink.overlapped.load(Ordering::SeqCst),
-        moves,
-    )
+    let (_, took, moves) = run_400_batches(sink.clone(), concurrency, adaptive).await;
+    (took, sink.overlapped.load(Ordering::SeqCst), moves)
 }
 
 #[tokio::test(start_paused = true)]

@@ -110,6 +110,17 @@ impl Server {
         }
     }
 
+    /// Opens one connection with one subscription and waits until the manager counts it: the
+    /// warm-up memory tests do first, so one-off allocations are not counted per socket.
+    pub async fn warm_up(&self) -> Client {
+        let mut warm = connect(self.addr, "graphql-transport-ws").await;
+        warm.init().await;
+        warm.subscribe("w", "subscription { graphChanges { key } }")
+            .await;
+        self.wait_active(1).await;
+        warm
+    }
+
     pub async fn wait_active(&self, n: usize) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.state.manager().active() != n {
