@@ -62,6 +62,10 @@ pub struct PoolConfig {
     /// Longest back-off between transaction attempts. Default 2 s.
     #[serde(with = "humantime_serde")]
     pub txn_backoff_max: Duration,
+    /// Switch Nagle's algorithm off (`TCP_NODELAY`) on each new Bolt connection. neo4rs
+    /// leaves it on, and then every statement larger than 8 KiB waits for the server's
+    /// delayed ACK (40–200 ms); see [`crate::nodelay`]. Linux only. Default on.
+    pub tcp_nodelay: bool,
 }
 
 impl Default for PoolConfig {
@@ -84,6 +88,7 @@ impl Default for PoolConfig {
             txn_max_attempts: 3,
             txn_backoff_min: Duration::from_millis(100),
             txn_backoff_max: Duration::from_secs(2),
+            tcp_nodelay: true,
         }
     }
 }

@@ -36,6 +36,7 @@ mod circuit;
 mod config;
 mod core;
 mod error;
+pub mod nodelay;
 mod stats;
 
 use std::pin::Pin;
@@ -55,9 +56,12 @@ pub use crate::stats::{ACQUIRE_WAIT_BUCKETS, AcquireWait, CloseReason, ClosedCou
 
 use crate::core::{Connector, Core, Lease};
 
-/// Opens one Bolt connection per session and proves it with `RETURN 1`.
+/// Opens one Bolt connection per session, proves it with `RETURN 1` and (with
+/// [`PoolConfig::tcp_nodelay`]) switches Nagle's algorithm off on it.
 pub(crate) struct BoltConnector {
     config: neo4rs::Config,
+    /// The server's URI when Nagle is to be switched off on new connections.
+    nodelay_uri: Option<String>,
 }
 
 impl BoltConnector {
@@ -77,7 +81,23 @@ impl BoltConnector {
                 field: "graph.uri",
                 reason: e.to_string(),
             })?;
-        Ok(Self { config })
+        Ok(Self {
+            config,
+            nodelay_uri: cfg.tcp_nodelay.then(|| settings.uri.clone()),
+        })
+    }
+}
+
+/// Switches Nagle off on the sockets to the server at `uri`. A failure costs latency, not
+/// correctness, so it is logged and the connection kept.
+async fn disable_nagle(uri: &str) {
+    let result = match nodelay::resolve_bolt_peers(uri).await {
+        Ok(peers) => nodelay::disable_nagle_to(&peers),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(changed) => tracing::trace!(changed, "TCP_NODELAY set on new Bolt connections"),
+        Err(error) => tracing::warn!(%error, "could not set TCP_NODELAY on the Bolt connection"),
     }
 }
 
@@ -97,6 +117,9 @@ impl Connector for BoltConnector {
     async fn connect(&self) -> Result<neo4rs::Graph, PoolError> {
         let graph = neo4rs::Graph::connect(self.config.clone())?;
         ping(&graph).await?;
+        if let Some(uri) = &self.nodelay_uri {
+            disable_nagle(uri).await;
+        }
         Ok(graph)
     }
 

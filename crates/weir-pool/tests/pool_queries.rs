@@ -178,3 +178,40 @@ async fn session_guard_runs_several_queries_and_close_stops_everything() {
     assert!(st.closed && st.size == 0, "{st:?}");
     assert_eq!(st.sessions_closed.shutdown, st.sessions_created);
 }
+
+/// Every session the pool opens has Nagle's algorithm off (neo4rs leaves it on, and large
+/// statements then wait for the server's delayed ACK); `tcp_nodelay = false` leaves it on.
+/// Each pool talks through its own proxy, so its sockets are told apart by their peer.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_have_nagle_off_unless_configured() {
+    use weir_pool::nodelay::nodelay_of_sockets_to;
+
+    for nodelay in [true, false] {
+        let (proxy, settings) = common::proxy().await;
+        let pool = common::ready_pool(
+            settings,
+            PoolConfig {
+                tcp_nodelay: nodelay,
+                ..common::fast_config()
+            },
+        )
+        .await;
+        // Three sessions at once, so three connections.
+        let held = futures::future::join_all((0..3).map(|_| pool.get()))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let created = pool.status().sessions_created;
+        assert!(created >= 3, "{:?}", pool.status());
+        let states = nodelay_of_sockets_to(&[proxy.addr()]).unwrap();
+        assert_eq!(states.len() as u64, created, "one socket per session");
+        assert!(
+            states.iter().all(|&s| s == nodelay),
+            "tcp_nodelay = {nodelay}: sockets have {states:?}"
+        );
+        drop(held);
+        pool.close().await;
+    }
+}
