@@ -2,10 +2,10 @@
 # Weir's benchmarks in one command. Results: tables on stdout and in benches/results/*.md,
 # RSS charts next to BENCHMARKS.md (BENCHMARKS-rss-*.png). BENCHMARKS.md quotes them.
 #
-#   scripts/bench.sh quick   ~25 min (estimate): ingest (10 k people, 3 runs, sweep), fan-out (1,000 clients,
-#                            3 runs, 1 and 2 replicas, churn), criterion micro-benches (short)
-#   scripts/bench.sh full    ~1 h (estimate): ingest (1 M people → 1.02 M nodes, 2 M relationships),
-#                            fan-out (10,000 clients), criterion micro-benches (default times)
+#   scripts/bench.sh quick   ingest (100 k people, 3 runs, sweep), fan-out (1,000 clients, 3 runs,
+#                            1 and 2 replicas, churn), criterion micro-benches (short)
+#   scripts/bench.sh full    ingest (1 M people → 1.02 M nodes, 2 M relationships, 3 runs), fan-out
+#                            (10,000 clients, 3 runs), criterion micro-benches (default times)
 #
 # Starts the local graph server and NATS first (scripts/dev.sh up); settings as in dev.sh.
 # Run it on a quiet machine: every figure is a median of the runs it makes, and the comparisons
@@ -36,7 +36,7 @@ else
   target/release/weir-bench-ingest --preset full --bare-concurrency 1
 fi
 log "fan-out: WebSocket subscriptions on weir-gatewayd over NATS ($preset)"
-target/release/weir-bench-fanout --preset "$preset"
+target/release/weir-bench-fanout --preset "$preset" --runs 3
 
 if [ "$preset" = quick ]; then
   times=(-- --warm-up-time 1 --measurement-time 3)

@@ -184,6 +184,11 @@ pub(crate) struct BareArgs {
     /// Batches in flight.
     #[arg(long)]
     pub(crate) concurrency: usize,
+    /// Leave Nagle's algorithm on, as neo4rs does. By default the loop switches it off
+    /// (`TCP_NODELAY`, like Weir's pool): with it on, every statement larger than neo4rs's
+    /// 8 KiB write buffer waits for the server's delayed ACK.
+    #[arg(long)]
+    pub(crate) nagle: bool,
 }
 
 /// What a bare run reports on stdout (one JSON line).
@@ -199,6 +204,8 @@ pub(crate) struct BareReport {
     pub(crate) parse_secs: f64,
     /// Seconds from the first batch sent to the last commit (the timed part).
     pub(crate) secs: f64,
+    /// Whether Nagle's algorithm was off on every connection (checked after the loop).
+    pub(crate) nodelay: bool,
 }
 
 /// Wait after failed attempt `attempt` (1-based): the pipeline's default policy (100 ms
@@ -271,6 +278,18 @@ pub(crate) async fn run(
             .await
             .context("creating key constraints")?;
     }
+    // Open every connection the loop will use before the clock starts (neo4rs connects
+    // lazily), so Nagle can be switched off on all of them.
+    let txns = futures::future::try_join_all((0..args.concurrency).map(|_| graph.start_txn()))
+        .await
+        .context("opening connections")?;
+    for t in txns {
+        t.rollback().await?;
+    }
+    let peers = weir_pool::nodelay::resolve_bolt_peers(&settings.uri).await?;
+    if !args.nagle {
+        weir_pool::nodelay::disable_nagle_to(&peers)?;
+    }
     let stmts = Arc::new(statements(&args.prefix));
     let next = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicU64::new(0));
@@ -311,12 +330,20 @@ pub(crate) async fn run(
         r??;
     }
     let secs = started.elapsed().as_secs_f64();
+    let states = weir_pool::nodelay::nodelay_of_sockets_to(&peers)?;
+    if states.contains(&args.nagle) {
+        bail!(
+            "Nagle was meant to be {} on every connection; TCP_NODELAY per socket: {states:?}",
+            if args.nagle { "on" } else { "off" }
+        );
+    }
     Ok(BareReport {
         rows: n_rows,
         batches: batches.len() as u64,
         retries: retries.load(Ordering::Relaxed),
         parse_secs,
         secs,
+        nodelay: !args.nagle,
     })
 }
 
