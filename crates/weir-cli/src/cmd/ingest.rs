@@ -168,21 +168,19 @@ fn detect_format(args: &IngestArgs, mapping: &Mapping) -> Format {
 
 /// Shrinks the pipeline's buffers until their bound fits in 40 % of `limit` (the rest is the
 /// runtime, the allocator, the pool and the graph driver), down to a floor set by
-/// `max_record_bytes` (1 MiB) and `--concurrency`. Read-ahead goes first (queue depths, then
-/// chunk sizes), the batch byte cap last: a smaller transaction costs the server more per
-/// row, a shallower queue costs nothing while the writer is the bottleneck.
+/// `max_record_bytes` (1 MiB) and `--concurrency`.
 fn fit_to_limit(cfg: &mut PipelineConfig, limit: u64) {
     let budget = (limit as f64 * 0.4) as usize;
     while cfg.memory_bound_bytes() > budget {
-        if cfg.chunk_queue > 2 || cfg.batch_queue > 1 {
+        if cfg.batch_bytes > 64 << 10 {
+            cfg.batch_bytes /= 2;
+            cfg.batch_queue_bytes = (cfg.batch_queue_bytes / 2).max(cfg.batch_bytes);
+        } else if cfg.chunk_queue > 2 || cfg.batch_queue > 1 {
             cfg.chunk_queue = (cfg.chunk_queue / 2).max(2);
             cfg.batch_queue = (cfg.batch_queue / 2).max(1);
         } else if cfg.chunk_records > 128 || cfg.read_chunk_bytes > 16 << 10 {
             cfg.chunk_records = (cfg.chunk_records / 2).max(128);
             cfg.read_chunk_bytes = (cfg.read_chunk_bytes / 2).max(16 << 10);
-        } else if cfg.batch_bytes > 64 << 10 {
-            cfg.batch_bytes /= 2;
-            cfg.batch_queue_bytes = (cfg.batch_queue_bytes / 2).max(cfg.batch_bytes);
         } else {
             break;
         }
@@ -583,16 +581,6 @@ mod tests {
         fit_to_limit(&mut cfg, 4 << 20);
         assert!(cfg.memory_bound_bytes() < default);
         cfg.validate().unwrap();
-        // Read-ahead is given up before transaction size: at 32 MiB with one writer,
-        // batches keep a 512 KiB cap (about 250 rows of the people example).
-        let mut cfg = PipelineConfig {
-            concurrency: 1,
-            ..PipelineConfig::default()
-        };
-        fit_to_limit(&mut cfg, 32 << 20);
-        assert!(cfg.memory_bound_bytes() as u64 <= (32 << 20) * 2 / 5);
-        assert_eq!((cfg.chunk_queue, cfg.batch_queue), (2, 1));
-        assert_eq!(cfg.batch_bytes, 512 << 10, "{cfg:?}");
         // A roomy limit changes nothing.
         let mut cfg = PipelineConfig::default();
         fit_to_limit(&mut cfg, 1 << 30);
