@@ -92,6 +92,12 @@ pub struct PipelineConfig {
     pub low_watermark: f64,
     /// How often the memory gauge is read. Default 100 ms.
     pub pressure_sample_interval: Duration,
+    /// How long intake stays paused with nothing queued or in flight while memory stays above
+    /// the low watermark. Past it the memory is not the pipeline's to give back (the limit is
+    /// below what the rest of the process holds): intake resumes with the smallest batches and
+    /// pauses again only if usage grows by the watermark gap above that level, so a run never
+    /// waits forever on memory it cannot free. Default 5 s.
+    pub pressure_stall_after: Duration,
     /// Most dead-lettered records before the run stops; `None` for no budget. Default `None`.
     pub max_errors: Option<u64>,
     /// Retries of transient sink errors.
@@ -125,6 +131,7 @@ impl Default for PipelineConfig {
             high_watermark: 0.80,
             low_watermark: 0.70,
             pressure_sample_interval: Duration::from_millis(100),
+            pressure_stall_after: Duration::from_secs(5),
             max_errors: None,
             retry: RetryPolicy::default(),
             grace_period: Duration::from_secs(10),

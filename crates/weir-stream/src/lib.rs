@@ -26,7 +26,10 @@
 //!   dead letters after it may be repeated.
 //! * The memory gauge is sampled every `pressure_sample_interval`: at or above
 //!   `high_watermark` intake flushes, pauses and halves the batch size; at or below
-//!   `low_watermark` it resumes and batches grow back one doubling per sample.
+//!   `low_watermark` it resumes and batches grow back one doubling per sample. If usage stays
+//!   above the low watermark with nothing queued or in flight for `pressure_stall_after`, the
+//!   memory is not the pipeline's: intake goes on with the smallest batches and pauses again
+//!   only when usage grows by the watermark gap above that level (never a wait forever).
 //!
 //! Every record read ends exactly one way: committed, dead-lettered, or (for cancelled and
 //! failed runs only) uncommitted after the final checkpoint — [`RunSummary::is_balanced`].

@@ -490,10 +490,33 @@ impl<M: Mapper> Intake<M> {
             p.pressure = PressureState::High;
             p.pressure_ratio = self.pressure.ratio();
         });
+        let mut drained_since: Option<Instant> = None;
         while self.pressure.state() == PressureState::High {
             tokio::select! {
                 () = self.stop.cancelled() => return false,
                 () = tokio::time::sleep(self.cfg.pressure_sample_interval) => self.sample(),
+            }
+            let drained =
+                self.tx.is_empty() && self.counters.in_flight.load(Ordering::Relaxed) == 0;
+            if !drained {
+                drained_since = None;
+                continue;
+            }
+            let since = *drained_since.get_or_insert_with(Instant::now);
+            if self.pressure.state() == PressureState::High
+                && since.elapsed() >= self.cfg.pressure_stall_after
+            {
+                // Nothing of ours is left to free: waiting longer would wait forever.
+                self.pressure.accept_floor();
+                self.sample();
+                warn!(
+                    ratio = ?self.pressure.ratio(),
+                    floor = ?self.pressure.floor(),
+                    "memory stays above the low watermark with nothing queued or in flight: \
+                     the memory limit is below what the process holds outside the pipeline \
+                     (raise it); intake goes on with the smallest batches and pauses again if \
+                     usage grows further"
+                );
             }
         }
         info!(ratio = ?self.pressure.ratio(), "memory pressure back to normal: intake resumed");

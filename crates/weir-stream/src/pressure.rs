@@ -18,6 +18,8 @@ pub(crate) struct Pressure {
     shrink: u32,
     ratio: Option<f64>,
     peak_used: Option<u64>,
+    /// Usage the pipeline could not bring down by draining (see [`Pressure::accept_floor`]).
+    floor: Option<f64>,
 }
 
 impl std::fmt::Debug for Pressure {
@@ -40,7 +42,23 @@ impl Pressure {
             shrink: 0,
             ratio: None,
             peak_used: None,
+            floor: None,
         }
+    }
+
+    /// The pipeline drained everything and usage is still above the low watermark: that
+    /// memory is not the pipeline's. Take the current usage as a floor: the state turns
+    /// normal with the smallest batches, and turns high again only when usage grows by the
+    /// watermark gap above the floor. The floor ends once usage falls below the low watermark.
+    pub(crate) fn accept_floor(&mut self) {
+        self.floor = self.ratio;
+        self.state = PressureState::Normal;
+        self.shrink = MAX_SHRINK;
+    }
+
+    /// The usage accepted as a floor, if any.
+    pub(crate) fn floor(&self) -> Option<f64> {
+        self.floor
     }
 
     /// Reads the gauge and updates the state: `Normal -> High` at or above the high watermark
@@ -59,12 +77,19 @@ impl Pressure {
             self.shrink = self.shrink.saturating_sub(1);
             return self.state;
         };
+        if self.floor.is_some() && r < self.low {
+            self.floor = None;
+        }
+        let (high, low) = match self.floor {
+            Some(f) => ((f + (self.high - self.low)).max(self.high), f.max(self.low)),
+            None => (self.high, self.low),
+        };
         match self.state {
-            PressureState::Normal if r >= self.high => {
+            PressureState::Normal if r >= high => {
                 self.state = PressureState::High;
                 self.shrink = (self.shrink + 1).min(MAX_SHRINK);
             }
-            PressureState::High if r <= self.low => self.state = PressureState::Normal,
+            PressureState::High if r <= low => self.state = PressureState::Normal,
             PressureState::Normal if r < self.low => self.shrink = self.shrink.saturating_sub(1),
             _ => {}
         }
@@ -123,6 +148,32 @@ mod tests {
             ]
         );
         assert_eq!(p.peak_used(), Some(81));
+    }
+
+    #[test]
+    fn an_accepted_floor_raises_both_watermarks_until_usage_falls_below_low() {
+        let (used, g) = gauge();
+        let mut p = Pressure::new(g, 0.8, 0.7);
+        used.store(85, Ordering::SeqCst);
+        assert_eq!(p.sample(), PressureState::High);
+        p.accept_floor();
+        assert_eq!(p.floor(), Some(0.85));
+        assert_eq!(p.batch_limit(1000, 16), 16, "smallest batches");
+        use PressureState::{High, Normal};
+        let mut seq = Vec::new();
+        // Normal up to floor + gap (0.95); high above; normal again at the floor; the floor
+        // ends below the configured low watermark.
+        for u in [85, 90, 94, 96, 90, 85, 69, 75, 80] {
+            used.store(u, Ordering::SeqCst);
+            seq.push(p.sample());
+        }
+        assert_eq!(
+            seq,
+            [
+                Normal, Normal, Normal, High, High, Normal, Normal, Normal, High
+            ]
+        );
+        assert_eq!(p.floor(), None);
     }
 
     #[test]

@@ -48,6 +48,11 @@ impl<T> QueueSender<T> {
         };
         self.tx.send((item, permit)).await.map_err(|e| e.0.0)
     }
+
+    /// Whether nothing is queued (every byte permit is back).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes.available_permits() == self.max_bytes as usize
+    }
 }
 
 impl<T> QueueReceiver<T> {

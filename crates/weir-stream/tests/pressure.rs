@@ -134,3 +134,80 @@ async fn intake_pauses_and_resumes_with_hysteresis_and_batches_shrink_and_recove
         "batches grew back: {after:?}"
     );
 }
+
+/// Memory stuck above the high watermark that draining cannot bring down (the rest of the
+/// process holds it): intake pauses, and once nothing is queued or in flight for
+/// `pressure_stall_after` it goes on with the smallest batches instead of waiting forever;
+/// it pauses again when usage grows by the watermark gap above that floor.
+#[tokio::test(start_paused = true)]
+async fn memory_the_pipeline_cannot_free_does_not_stall_the_run() {
+    let used = Arc::new(AtomicU64::new(85));
+    let u = used.clone();
+    let gauge = Arc::new(move || MemoryUsage {
+        used_bytes: u.load(Ordering::SeqCst),
+        limit_bytes: Some(100),
+        source: UsageSource::Injected,
+    });
+    let cfg = PipelineConfig {
+        batch_records: 64,
+        min_batch_records: 4,
+        chunk_records: 8,
+        concurrency: 1,
+        linger: Duration::from_millis(50),
+        pressure_sample_interval: Duration::from_millis(100),
+        pressure_stall_after: Duration::from_secs(2),
+        progress_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let sink = Arc::new(SlowSink::default());
+    let source = ReaderSource::new(GenReader::new(Some(2_000)), "gen.csv", &cfg);
+    let log = Arc::new(PressureLog::default());
+    let pipeline = Pipeline::new(cfg, map_row, sink.clone())
+        .with_gauge(gauge)
+        .with_observer(log.clone());
+    let progress = pipeline.subscribe();
+    let run = tokio::spawn(pipeline.run(source, CancellationToken::new()));
+    let sleep = |ms| tokio::time::sleep(Duration::from_millis(ms));
+
+    // Paused from the first sample, and still paused short of the stall time.
+    sleep(1500).await;
+    assert_eq!(progress.borrow().state, JobState::Paused);
+    let paused_at = progress.borrow().records_read;
+    assert!(paused_at < 100, "read {paused_at} rows under pressure");
+
+    // Past it: the run goes on, with the smallest batches.
+    sleep(2000).await;
+    assert!(
+        progress.borrow().records_read > paused_at,
+        "intake still waits for memory it cannot free"
+    );
+    assert_eq!(progress.borrow().state, JobState::Running);
+
+    // Usage grows by the watermark gap above the floor: paused again.
+    used.store(96, Ordering::SeqCst);
+    sleep(300).await;
+    assert_eq!(progress.borrow().state, JobState::Paused);
+    // And the run still finishes (the same rule applies at the new level).
+    let summary = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("the run stalled")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.outcome, RunOutcome::Completed);
+    assert_eq!(summary.records_committed, 2_000);
+    assert!(summary.is_balanced());
+    let sizes = sink.sizes.lock().unwrap().clone();
+    let small = sizes.iter().filter(|&&n| n <= 4).count();
+    assert!(
+        small * 2 > sizes.len(),
+        "mostly smallest batches: {sizes:?}"
+    );
+    assert_eq!(
+        log.0.lock().unwrap()[..3],
+        [
+            PressureState::High,
+            PressureState::Normal,
+            PressureState::High
+        ]
+    );
+}
