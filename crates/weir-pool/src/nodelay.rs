@@ -21,9 +21,17 @@ use std::net::SocketAddr;
 /// Whether this build can switch Nagle off on neo4rs's sockets (Linux only).
 pub const SUPPORTED: bool = cfg!(target_os = "linux");
 
-/// Resolves the `host:port` of a Bolt URI such as `bolt://db.local:7687` or
-/// `neo4j+s://h` (default port 7687) to the addresses a connection may end at.
+/// Resolves the `host:port` of a Bolt URI ([`bolt_authority`]) to the addresses a
+/// connection may end at.
 pub async fn resolve_bolt_peers(uri: &str) -> io::Result<Vec<SocketAddr>> {
+    Ok(tokio::net::lookup_host(bolt_authority(uri))
+        .await?
+        .collect())
+}
+
+/// The `host:port` of a Bolt URI such as `bolt://db.local:7687` or `neo4j+s://user@h/db`
+/// (default port 7687).
+pub fn bolt_authority(uri: &str) -> String {
     let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -32,12 +40,11 @@ pub async fn resolve_bolt_peers(uri: &str) -> io::Result<Vec<SocketAddr>> {
         Some(close) => authority[close..].contains(':'),
         None => authority.contains(':'),
     };
-    let target = if has_port {
+    if has_port {
         authority.to_owned()
     } else {
         format!("{authority}:7687")
-    };
-    Ok(tokio::net::lookup_host(target).await?.collect())
+    }
 }
 
 /// Switches Nagle's algorithm off on every TCP socket of this process connected to one of

@@ -131,15 +131,22 @@ mod tests {
         (used, Arc::new(g))
     }
 
+    /// The state after each sample, with usage set to each of `usages` in turn.
+    fn states(p: &mut Pressure, used: &AtomicU64, usages: &[u64]) -> Vec<PressureState> {
+        usages
+            .iter()
+            .map(|&u| {
+                used.store(u, Ordering::SeqCst);
+                p.sample()
+            })
+            .collect()
+    }
+
     #[test]
     fn hysteresis_between_watermarks() {
         let (used, g) = gauge();
         let mut p = Pressure::new(g, 0.8, 0.7);
-        let mut seq = Vec::new();
-        for u in [50, 79, 80, 75, 71, 70, 75, 79, 81] {
-            used.store(u, Ordering::SeqCst);
-            seq.push(p.sample());
-        }
+        let seq = states(&mut p, &used, &[50, 79, 80, 75, 71, 70, 75, 79, 81]);
         use PressureState::{High, Normal};
         assert_eq!(
             seq,
@@ -160,13 +167,9 @@ mod tests {
         assert_eq!(p.floor(), Some(0.85));
         assert_eq!(p.batch_limit(1000, 16), 16, "smallest batches");
         use PressureState::{High, Normal};
-        let mut seq = Vec::new();
         // Normal up to floor + gap (0.95); high above; normal again at the floor; the floor
         // ends below the configured low watermark.
-        for u in [85, 90, 94, 96, 90, 85, 69, 75, 80] {
-            used.store(u, Ordering::SeqCst);
-            seq.push(p.sample());
-        }
+        let seq = states(&mut p, &used, &[85, 90, 94, 96, 90, 85, 69, 75, 80]);
         assert_eq!(
             seq,
             [

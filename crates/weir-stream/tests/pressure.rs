@@ -42,24 +42,37 @@ impl Sink for SlowSink {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn intake_pauses_and_resumes_with_hysteresis_and_batches_shrink_and_recover() {
-    let used = Arc::new(AtomicU64::new(50));
+/// A gauge reading `used` (starting at `start`) of a 100-byte limit.
+fn injected_gauge(start: u64) -> (Arc<AtomicU64>, Arc<impl weir_memwatch::MemoryGauge>) {
+    let used = Arc::new(AtomicU64::new(start));
     let u = used.clone();
     let gauge = Arc::new(move || MemoryUsage {
         used_bytes: u.load(Ordering::SeqCst),
         limit_bytes: Some(100),
         source: UsageSource::Injected,
     });
-    let cfg = PipelineConfig {
+    (used, gauge)
+}
+
+/// Batches of 64 rows (4 under pressure), one writer, the gauge read every 100 ms.
+fn small_batches() -> PipelineConfig {
+    PipelineConfig {
         batch_records: 64,
         min_batch_records: 4,
         chunk_records: 8,
         concurrency: 1,
-        linger: Duration::from_secs(5),
         pressure_sample_interval: Duration::from_millis(100),
         progress_interval: Duration::from_millis(50),
         ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn intake_pauses_and_resumes_with_hysteresis_and_batches_shrink_and_recover() {
+    let (used, gauge) = injected_gauge(50);
+    let cfg = PipelineConfig {
+        linger: Duration::from_secs(5),
+        ..small_batches()
     };
     let sink = Arc::new(SlowSink::default());
     let source = ReaderSource::new(GenReader::new(None), "gen.csv", &cfg);
@@ -141,23 +154,11 @@ async fn intake_pauses_and_resumes_with_hysteresis_and_batches_shrink_and_recove
 /// it pauses again when usage grows by the watermark gap above that floor.
 #[tokio::test(start_paused = true)]
 async fn memory_the_pipeline_cannot_free_does_not_stall_the_run() {
-    let used = Arc::new(AtomicU64::new(85));
-    let u = used.clone();
-    let gauge = Arc::new(move || MemoryUsage {
-        used_bytes: u.load(Ordering::SeqCst),
-        limit_bytes: Some(100),
-        source: UsageSource::Injected,
-    });
+    let (used, gauge) = injected_gauge(85);
     let cfg = PipelineConfig {
-        batch_records: 64,
-        min_batch_records: 4,
-        chunk_records: 8,
-        concurrency: 1,
         linger: Duration::from_millis(50),
-        pressure_sample_interval: Duration::from_millis(100),
         pressure_stall_after: Duration::from_secs(2),
-        progress_interval: Duration::from_millis(50),
-        ..Default::default()
+        ..small_batches()
     };
     let sink = Arc::new(SlowSink::default());
     let source = ReaderSource::new(GenReader::new(Some(2_000)), "gen.csv", &cfg);

@@ -204,8 +204,6 @@ pub(crate) struct BareReport {
     pub(crate) parse_secs: f64,
     /// Seconds from the first batch sent to the last commit (the timed part).
     pub(crate) secs: f64,
-    /// Whether Nagle's algorithm was off on every connection (checked after the loop).
-    pub(crate) nodelay: bool,
 }
 
 /// Wait after failed attempt `attempt` (1-based): the pipeline's default policy (100 ms
@@ -343,7 +341,6 @@ pub(crate) async fn run(
         retries: retries.load(Ordering::Relaxed),
         parse_secs,
         secs,
-        nodelay: !args.nagle,
     })
 }
 

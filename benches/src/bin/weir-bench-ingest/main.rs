@@ -158,6 +158,30 @@ fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+impl WeirRun {
+    /// The progress line of this run.
+    fn line(&self, people: f64) -> String {
+        let secs = self.child.wall.as_secs_f64();
+        run_line(secs, people, self.child.peak_rss, self.retries)
+    }
+}
+
+impl BareRun {
+    /// The progress line of this run.
+    fn line(&self, people: f64) -> String {
+        let secs = self.report.secs;
+        run_line(secs, people, self.child.peak_rss, self.report.retries)
+    }
+}
+
+fn run_line(secs: f64, people: f64, peak_rss: u64, retries: u64) -> String {
+    format!(
+        "{secs:.1} s, {:.0} rows/s, peak {}, {retries} retries",
+        people / secs,
+        mib(peak_rss)
+    )
+}
+
 /// One measured `weir ingest` run.
 #[derive(Debug, Clone)]
 struct WeirRun {
@@ -230,21 +254,9 @@ impl Bench {
     /// the first runs after a server start were up to 2.5× slower than later ones.
     async fn warm_up(&self) -> anyhow::Result<()> {
         let csv = generate(&self.weir, &self.data_dir, WARM_UP_ROWS)?;
-        let mut weir = Command::new(&self.weir);
-        weir.arg("ingest")
-            .arg(&csv)
-            .arg("--mapping")
-            .arg(&self.mapping)
-            .args(["--label-prefix", &self.next_prefix()])
-            .args(["--progress", "none"]);
-        let mut bare = Command::new(std::env::current_exe().context("own executable")?);
-        bare.arg("bare")
-            .arg("--csv")
-            .arg(&csv)
-            .args(["--prefix", &self.next_prefix()])
-            .args(["--batch-size", "1000", "--concurrency", "1"]);
-        for mut cmd in [weir, bare] {
-            self.env(&mut cmd);
+        let weir = self.weir_cmd(&csv, &self.next_prefix(), 1000, Conc::Adaptive(1), None);
+        let bare = self.bare_cmd(&csv, &self.next_prefix(), 1000, 1, false)?;
+        for cmd in [weir, bare] {
             let run = tokio::task::spawn_blocking(move || child::run_measured(cmd)).await??;
             eprintln!("  warm-up: {:.1} s", run.wall.as_secs_f64());
         }
@@ -265,19 +277,21 @@ impl Bench {
         p
     }
 
-    async fn weir_run(
+    /// `weir ingest` of `csv` under `prefix`, with the graph settings in its environment.
+    fn weir_cmd(
         &self,
+        csv: &Path,
+        prefix: &str,
         batch: usize,
         conc: Conc,
         limit: Option<&str>,
-    ) -> anyhow::Result<WeirRun> {
-        let prefix = self.next_prefix();
+    ) -> Command {
         let mut cmd = Command::new(&self.weir);
         cmd.arg("ingest")
-            .arg(&self.csv)
+            .arg(csv)
             .arg("--mapping")
             .arg(&self.mapping)
-            .args(["--label-prefix", &prefix])
+            .args(["--label-prefix", prefix])
             .args(["--batch-size", &batch.to_string()])
             .args(["--concurrency", &conc.max().to_string()])
             .args(["--progress", "none"]);
@@ -288,6 +302,41 @@ impl Bench {
             cmd.args(["--memory-limit", l]);
         }
         self.env(&mut cmd);
+        cmd
+    }
+
+    /// This binary's `bare` loop over `csv` under `prefix`, with the graph settings in its
+    /// environment.
+    fn bare_cmd(
+        &self,
+        csv: &Path,
+        prefix: &str,
+        batch: usize,
+        conc: usize,
+        nagle: bool,
+    ) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(std::env::current_exe().context("own executable")?);
+        cmd.arg("bare")
+            .arg("--csv")
+            .arg(csv)
+            .args(["--prefix", prefix])
+            .args(["--batch-size", &batch.to_string()])
+            .args(["--concurrency", &conc.to_string()]);
+        if nagle {
+            cmd.arg("--nagle");
+        }
+        self.env(&mut cmd);
+        Ok(cmd)
+    }
+
+    async fn weir_run(
+        &self,
+        batch: usize,
+        conc: Conc,
+        limit: Option<&str>,
+    ) -> anyhow::Result<WeirRun> {
+        let prefix = self.next_prefix();
+        let cmd = self.weir_cmd(&self.csv, &prefix, batch, conc, limit);
         let child = tokio::task::spawn_blocking(move || child::run_measured(cmd)).await??;
         let (committed, retries, pipeline_secs) = parse_summary(&child.stdout)?;
         let counts = self.count_and_clean(&prefix).await?;
@@ -304,17 +353,7 @@ impl Bench {
 
     async fn bare_run(&self, batch: usize, conc: usize, nagle: bool) -> anyhow::Result<BareRun> {
         let prefix = self.next_prefix();
-        let mut cmd = Command::new(std::env::current_exe().context("own executable")?);
-        cmd.arg("bare")
-            .arg("--csv")
-            .arg(&self.csv)
-            .args(["--prefix", &prefix])
-            .args(["--batch-size", &batch.to_string()])
-            .args(["--concurrency", &conc.to_string()]);
-        if nagle {
-            cmd.arg("--nagle");
-        }
-        self.env(&mut cmd);
+        let cmd = self.bare_cmd(&self.csv, &prefix, batch, conc, nagle)?;
         let child = tokio::task::spawn_blocking(move || child::run_measured(cmd)).await??;
         let report: bare::BareReport = serde_json::from_str(
             child
@@ -993,13 +1032,7 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
     for &c in search {
         eprintln!("bare loop, batch {b}, concurrency {c} ...");
         let r = bench.bare_run(b, c, false).await?;
-        eprintln!(
-            "  {:.1} s, {:.0} rows/s, peak {}, {} retries",
-            r.report.secs,
-            people / r.report.secs,
-            mib(r.child.peak_rss),
-            r.report.retries
-        );
+        eprintln!("  {}", r.line(people));
         bare_sweep.push((c, r));
     }
     let bare_conc = match o.bare_concurrency[..] {
@@ -1017,23 +1050,11 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
         let r = bench
             .weir_run(b, Conc::Adaptive(o.concurrency), None)
             .await?;
-        eprintln!(
-            "  {:.1} s, {:.0} rows/s, peak {}, {} retries",
-            r.child.wall.as_secs_f64(),
-            people / r.child.wall.as_secs_f64(),
-            mib(r.child.peak_rss),
-            r.retries
-        );
+        eprintln!("  {}", r.line(people));
         weir.push(r);
         eprintln!("run {i}/{runs}: bare loop, concurrency {bare_conc} ...");
         let r = bench.bare_run(b, bare_conc, false).await?;
-        eprintln!(
-            "  {:.1} s, {:.0} rows/s, peak {}, {} retries",
-            r.report.secs,
-            people / r.report.secs,
-            mib(r.child.peak_rss),
-            r.report.retries
-        );
+        eprintln!("  {}", r.line(people));
         bare.push(r);
         eprintln!(
             "run {i}/{runs}: weir ingest --memory-limit {} ...",
@@ -1042,24 +1063,12 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
         let r = bench
             .weir_run(b, Conc::Adaptive(o.concurrency), Some(&o.memory_limit))
             .await?;
-        eprintln!(
-            "  {:.1} s, {:.0} rows/s, peak {}, {} retries",
-            r.child.wall.as_secs_f64(),
-            people / r.child.wall.as_secs_f64(),
-            mib(r.child.peak_rss),
-            r.retries
-        );
+        eprintln!("  {}", r.line(people));
         weir_limited.push(r);
         if bench.bare_nagle {
             eprintln!("run {i}/{runs}: bare loop with Nagle on, concurrency {bare_conc} ...");
             let r = bench.bare_run(b, bare_conc, true).await?;
-            eprintln!(
-                "  {:.1} s, {:.0} rows/s, peak {}, {} retries",
-                r.report.secs,
-                people / r.report.secs,
-                mib(r.child.peak_rss),
-                r.report.retries
-            );
+            eprintln!("  {}", r.line(people));
             bare_nagle.push(r);
         }
     }
@@ -1078,13 +1087,7 @@ async fn run_all(bench: &Bench, runs: usize, do_sweep: bool) -> anyhow::Result<R
                     // server errors), not the end of the sweep.
                     match bench.weir_run(sb, sc, None).await {
                         Ok(r) => {
-                            eprintln!(
-                                "  {:.1} s, {:.0} rows/s, peak {}, {} retries",
-                                r.child.wall.as_secs_f64(),
-                                people / r.child.wall.as_secs_f64(),
-                                mib(r.child.peak_rss),
-                                r.retries
-                            );
+                            eprintln!("  {}", r.line(people));
                             sweep.push((sb, sc, Ok(r)));
                         }
                         Err(e) => {

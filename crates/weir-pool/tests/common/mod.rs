@@ -42,21 +42,10 @@ pub async fn ready_pool(settings: GraphSettings, config: PoolConfig) -> Pool {
     pool
 }
 
-/// `host:port` of a Bolt URI.
-pub fn host_port(uri: &str) -> String {
-    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
-    let rest = rest.split(['/', '?']).next().unwrap_or(rest);
-    if rest.contains(':') {
-        rest.to_owned()
-    } else {
-        format!("{rest}:7687")
-    }
-}
-
 /// A proxy in front of the configured server, and settings that point at it.
 pub async fn proxy() -> (TcpProxy, GraphSettings) {
     let mut s = settings();
-    let proxy = TcpProxy::start(&host_port(&s.uri))
+    let proxy = TcpProxy::start(&weir_pool::nodelay::bolt_authority(&s.uri))
         .await
         .expect("start TCP proxy");
     s.uri = proxy.bolt_uri();
