@@ -32,5 +32,6 @@ pub use publish::{ChangePublisher, MemoryPublisher, NoopPublisher, PublishError}
 pub use sink::{GraphMapper, GraphSink};
 pub use value::{FieldRef, Value};
 pub use writer::{
-    Batch, CypherExecutor, GraphWriter, IsolatedOutcome, RecordRef, WriteOutcome, WriterConfig,
+    Batch, CypherExecutor, GraphWriter, IsolatedOutcome, PreparedBatch, RecordRef, WriteOutcome,
+    WriterConfig,
 };

@@ -8,13 +8,14 @@ use neo4rs::Query;
 use weir_events::SourcePosition;
 use weir_pool::{Pool, PoolError};
 use weir_stream::{
-    Decoded, DecodedRecord, MapError, Mapper, Sink, SinkBatch, SinkError, SourceNames, Staged,
+    Decoded, DecodedRecord, MapError, Mapper, Prepared, Sink, SinkBatch, SinkError, SourceNames,
+    Staged,
 };
 
 use crate::error::GraphError;
 use crate::mapping::{MappedRecord, Mapping, Record, RecordError};
 use crate::value::FieldRef;
-use crate::writer::{CypherExecutor, GraphWriter, RecordRef};
+use crate::writer::{CypherExecutor, GraphWriter, PreparedBatch, RecordRef};
 
 impl GraphError {
     /// Classifies a pool error.
@@ -49,6 +50,17 @@ impl GraphError {
 impl CypherExecutor for Pool {
     async fn write_txn(&self, statements: &[Query]) -> Result<(), GraphError> {
         Pool::write_txn(self, statements)
+            .await
+            .map(|_| ())
+            .map_err(|e| GraphError::from_pool(&e))
+    }
+
+    async fn write_txn_owned(
+        &self,
+        first: Vec<Query>,
+        rebuild: &(dyn Fn() -> Vec<Query> + Send + Sync),
+    ) -> Result<(), GraphError> {
+        Pool::write_txn_owned(self, first, rebuild)
             .await
             .map(|_| ())
             .map_err(|e| GraphError::from_pool(&e))
@@ -155,22 +167,36 @@ impl<E: CypherExecutor> GraphSink<E> {
     }
 }
 
-impl<E: CypherExecutor> Sink for GraphSink<E> {
-    type Item = MappedRecord;
-
-    async fn write(&self, batch: &SinkBatch<'_, MappedRecord>) -> Result<(), SinkError> {
-        let refs: Vec<StagedRef<'_>> = batch
+impl<E: CypherExecutor> GraphSink<E> {
+    fn refs<'a>(batch: &SinkBatch<'a, MappedRecord>) -> Vec<StagedRef<'a>> {
+        batch
             .items
             .iter()
             .map(|staged| StagedRef {
                 staged,
                 names: batch.sources,
             })
-            .collect();
+            .collect()
+    }
+
+    fn prepare_batch(&self, batch: &SinkBatch<'_, MappedRecord>) -> PreparedBatch {
+        let refs = Self::refs(batch);
         // Parts of a split batch share `seq`; the first record's offset tells them apart.
         let first = batch.items.first().map(|s| s.position.offset).unwrap_or(0);
         let id = format!("{}-{}-{first}", self.job_id, batch.seq);
-        match self.writer.write_records(id, &refs).await {
+        self.writer.prepare(id, &refs)
+    }
+
+    async fn write_batch(
+        &self,
+        batch: &SinkBatch<'_, MappedRecord>,
+        prepared: PreparedBatch,
+    ) -> Result<(), SinkError> {
+        match self
+            .writer
+            .write_prepared(prepared, &Self::refs(batch))
+            .await
+        {
             Ok(outcome) => {
                 // Retried deadlocks or constraint races: tell the pipeline, which lowers its
                 // concurrency (servers that serialise MERGEs do better with fewer writers).
@@ -185,6 +211,30 @@ impl<E: CypherExecutor> Sink for GraphSink<E> {
                 bad_items: None,
             }),
             Err(e) => Err(SinkError::Fatal(e.to_string())),
+        }
+    }
+}
+
+impl<E: CypherExecutor> Sink for GraphSink<E> {
+    type Item = MappedRecord;
+
+    async fn write(&self, batch: &SinkBatch<'_, MappedRecord>) -> Result<(), SinkError> {
+        self.write_batch(batch, self.prepare_batch(batch)).await
+    }
+
+    /// Encodes the batch's rows into Bolt parameters ahead of its write.
+    fn prepare(&self, batch: &SinkBatch<'_, MappedRecord>) -> Option<Prepared> {
+        Some(Prepared::new(self.prepare_batch(batch)))
+    }
+
+    async fn write_prepared(
+        &self,
+        batch: &SinkBatch<'_, MappedRecord>,
+        prepared: Prepared,
+    ) -> Result<(), SinkError> {
+        match prepared.downcast::<PreparedBatch>() {
+            Ok(p) => self.write_batch(batch, p).await,
+            Err(_) => self.write(batch).await,
         }
     }
 }

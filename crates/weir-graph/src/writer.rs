@@ -30,6 +30,18 @@ pub trait CypherExecutor: Send + Sync + 'static {
     /// one statement at a time as it sends it, never the whole list.
     async fn write_txn(&self, statements: &[Query]) -> Result<(), GraphError>;
 
+    /// Like [`CypherExecutor::write_txn`], with the statements handed over: `first` for the
+    /// first attempt, `rebuild()` for any retry the executor makes itself. Saves copying large
+    /// parameter lists into the driver. Default: borrows `first`.
+    async fn write_txn_owned(
+        &self,
+        first: Vec<Query>,
+        rebuild: &(dyn Fn() -> Vec<Query> + Send + Sync),
+    ) -> Result<(), GraphError> {
+        let _ = rebuild;
+        self.write_txn(&first).await
+    }
+
     /// Runs one statement on its own (auto-commit), e.g. schema statements.
     async fn run(&self, statement: Query) -> Result<(), GraphError>;
 }
@@ -47,6 +59,25 @@ impl CypherExecutor for neo4rs::Graph {
                 let _ = txn.rollback().await;
                 return Err(GraphError::from_neo4rs(&e));
             }
+        }
+        txn.commit()
+            .await
+            .map(|_| ())
+            .map_err(|e| GraphError::from_neo4rs(&e))
+    }
+
+    async fn write_txn_owned(
+        &self,
+        first: Vec<Query>,
+        _rebuild: &(dyn Fn() -> Vec<Query> + Send + Sync),
+    ) -> Result<(), GraphError> {
+        let mut txn = self
+            .start_txn()
+            .await
+            .map_err(|e| GraphError::from_neo4rs(&e))?;
+        if let Err(e) = txn.run_queries(first).await {
+            let _ = txn.rollback().await;
+            return Err(GraphError::from_neo4rs(&e));
         }
         txn.commit()
             .await
@@ -153,11 +184,23 @@ pub struct IsolatedOutcome {
     pub outcome: WriteOutcome,
 }
 
-struct Prepared {
+/// A batch encoded for the server by [`GraphWriter::prepare`], ready for
+/// [`GraphWriter::write_prepared`]: its statements with their Bolt parameters and its change
+/// events.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    batch_id: String,
     queries: Vec<Query>,
     events: Vec<ChangeEvent>,
     nodes: u64,
     rels: u64,
+}
+
+impl PreparedBatch {
+    /// The change-batch id it will be written under.
+    pub fn batch_id(&self) -> &str {
+        &self.batch_id
+    }
 }
 
 /// Writes batches of mapped records to the graph.
@@ -199,12 +242,12 @@ fn is_constraint_race(e: &GraphError) -> bool {
     matches!(e, GraphError::Data { code, .. } if code.contains("ConstraintValidation"))
 }
 
-fn props_map(props: &[(usize, Value)], defs: &[crate::mapping::PropertyMapping]) -> BoltMap {
-    let mut m = BoltMap::with_capacity(props.len());
+/// Sets `props` into the row's property map `p` (later values win).
+fn put_props(p: &mut BoltMap, props: &[(usize, Value)], defs: &[crate::mapping::PropertyMapping]) {
+    p.value.reserve(props.len());
     for (i, v) in props {
-        m.put(defs[*i].name.as_str().into(), v.to_bolt());
+        p.value.insert(defs[*i].name.as_str().into(), v.to_bolt());
     }
-    m
 }
 
 fn props_json(
@@ -266,7 +309,11 @@ impl<E: CypherExecutor> GraphWriter<E> {
         Ok(done)
     }
 
-    fn prepare<R: RecordRef>(&self, batch_id: &str, records: &[R]) -> Prepared {
+    /// Encodes `records` for one write under the change-batch id `batch_id` (no I/O): rows
+    /// de-duplicated, sorted and turned into Bolt parameters, change events built. Done ahead
+    /// of the write, it keeps the connection busy while the next batch is encoded.
+    pub fn prepare<R: RecordRef>(&self, batch_id: String, records: &[R]) -> PreparedBatch {
+        let batch_id = batch_id.as_str();
         let want_events = self.publisher.wants_events();
         let m = &*self.mapping;
         // Per node mapping: canonical key -> (row, source, props json).
@@ -305,18 +352,19 @@ impl<E: CypherExecutor> GraphWriter<E> {
             for n in &rec.nodes {
                 let nm = &m.nodes[n.mapping];
                 let entry = nodes[n.mapping].entry(sort_key(&n.key)).or_insert_with(|| {
-                    let mut row = BoltMap::new();
+                    let mut row = BoltMap::with_capacity(n.key.len() + 1);
                     for (i, v) in n.key.iter().enumerate() {
                         row.put(format!("k{i}").into(), v.to_bolt());
                     }
-                    row.put("p".into(), BoltType::Map(BoltMap::new()));
+                    row.put(
+                        "p".into(),
+                        BoltType::Map(BoltMap::with_capacity(nm.properties.len())),
+                    );
                     (row, ri)
                 });
                 // Later records override earlier ones, property by property.
                 if let Some(BoltType::Map(p)) = entry.0.value.get_mut("p") {
-                    for (k, v) in props_map(&n.props, &nm.properties).value {
-                        p.value.insert(k, v);
-                    }
+                    put_props(p, &n.props, &nm.properties);
                 }
                 entry.1 = ri;
                 if want_events {
@@ -341,7 +389,7 @@ impl<E: CypherExecutor> GraphWriter<E> {
                 let entry = rels[r.mapping]
                     .entry((sort_key(&r.start), sort_key(&r.end)))
                     .or_insert_with(|| {
-                        let mut row = BoltMap::new();
+                        let mut row = BoltMap::with_capacity(r.start.len() + r.end.len() + 1);
                         for (i, v) in r.start.iter().enumerate() {
                             row.put(format!("s{i}").into(), v.to_bolt());
                         }
@@ -352,9 +400,7 @@ impl<E: CypherExecutor> GraphWriter<E> {
                         (row, ri)
                     });
                 if let Some(BoltType::Map(p)) = entry.0.value.get_mut("p") {
-                    for (k, v) in props_map(&r.props, &rm.properties).value {
-                        p.value.insert(k, v);
-                    }
+                    put_props(p, &r.props, &rm.properties);
                 }
                 if want_events {
                     let sk = canonical_key(rm.start.key.iter().map(|k| &k.0), &r.start);
@@ -413,7 +459,8 @@ impl<E: CypherExecutor> GraphWriter<E> {
             .flat_map(BTreeMap::into_values)
             .chain(rel_events.into_iter().flat_map(BTreeMap::into_values))
             .collect();
-        Prepared {
+        PreparedBatch {
+            batch_id: batch_id.to_owned(),
             queries,
             events,
             nodes: n_count,
@@ -428,18 +475,40 @@ impl<E: CypherExecutor> GraphWriter<E> {
         batch_id: String,
         records: &[R],
     ) -> Result<WriteOutcome, GraphError> {
-        let prepared = self.prepare(&batch_id, records);
-        if prepared.queries.is_empty() {
+        self.write_prepared(self.prepare(batch_id, records), records)
+            .await
+    }
+
+    /// Writes `records`, which [`GraphWriter::prepare`] encoded as `prepared`, in one
+    /// transaction: the prepared statements go to the server as they are (not copied), a retry
+    /// encodes `records` again; transient failures retried per [`WriterConfig`], events
+    /// published after the commit.
+    pub async fn write_prepared<R: RecordRef + Sync>(
+        &self,
+        prepared: PreparedBatch,
+        records: &[R],
+    ) -> Result<WriteOutcome, GraphError> {
+        let PreparedBatch {
+            batch_id,
+            queries,
+            events,
+            nodes,
+            rels,
+        } = prepared;
+        if queries.is_empty() {
             return Ok(WriteOutcome {
                 attempts: 0,
                 ..WriteOutcome::default()
             });
         }
+        let rebuild = || self.prepare(batch_id.clone(), records).queries;
+        let mut first = Some(queries);
         let mut attempt = 0u32;
         let mut backoff = self.config.initial_backoff;
         loop {
             attempt += 1;
-            match self.exec.write_txn(&prepared.queries).await {
+            let statements = first.take().unwrap_or_else(rebuild);
+            match self.exec.write_txn_owned(statements, &rebuild).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() && attempt < self.config.max_attempts.max(1) => {
                     tracing::debug!(batch = %batch_id, attempt, error = %e, "transient failure, retrying");
@@ -462,8 +531,8 @@ impl<E: CypherExecutor> GraphWriter<E> {
             }
         }
         let mut out = WriteOutcome {
-            nodes: prepared.nodes,
-            relationships: prepared.rels,
+            nodes,
+            relationships: rels,
             attempts: attempt,
             publish_error: None,
         };
@@ -473,7 +542,7 @@ impl<E: CypherExecutor> GraphWriter<E> {
                 seq: 0,
                 job_id: self.config.job_id.clone(),
                 batch_id,
-                events: prepared.events,
+                events,
             };
             cb.assign_seq(0);
             if let Err(e) = self.publisher.publish(cb).await {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use weir_events::{JobState, PressureState, ProgressEvent};
 use weir_pool::{CircuitState, PoolStatus};
-use weir_stream::{Sink, SinkBatch, SinkError};
+use weir_stream::{Prepared, Sink, SinkBatch, SinkError};
 
 use crate::encode::Encoder;
 use crate::histogram::{DURATION_BUCKETS, Histogram, HistogramSnapshot};
@@ -272,6 +272,21 @@ impl<S: Sink> Sink for TimedSink<S> {
     async fn write(&self, batch: &SinkBatch<'_, S::Item>) -> Result<(), SinkError> {
         let start = tokio::time::Instant::now();
         let r = self.inner.write(batch).await;
+        self.histogram.observe_duration(start.elapsed());
+        r
+    }
+
+    fn prepare(&self, batch: &SinkBatch<'_, S::Item>) -> Option<Prepared> {
+        self.inner.prepare(batch)
+    }
+
+    async fn write_prepared(
+        &self,
+        batch: &SinkBatch<'_, S::Item>,
+        prepared: Prepared,
+    ) -> Result<(), SinkError> {
+        let start = tokio::time::Instant::now();
+        let r = self.inner.write_prepared(batch, prepared).await;
         self.histogram.observe_duration(start.elapsed());
         r
     }

@@ -200,10 +200,33 @@ impl Pool {
     /// list (each statement is copied only as it is sent, see [`Session::write_txn`]).
     pub async fn write_txn(&self, queries: impl AsRef<[Query]> + Send) -> Result<u32, PoolError> {
         let queries = queries.as_ref();
+        self.txn_attempts(|_| Statements::Borrowed(queries)).await
+    }
+
+    /// Like [`Pool::write_txn`], but the statements are handed to the driver by value, never
+    /// copied: `first` for the first attempt, and `rebuild()` makes them again for each retry.
+    /// For large parameter lists built just before (a batch's rows), this saves copying them.
+    pub async fn write_txn_owned(
+        &self,
+        first: Vec<Query>,
+        rebuild: impl Fn() -> Vec<Query> + Send + Sync,
+    ) -> Result<u32, PoolError> {
+        let mut first = Some(first);
+        self.txn_attempts(|_| Statements::Owned(first.take().unwrap_or_else(&rebuild)))
+            .await
+    }
+
+    /// Runs one transaction per attempt with the statements `next(attempt)` gives, retrying as
+    /// [`Pool::write_txn`] describes.
+    async fn txn_attempts<'q>(
+        &self,
+        mut next: impl FnMut(u32) -> Statements<'q> + Send,
+    ) -> Result<u32, PoolError> {
         let cfg = self.config();
         let mut attempt = 1;
         loop {
-            let result = async { self.get().await?.write_txn(queries).await }.await;
+            let statements = next(attempt);
+            let result = async { self.get().await?.write_statements(statements).await }.await;
             match result {
                 Ok(()) => return Ok(attempt),
                 Err(e) if e.is_retryable_in_txn() && attempt < cfg.txn_max_attempts => {
@@ -235,6 +258,14 @@ impl Pool {
     pub fn background_stopped(&self) -> bool {
         self.core.maintenance_stopped()
     }
+}
+
+/// The statements of one transaction attempt.
+enum Statements<'q> {
+    /// Copied one at a time as they are sent (the caller keeps them for a retry).
+    Borrowed(&'q [Query]),
+    /// Handed to the driver as they are.
+    Owned(Vec<Query>),
 }
 
 fn backoff(cfg: &PoolConfig, attempt: u32) -> Duration {
@@ -316,12 +347,19 @@ impl Session {
     /// The driver takes each statement by value, so each is cloned just before it is sent
     /// and dropped once sent: one statement's copy at a time, never the whole list.
     pub async fn write_txn(&mut self, queries: &[Query]) -> Result<(), PoolError> {
+        self.write_statements(Statements::Borrowed(queries)).await
+    }
+
+    async fn write_statements(&mut self, statements: Statements<'_>) -> Result<(), PoolError> {
         let t = self.query_timeout();
         self.lease.dirty = true;
         let graph = &self.lease.slot().conn;
         let r = tokio::time::timeout(t, async {
             let mut txn = graph.start_txn().await?;
-            txn.run_queries(queries.iter().cloned()).await?;
+            match statements {
+                Statements::Borrowed(queries) => txn.run_queries(queries.iter().cloned()).await?,
+                Statements::Owned(queries) => txn.run_queries(queries).await?,
+            }
             txn.commit().await?;
             Ok(())
         })

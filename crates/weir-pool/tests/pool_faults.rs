@@ -252,3 +252,43 @@ async fn write_txn_retries_a_connection_failure_with_backoff() {
     assert!(e.is_data_error(), "{e:?}");
     pool.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_txn_owned_sends_its_statements_once_and_rebuilds_them_for_a_retry() {
+    let (proxy, settings) = common::proxy().await;
+    let cfg = PoolConfig {
+        max_size: 1,
+        txn_max_attempts: 5,
+        txn_backoff_min: Duration::from_millis(400),
+        txn_backoff_max: Duration::from_secs(1),
+        ..common::fast_config()
+    };
+    let pool = common::ready_pool(settings, cfg).await;
+    let rebuilds = std::sync::atomic::AtomicU32::new(0);
+    let statements = || vec![query("RETURN 1"), query("RETURN 2")];
+    let rebuild = || {
+        rebuilds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        statements()
+    };
+    // No failure: the first statements are the only ones.
+    assert_eq!(
+        pool.write_txn_owned(statements(), rebuild).await.unwrap(),
+        1
+    );
+    assert_eq!(rebuilds.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    proxy.cut();
+    let restore = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.restore().await.unwrap();
+    };
+    let (attempts, ()) = tokio::join!(pool.write_txn_owned(statements(), rebuild), restore);
+    let attempts = attempts.expect("retried after the connection failure");
+    assert!(attempts >= 2, "first attempt must have failed: {attempts}");
+    // Every retry had statements built afresh (the first ones went to the driver).
+    assert_eq!(
+        rebuilds.load(std::sync::atomic::Ordering::SeqCst),
+        attempts - 1
+    );
+    pool.close().await;
+}

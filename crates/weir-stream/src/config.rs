@@ -214,7 +214,8 @@ impl PipelineConfig {
             .batch_queue_bytes
             .min(self.batch_queue * self.batch_bytes)
             + self.batch_queue * 2 * chunk;
-        let batches = (1 + self.concurrency) * batch + queued_batches;
+        // Being built, prepared ahead of its write (`Sink::prepare`), in flight, queued.
+        let batches = (2 + self.concurrency) * batch + queued_batches;
         chunks + batches + 2 * self.dead_letter_raw_bytes + 64 * 1024
     }
 }
@@ -233,7 +234,7 @@ mod tests {
             c.memory_bound_bytes()
         );
         // The figure the crate documentation states.
-        assert_eq!(c.memory_bound_bytes(), 59_187_200);
+        assert_eq!(c.memory_bound_bytes(), 65_806_336);
     }
 
     #[test]

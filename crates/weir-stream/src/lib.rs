@@ -42,14 +42,14 @@
 //!
 //! ```text
 //!   (chunk_queue + 2) × C                         chunks queued, being framed, being decoded
-//! + (1 + concurrency) × (B + 2C)                  batch being built + batches in flight
+//! + (2 + concurrency) × (B + 2C)                  batch being built, prepared ahead, in flight
 //! + min(batch_queue_bytes, batch_queue × B)
 //!   + batch_queue × 2C                            batches queued for the sink
 //! + 2 × dead_letter_raw_bytes + 64 KiB            dead-letter copies and small state
 //! ```
 //!
 //! The `2C` per batch accounts for the read buffers its raw slices keep alive at its edges.
-//! [`PipelineConfig::memory_bound_bytes`] computes it: 59,187,200 bytes (about 56.4 MiB) at the defaults. It assumes
+//! [`PipelineConfig::memory_bound_bytes`] computes it: 65,806,336 bytes (about 62.8 MiB) at the defaults. It assumes
 //! the mapper's `item_bytes` estimate is honest and the sink does not keep items after a write.
 //! It excludes the runtime, the allocator's retained free memory and the sink's own buffers.
 
@@ -79,7 +79,7 @@ pub use error::StreamError;
 pub use map::{MapError, Mapper};
 pub use pipeline::{BatchReport, Pipeline, PipelineObserver, RunOutcome, RunSummary};
 pub use record::{Position, RawRecord, RecordKind, SourceNames, Staged};
-pub use sink::{Contention, NullSink, Sink, SinkBatch, SinkError};
+pub use sink::{Contention, NullSink, Prepared, Sink, SinkBatch, SinkError};
 pub use source::{FileSource, ReaderSource, Source, list_dir};
 pub use tokio_util::sync::CancellationToken;
 pub use weir_memwatch::{MemoryGauge, MemoryUsage, ProcessGauge};

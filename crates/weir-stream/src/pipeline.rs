@@ -19,8 +19,9 @@ use crate::pressure::Pressure;
 use crate::queue::{self, QueueReceiver, QueueSender};
 use crate::{
     CHECKPOINT_VERSION, Checkpoint, CheckpointFile, ConcurrencyLimit, Contention, DeadLetter,
-    DeadLetterSink, Decoder, Mapper, MemoryDeadLetters, PipelineConfig, Position, RawRecord,
-    RecordKind, Sink, SinkBatch, SinkError, Source, SourceNames, Stage, Staged, StreamError,
+    DeadLetterSink, Decoder, Mapper, MemoryDeadLetters, PipelineConfig, Position, Prepared,
+    RawRecord, RecordKind, Sink, SinkBatch, SinkError, Source, SourceNames, Stage, Staged,
+    StreamError,
 };
 
 /// How a run ended.
@@ -685,6 +686,9 @@ struct Written {
     took: Duration,
 }
 
+/// A batch being prepared by the sink ahead of its write (`Sink::prepare`).
+type PrepareTask<I> = tokio::task::JoinHandle<(Batch<I>, Option<Prepared>)>;
+
 /// Dispatches batches to the sink, at most `concurrency` at once, and moves the checkpoint.
 struct SinkStage<S: Sink> {
     cfg: Arc<PipelineConfig>,
@@ -760,13 +764,17 @@ impl<S: Sink> SinkStage<S> {
         let window = 2 * self.cfg.concurrency as u64;
         let mut input_done = false;
         let mut fatal: Option<StreamError> = None;
+        // The next batch, taken off the queue and being (or done being) prepared by the sink
+        // while the writes in flight go on: at most one.
+        let mut ahead: Option<PrepareTask<S::Item>> = None;
         let mut tick = tokio::time::interval(self.cfg.progress_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rate = (Instant::now(), 0u64, 0.0f64);
         self.publish(JobState::Running, &mut last_rate);
-        while !(input_done && tasks.is_empty()) {
+        while !(input_done && tasks.is_empty() && ahead.is_none()) {
+            let can_write = tasks.len() < self.limit.get();
             let can_take = !input_done
-                && tasks.len() < self.limit.get()
+                && ahead.is_none()
                 && next_seq < self.committer.oldest_pending() + window;
             tokio::select! {
                 biased;
@@ -796,6 +804,17 @@ impl<S: Sink> SinkStage<S> {
                         }
                     }
                 }
+                prepared = async { ahead.as_mut().expect("guarded").await }, if ahead.is_some() && can_write => {
+                    ahead = None;
+                    match prepared {
+                        Ok((batch, prepared)) => self.dispatch(&mut tasks, batch, prepared),
+                        Err(e) => {
+                            fatal.get_or_insert(StreamError::Internal(format!("prepare task: {e}")));
+                            self.stop.cancel();
+                            break;
+                        }
+                    }
+                }
                 batch = rx.recv(), if can_take => {
                     let Some(batch) = batch else {
                         input_done = true;
@@ -806,20 +825,25 @@ impl<S: Sink> SinkStage<S> {
                         self.finish(batch.seq, batch.end);
                         continue;
                     }
-                    self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let sink = self.sink.clone();
-                    let ctx = WriteCtx {
-                        cfg: self.cfg.clone(),
-                        errors: self.errors.clone(),
-                        counters: self.counters.clone(),
-                        names: self.names.clone(),
-                        observer: self.observer.clone(),
-                        limit: self.limit.clone(),
-                        epoch: self.limit.epoch(),
-                    };
-                    tasks.spawn(async move { write_batch(&*sink, &ctx, batch).await });
+                    let (sink, names) = (self.sink.clone(), self.names.clone());
+                    ahead = Some(tokio::spawn(async move {
+                        let contention = Contention::default();
+                        let prepared = sink.prepare(&SinkBatch {
+                            seq: batch.seq,
+                            attempt: 1,
+                            items: &batch.items,
+                            sources: &names,
+                            contention: &contention,
+                        });
+                        (batch, prepared)
+                    }));
                 }
             }
+        }
+        // A batch prepared but not dispatched is not done: like the queued ones, it lies after
+        // the checkpoint and is read again on resume.
+        if let Some(a) = ahead.take() {
+            a.abort();
         }
         // Stopping (cancelled, fatal) or done: let in-flight batches finish within the grace
         // period, then abandon the rest.
@@ -864,6 +888,27 @@ impl<S: Sink> SinkStage<S> {
             fatal.get_or_insert(e);
         }
         (frontier, abandoned, fatal)
+    }
+
+    /// Starts writing `batch` (with what the sink prepared of it).
+    fn dispatch(
+        &self,
+        tasks: &mut JoinSet<Written>,
+        batch: Batch<S::Item>,
+        prepared: Option<Prepared>,
+    ) {
+        self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let sink = self.sink.clone();
+        let ctx = WriteCtx {
+            cfg: self.cfg.clone(),
+            errors: self.errors.clone(),
+            counters: self.counters.clone(),
+            names: self.names.clone(),
+            observer: self.observer.clone(),
+            limit: self.limit.clone(),
+            epoch: self.limit.epoch(),
+        };
+        tasks.spawn(async move { write_batch(&*sink, &ctx, batch, prepared).await });
     }
 
     fn finish(&mut self, seq: u64, end: Position) {
@@ -976,7 +1021,12 @@ pub trait PipelineObserver: Send + Sync + 'static {
 
 /// Writes one batch: retries transient errors with backoff, isolates bad items by the sink's
 /// indexes or by halving, dead-letters them, commits the rest.
-async fn write_batch<S: Sink>(sink: &S, ctx: &WriteCtx, batch: Batch<S::Item>) -> Written {
+async fn write_batch<S: Sink>(
+    sink: &S,
+    ctx: &WriteCtx,
+    batch: Batch<S::Item>,
+    prepared: Option<Prepared>,
+) -> Written {
     let Batch { seq, items, end } = batch;
     let started = Instant::now();
     let mut report = BatchReport {
@@ -990,7 +1040,7 @@ async fn write_batch<S: Sink>(sink: &S, ctx: &WriteCtx, batch: Batch<S::Item>) -
     };
     let mut contended = false;
     let records = items.len();
-    let fatal = write_parts(sink, ctx, seq, items, &mut report, &mut contended)
+    let fatal = write_parts(sink, ctx, seq, items, prepared, &mut report, &mut contended)
         .await
         .err();
     let took = started.elapsed();
@@ -1015,6 +1065,7 @@ async fn write_parts<S: Sink>(
     ctx: &WriteCtx,
     seq: u64,
     items: Vec<Staged<S::Item>>,
+    mut prepared: Option<Prepared>,
     report: &mut BatchReport,
     contended: &mut bool,
 ) -> Result<(), StreamError> {
@@ -1025,15 +1076,18 @@ async fn write_parts<S: Sink>(
         loop {
             report.writes += 1;
             let contention = Contention::default();
-            let res = sink
-                .write(&SinkBatch {
-                    seq,
-                    attempt,
-                    items: &part,
-                    sources: &ctx.names,
-                    contention: &contention,
-                })
-                .await;
+            let sb = SinkBatch {
+                seq,
+                attempt,
+                items: &part,
+                sources: &ctx.names,
+                contention: &contention,
+            };
+            // What was prepared covers the whole batch's first write only.
+            let res = match prepared.take() {
+                Some(p) => sink.write_prepared(&sb, p).await,
+                None => sink.write(&sb).await,
+            };
             if contention.reported() || matches!(res, Err(SinkError::Transient(_))) {
                 *contended = true;
                 ctx.limit.contended(ctx.epoch);

@@ -1,5 +1,6 @@
 //! Where batches go: the [`Sink`] trait and its error classification.
 
+use std::any::Any;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -62,6 +63,28 @@ impl Contention {
     }
 }
 
+/// A sink's own encoding of a batch, made by [`Sink::prepare`] before the batch's turn to be
+/// written and handed back to [`Sink::write_prepared`]. Opaque to the pipeline.
+pub struct Prepared(Box<dyn Any + Send>);
+
+impl Prepared {
+    /// Wraps a sink's encoding.
+    pub fn new<T: Any + Send>(value: T) -> Self {
+        Self(Box::new(value))
+    }
+
+    /// The encoding, if it is a `T`; else `self` back.
+    pub fn downcast<T: Any>(self) -> Result<T, Self> {
+        self.0.downcast::<T>().map(|b| *b).map_err(Self)
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").finish_non_exhaustive()
+    }
+}
+
 /// Writes batches atomically: on `Ok` every item is committed; on `Err` none is.
 pub trait Sink: Send + Sync + 'static {
     /// What it writes.
@@ -72,6 +95,28 @@ pub trait Sink: Send + Sync + 'static {
         &self,
         batch: &SinkBatch<'_, Self::Item>,
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Does the CPU work of writing `batch` that needs no connection (encoding its items into
+    /// the driver's values, say), so the pipeline can do it while earlier batches are still
+    /// being written: a server that writes one batch at a time then never waits for the
+    /// client between batches. The pipeline prepares at most one batch ahead of the writes in
+    /// flight, and hands the result to [`Sink::write_prepared`] for the batch's first write
+    /// (retries and the parts of a split batch go to [`Sink::write`]). Default: nothing.
+    fn prepare(&self, batch: &SinkBatch<'_, Self::Item>) -> Option<Prepared> {
+        let _ = batch;
+        None
+    }
+
+    /// Writes `batch` using what [`Sink::prepare`] made of it. Same contract as
+    /// [`Sink::write`]. Default: ignores `prepared` and calls `write`.
+    fn write_prepared(
+        &self,
+        batch: &SinkBatch<'_, Self::Item>,
+        prepared: Prepared,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        drop(prepared);
+        self.write(batch)
+    }
 }
 
 /// A sink that accepts everything and keeps nothing (benchmarks, dry runs).
@@ -102,5 +147,17 @@ impl<S: Sink> Sink for std::sync::Arc<S> {
         batch: &SinkBatch<'_, Self::Item>,
     ) -> impl Future<Output = Result<(), SinkError>> + Send {
         (**self).write(batch)
+    }
+
+    fn prepare(&self, batch: &SinkBatch<'_, Self::Item>) -> Option<Prepared> {
+        (**self).prepare(batch)
+    }
+
+    fn write_prepared(
+        &self,
+        batch: &SinkBatch<'_, Self::Item>,
+        prepared: Prepared,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        (**self).write_prepared(batch, prepared)
     }
 }
