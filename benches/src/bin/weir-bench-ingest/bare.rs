@@ -5,7 +5,9 @@
 //!
 //! Pre-parsing does what a careful hand-written loader would do once, outside the timed part:
 //! typed values, and per batch the rows de-duplicated by key and sorted by key (Weir does the
-//! same inside its timed run, so both send the same rows in the same order).
+//! same inside its timed run, so both send the same rows in the same order). Each batch's
+//! parameter lists are moved into the driver, not copied (a retry builds them again from the
+//! rows), as Weir's writer does.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -226,17 +228,14 @@ fn jitter_unit() -> f64 {
 /// batches with DeadlockDetected / ConstraintValidationFailed; both succeed on a retry).
 const MAX_ATTEMPTS: u32 = 12;
 
-async fn write_one(
-    graph: &neo4rs::Graph,
-    stmts: &[String; 4],
-    b: &BareBatch,
-) -> anyhow::Result<()> {
+/// One transaction: the batch's lists are handed to the driver as they are (not copied).
+async fn write_one(graph: &neo4rs::Graph, stmts: &[String; 4], b: BareBatch) -> anyhow::Result<()> {
     let mut txn = graph.start_txn().await?;
-    for (q, rows) in stmts.iter().zip(&b.lists) {
+    for (q, rows) in stmts.iter().zip(b.lists) {
         if rows.is_empty() {
             continue;
         }
-        let q = Query::new(q.clone()).param("rows", BoltType::List(rows.clone()));
+        let q = Query::new(q.clone()).param("rows", BoltType::List(rows));
         if let Err(e) = txn.run(q).await {
             let _ = txn.rollback().await;
             return Err(e.into());
@@ -255,11 +254,15 @@ pub(crate) async fn run(
         bail!("--batch-size and --concurrency must be at least 1");
     }
     let t = Instant::now();
-    let rows = read_rows(&args.csv)?;
-    let batches: Arc<Vec<BareBatch>> =
-        Arc::new(rows.chunks(args.batch_size).map(build_batch).collect());
+    let rows = Arc::new(read_rows(&args.csv)?);
+    // Each batch is taken (moved into the driver) by its first attempt; a retry builds it
+    // again from the rows.
+    let batches: Arc<Vec<std::sync::Mutex<Option<BareBatch>>>> = Arc::new(
+        rows.chunks(args.batch_size)
+            .map(|c| std::sync::Mutex::new(Some(build_batch(c))))
+            .collect(),
+    );
     let n_rows = rows.len() as u64;
-    drop(rows);
     let parse_secs = t.elapsed().as_secs_f64();
 
     // Fails loudly, with the start hint, when the server is not there.
@@ -294,21 +297,31 @@ pub(crate) async fn run(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency {
-        let (graph, stmts, batches, next, retries) = (
+        let (graph, stmts, batches, rows, next, retries) = (
             graph.clone(),
             stmts.clone(),
             batches.clone(),
+            rows.clone(),
             next.clone(),
             retries.clone(),
         );
+        let batch_size = args.batch_size;
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(b) = batches.get(i) else {
+                let Some(slot) = batches.get(i) else {
                     return Ok::<(), anyhow::Error>(());
                 };
                 let mut attempt = 1;
                 loop {
+                    let b = slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take()
+                        .unwrap_or_else(|| {
+                            let start = i * batch_size;
+                            build_batch(&rows[start..(start + batch_size).min(rows.len())])
+                        });
                     match write_one(&graph, &stmts, b).await {
                         Ok(()) => break,
                         Err(_) if attempt < MAX_ATTEMPTS => {
