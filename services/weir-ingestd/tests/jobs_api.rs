@@ -295,7 +295,9 @@ async fn shutdown_checkpoints_and_a_resubmitted_job_resumes() {
     c.jobs.max_queued = 0;
     c.jobs.batch_size = 100;
     c.jobs.concurrency = 1;
-    let total = 20_000u64;
+    // Large enough that the job is still running when its first progress shows a commit
+    // (20 k rows finished within a second here once batches were prepared ahead).
+    let total = 100_000u64;
     let input = dir.path().join("inputs/people.csv");
     std::fs::write(&input, csv(0, total)).unwrap();
     let job =
