@@ -6,7 +6,7 @@
 //! measures gateway RSS per idle subscription, publishes change batches at fixed delivery
 //! rates (latency p50/p99/max, deliveries/s, drops, RSS and CPU under load), repeats with two
 //! replicas, then churns subscriptions while sampling RSS and draws the chart. Prints Markdown
-//! and writes `<out>/fanout.md`.
+//! and writes its preset's section of `<out>/fanout.md` (other sections are kept).
 //!
 //! ```text
 //! cargo build --release -p weir-gatewayd -p weir-benches
@@ -39,6 +39,15 @@ enum Preset {
     Quick,
     /// 10,000 clients, 15 s per rate, 90 s of churn.
     Full,
+}
+
+impl Preset {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Quick => "quick",
+            Self::Full => "full",
+        }
+    }
 }
 
 /// Command line.
@@ -328,11 +337,30 @@ fn main() -> anyhow::Result<()> {
     if !churns.is_empty() {
         report::draw_churn_chart(&chart, &churns)?;
     }
-    let md = report::render(&context.finish(), &plan_summary(&plan), &runs, &chart);
+    let title = format!(
+        "{} preset, {} clients, {} run(s) (`weir-bench-fanout --preset {}`)",
+        match plan.preset {
+            Preset::Quick => "Quick",
+            Preset::Full => "Full",
+        },
+        plan.fanout.clients,
+        plan.runs,
+        plan.preset.name()
+    );
+    let md = report::render(
+        &context.finish(),
+        &title,
+        &plan_summary(&plan),
+        &runs,
+        &chart,
+    );
     println!("{md}");
     std::fs::create_dir_all(&out_dir)?;
     let path = out_dir.join("fanout.md");
-    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    // Only this preset's section is replaced: the other preset's results and the text
+    // around them stay.
+    weir_benches::sections::write_section(&path, "weir-bench-fanout", plan.preset.name(), &md)
+        .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {} and {}", path.display(), chart.display());
     Ok(())
 }
@@ -341,10 +369,7 @@ fn plan_summary(plan: &Plan) -> String {
     let f = &plan.fanout;
     let mut s = format!(
         "preset `{}`: {} clients (opened at {}/s), replicas {:?}, rates {:?} deliveries/s, {} s of publishing per rate, {} run(s)",
-        match plan.preset {
-            Preset::Quick => "quick",
-            Preset::Full => "full",
-        },
+        plan.preset.name(),
         f.clients,
         f.open_rate,
         plan.replicas,

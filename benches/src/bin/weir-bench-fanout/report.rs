@@ -145,12 +145,15 @@ fn step_row(run: usize, replicas: usize, clients: u64, s: &Step) -> Vec<String> 
 }
 
 /// The whole report.
-pub(crate) fn render(ctx: &Context, plan: &str, runs: &[RunResult], chart: &Path) -> String {
+pub(crate) fn render(
+    ctx: &Context,
+    title: &str,
+    plan: &str,
+    runs: &[RunResult],
+    chart: &Path,
+) -> String {
     let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "## Subscription fan-out and churn (`weir-bench-fanout`)\n"
-    );
+    let _ = writeln!(md, "## {title}\n");
     let _ = writeln!(md, "- Date: {}", ctx.date);
     let _ = writeln!(md, "- Command: `{}`", ctx.command);
     let _ = writeln!(md, "- Plan: {plan}");

@@ -367,7 +367,13 @@ mod tests {
 ";
 
     fn rows() -> Vec<PersonRow> {
-        let dir = std::env::temp_dir().join(format!("weir-bench-bare-{}", std::process::id()));
+        // One directory per call: the tests run on parallel threads of one process.
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "weir-bench-bare-{}-{}",
+            std::process::id(),
+            CALLS.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("p.csv");
         std::fs::write(&p, CSV).unwrap();

@@ -961,8 +961,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| root.join("benches/results"));
     std::fs::create_dir_all(&out_dir)?;
     let file = out_dir.join("ingest.md");
-    let doc = std::fs::read_to_string(&file).unwrap_or_default();
-    std::fs::write(&file, report::replace_section(&doc, preset.name(), &md))
+    weir_benches::sections::write_section(&file, "weir-bench-ingest", preset.name(), &md)
         .with_context(|| format!("writing {}", file.display()))?;
     eprintln!("wrote {}", file.display());
     Ok(())

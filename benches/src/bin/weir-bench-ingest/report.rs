@@ -1,31 +1,10 @@
-//! The machine and load the figures were measured under, and the results file: one generated
-//! section per preset between markers, so hand-written text around them survives a re-run.
+//! The machine and load the figures were measured under (the results file's sections:
+//! `weir_benches::sections`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// Replaces the section `name` (between `<!-- weir-bench-ingest:NAME -->` and
-/// `<!-- /weir-bench-ingest:NAME -->`) in `doc` with `body`, or appends it.
-pub(crate) fn replace_section(doc: &str, name: &str, body: &str) -> String {
-    let open = format!("<!-- weir-bench-ingest:{name} -->");
-    let close = format!("<!-- /weir-bench-ingest:{name} -->");
-    let block = format!("{open}\n{}\n{close}", body.trim_end());
-    if let Some(a) = doc.find(&open)
-        && let Some(b) = doc[a..].find(&close)
-    {
-        let end = a + b + close.len();
-        return format!("{}{block}{}", &doc[..a], &doc[end..]);
-    }
-    let mut out = doc.trim_end().to_owned();
-    if !out.is_empty() {
-        out.push_str("\n\n");
-    }
-    out.push_str(&block);
-    out.push('\n');
-    out
-}
 
 /// The 1-minute load average now.
 pub(crate) fn loadavg() -> Option<f64> {
@@ -119,26 +98,6 @@ impl Drop for LoadSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sections_are_replaced_in_place_or_appended() {
-        let doc = "# Ingest\n\nintro\n";
-        let a = replace_section(doc, "quick", "| a |\n");
-        assert_eq!(
-            a,
-            "# Ingest\n\nintro\n\n<!-- weir-bench-ingest:quick -->\n| a |\n<!-- /weir-bench-ingest:quick -->\n"
-        );
-        let b = replace_section(&format!("{a}\nafter\n"), "quick", "| b |");
-        assert!(b.contains("| b |") && !b.contains("| a |"), "{b}");
-        assert!(
-            b.starts_with("# Ingest\n\nintro\n") && b.ends_with("\nafter\n"),
-            "{b}"
-        );
-        let c = replace_section(&b, "full", "F");
-        assert!(c.contains("| b |") && c.ends_with("<!-- /weir-bench-ingest:full -->\n"));
-        assert_eq!(replace_section(&c, "full", "F"), c);
-        assert!(replace_section("", "x", "y").starts_with("<!-- weir-bench-ingest:x -->"));
-    }
 
     #[test]
     fn machine_and_load_are_read() {
