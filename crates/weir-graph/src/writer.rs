@@ -49,21 +49,8 @@ pub trait CypherExecutor: Send + Sync + 'static {
 #[async_trait]
 impl CypherExecutor for neo4rs::Graph {
     async fn write_txn(&self, statements: &[Query]) -> Result<(), GraphError> {
-        let mut txn = self
-            .start_txn()
-            .await
-            .map_err(|e| GraphError::from_neo4rs(&e))?;
-        for q in statements {
-            // `Txn::run` takes the query by value: one statement's copy at a time.
-            if let Err(e) = txn.run(q.clone()).await {
-                let _ = txn.rollback().await;
-                return Err(GraphError::from_neo4rs(&e));
-            }
-        }
-        txn.commit()
-            .await
-            .map(|_| ())
-            .map_err(|e| GraphError::from_neo4rs(&e))
+        // `Txn::run` takes each query by value: one statement's copy at a time.
+        graph_txn(self, statements.iter().cloned()).await
     }
 
     async fn write_txn_owned(
@@ -71,18 +58,7 @@ impl CypherExecutor for neo4rs::Graph {
         first: Vec<Query>,
         _rebuild: &(dyn Fn() -> Vec<Query> + Send + Sync),
     ) -> Result<(), GraphError> {
-        let mut txn = self
-            .start_txn()
-            .await
-            .map_err(|e| GraphError::from_neo4rs(&e))?;
-        if let Err(e) = txn.run_queries(first).await {
-            let _ = txn.rollback().await;
-            return Err(GraphError::from_neo4rs(&e));
-        }
-        txn.commit()
-            .await
-            .map(|_| ())
-            .map_err(|e| GraphError::from_neo4rs(&e))
+        graph_txn(self, first).await
     }
 
     async fn run(&self, statement: Query) -> Result<(), GraphError> {
@@ -91,6 +67,25 @@ impl CypherExecutor for neo4rs::Graph {
             .map(|_| ())
             .map_err(|e| GraphError::from_neo4rs(&e))
     }
+}
+
+/// One write transaction on `graph`: `statements` in order, then commit; rolled back on error.
+async fn graph_txn(
+    graph: &neo4rs::Graph,
+    statements: impl IntoIterator<Item = Query>,
+) -> Result<(), GraphError> {
+    let mut txn = graph
+        .start_txn()
+        .await
+        .map_err(|e| GraphError::from_neo4rs(&e))?;
+    if let Err(e) = txn.run_queries(statements).await {
+        let _ = txn.rollback().await;
+        return Err(GraphError::from_neo4rs(&e));
+    }
+    txn.commit()
+        .await
+        .map(|_| ())
+        .map_err(|e| GraphError::from_neo4rs(&e))
 }
 
 /// Retry policy for transient failures.

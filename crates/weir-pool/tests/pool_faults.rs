@@ -222,8 +222,9 @@ async fn hanging_server_hits_query_and_connect_deadlines() {
     pool.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_txn_retries_a_connection_failure_with_backoff() {
+/// One session through a proxy the test can cut; transactions retried up to 5 times with a
+/// 400 ms–1 s backoff (long enough for the proxy to come back).
+async fn retrying_pool() -> (weir_test_support::proxy::TcpProxy, weir_pool::Pool) {
     let (proxy, settings) = common::proxy().await;
     let cfg = PoolConfig {
         max_size: 1,
@@ -232,7 +233,12 @@ async fn write_txn_retries_a_connection_failure_with_backoff() {
         txn_backoff_max: Duration::from_secs(1),
         ..common::fast_config()
     };
-    let pool = common::ready_pool(settings, cfg).await;
+    (proxy, common::ready_pool(settings, cfg).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_txn_retries_a_connection_failure_with_backoff() {
+    let (proxy, pool) = retrying_pool().await;
     assert_eq!(common::return_one(&pool).await.unwrap(), 1);
     proxy.cut();
     let restore = async {
@@ -255,15 +261,7 @@ async fn write_txn_retries_a_connection_failure_with_backoff() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_txn_owned_sends_its_statements_once_and_rebuilds_them_for_a_retry() {
-    let (proxy, settings) = common::proxy().await;
-    let cfg = PoolConfig {
-        max_size: 1,
-        txn_max_attempts: 5,
-        txn_backoff_min: Duration::from_millis(400),
-        txn_backoff_max: Duration::from_secs(1),
-        ..common::fast_config()
-    };
-    let pool = common::ready_pool(settings, cfg).await;
+    let (proxy, pool) = retrying_pool().await;
     let rebuilds = std::sync::atomic::AtomicU32::new(0);
     let statements = || vec![query("RETURN 1"), query("RETURN 2")];
     let rebuild = || {
