@@ -125,7 +125,8 @@ impl Mapper for GraphMapper {
     }
 
     fn item_bytes(&self, item: &MappedRecord, raw_len: usize) -> usize {
-        // Rows are converted to Bolt values at write time: count the item twice.
+        // The sink encodes rows into Bolt values before their write (`Sink::prepare`, one batch
+        // ahead of the writes in flight): count the item twice.
         2 * item.approx_bytes() + raw_len + std::mem::size_of::<Staged<MappedRecord>>()
     }
 }
