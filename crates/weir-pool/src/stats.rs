@@ -153,6 +153,10 @@ pub struct AcquireWait {
 }
 
 /// A snapshot of the pool, for health endpoints and the metrics exporter.
+///
+/// The fields are read one after another, not under one lock: a session the maintenance task
+/// closes leaves `size` a moment before `sessions_closed` counts it (when it is dropped), so
+/// `sessions_created - sessions_closed.total() == size` holds once the pool is quiet.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PoolStatus {
     /// Configured bound on live sessions.

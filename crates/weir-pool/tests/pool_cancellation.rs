@@ -57,7 +57,7 @@ async fn a_thousand_random_cancellations_leak_nothing() {
     for t in batch {
         completed += usize::from(t.await.unwrap());
     }
-    let s = pool.status();
+    let s = common::settled_status(&pool).await;
     assert_eq!(s.in_use, 0, "{s:?}");
     assert!(s.size <= max_size, "{s:?}");
     assert_eq!(

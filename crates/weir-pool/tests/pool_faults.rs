@@ -112,11 +112,12 @@ async fn server_stopped_mid_use_fails_fast_then_recovers_without_restart() {
         "pool must recover by itself: {:?}",
         pool.status()
     );
-    let s = pool.status();
+    let s = common::settled_status(&pool).await;
     assert_eq!(s.circuit, CircuitState::Closed, "{s:?}");
     assert_eq!(
         s.sessions_created - s.sessions_closed.total(),
-        s.size as u64
+        s.size as u64,
+        "{s:?}"
     );
     pool.close().await;
 }

@@ -57,3 +57,21 @@ pub async fn return_one(pool: &Pool) -> Result<i64, weir_pool::PoolError> {
     let rows = pool.execute(weir_pool::query("RETURN 1 AS x")).await?;
     Ok(rows[0].get::<i64>("x").expect("x"))
 }
+
+/// The pool's status once every session that left it has been counted as closed.
+///
+/// `PoolStatus` is read field by field while the maintenance task works: a reaped session
+/// leaves the pool's size before its close is counted (when it is dropped, on the reaper's
+/// thread). This waits up to 2 s for `created - closed == size` and returns the last status;
+/// callers still assert the invariant, so a pool that loses count fails.
+pub async fn settled_status(pool: &Pool) -> weir_pool::PoolStatus {
+    let mut s = pool.status();
+    for _ in 0..100 {
+        if s.sessions_created - s.sessions_closed.total() == s.size as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s = pool.status();
+    }
+    s
+}
