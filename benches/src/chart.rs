@@ -33,22 +33,73 @@ fn register_font() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
 }
 
-/// Draws the series as RSS (MiB) against time (s) into a PNG at `path`.
+/// Line colours, by series index (kept across the two panels).
+const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+
+/// A series is drawn again in a zoomed panel when its peak is below this fraction of the
+/// chart's highest peak: otherwise a flat 60 MiB line under a 6 GiB one is a line on the axis.
+const ZOOM_BELOW: f64 = 1.0 / 8.0;
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1_048_576.0
+}
+
+fn peak_mib(s: &Series<'_>) -> f64 {
+    s.points.iter().map(|p| mib(p.1)).fold(0.0, f64::max)
+}
+
+/// Which series a zoomed panel should show: those far below the highest peak (none when all
+/// are of one scale).
+fn zoomed(series: &[Series<'_>]) -> Vec<usize> {
+    let top = series.iter().map(peak_mib).fold(0.0, f64::max);
+    (0..series.len())
+        .filter(|&i| peak_mib(&series[i]) < top * ZOOM_BELOW)
+        .collect()
+}
+
+/// Draws the series as RSS (MiB) against time (s) into a PNG at `path`. When some series peak
+/// far below the others, a second panel under the first shows them alone on their own scale.
 pub fn draw_rss(path: &Path, title: &str, series: &[Series<'_>]) -> anyhow::Result<()> {
     register_font()?;
     let max_t = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
         .fold(1.0_f64, f64::max);
-    let max_mib = series
+    let zoom = zoomed(series);
+    let height = if zoom.is_empty() { 500 } else { 900 };
+    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let all: Vec<usize> = (0..series.len()).collect();
+    if zoom.is_empty() {
+        panel(&root, title, max_t, series, &all)?;
+    } else {
+        let (upper, lower) = root.split_vertically(500);
+        panel(&upper, title, max_t, series, &all)?;
+        let caption = "the same, zoomed to the lower lines";
+        panel(&lower, caption, max_t, series, &zoom)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// One chart of the series at `show` (indices into `series`, which fix their colours).
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    max_t: f64,
+    series: &[Series<'_>],
+    show: &[usize],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let max_mib = show
         .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1 as f64 / 1_048_576.0))
+        .map(|&i| peak_mib(&series[i]))
         .fold(1.0_f64, f64::max)
         * 1.15;
-    let root = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -58,12 +109,12 @@ pub fn draw_rss(path: &Path, title: &str, series: &[Series<'_>]) -> anyhow::Resu
         .x_desc("seconds")
         .y_desc("RSS (MiB)")
         .draw()?;
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-    for (i, s) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
+    for &i in show {
+        let s = &series[i];
+        let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(
-                s.points.iter().map(|p| (p.0, p.1 as f64 / 1_048_576.0)),
+                s.points.iter().map(|p| (p.0, mib(p.1))),
                 color.stroke_width(2),
             ))?
             .label(s.label)
@@ -77,7 +128,6 @@ pub fn draw_rss(path: &Path, title: &str, series: &[Series<'_>]) -> anyhow::Resu
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerRight)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -111,6 +161,32 @@ mod tests {
         .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lines_far_below_the_highest_get_a_zoomed_panel() {
+        let flat: Vec<RssPoint> = (0..50).map(|i| (i as f64, 60 << 20)).collect();
+        let small: Vec<RssPoint> = (0..50).map(|i| (i as f64, 17 << 20)).collect();
+        let huge: Vec<RssPoint> = (0..50)
+            .map(|i| (i as f64, (i as u64 * 120) << 20))
+            .collect();
+        let s = |label, points| Series { label, points };
+        assert_eq!(
+            zoomed(&[s("weir", &flat), s("limited", &small), s("bare", &huge)]),
+            vec![0, 1]
+        );
+        // Of one scale: one panel.
+        assert!(zoomed(&[s("weir", &flat), s("limited", &small)]).is_empty());
+
+        let dir = std::env::temp_dir().join(format!("weir-chart-zoom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rss.png");
+        draw_rss(&path, "zoom", &[s("weir", &flat), s("bare", &huge)]).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // PNG IHDR: width then height, big-endian, at bytes 16..24.
+        let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+        assert_eq!(height, 900, "two panels");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
