@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Weir's benchmarks in one command. Results: tables on stdout and in benches/results/*.md,
-# RSS charts next to BENCHMARKS.md (BENCHMARKS-rss-*.png). BENCHMARKS.md quotes them.
+# RSS charts: the full preset's next to BENCHMARKS.md (BENCHMARKS-rss-*.png, which BENCHMARKS.md
+# quotes), the quick preset's in benches/results/ (rss-*-quick.png).
 #
 #   scripts/bench.sh quick   ingest (100 k people, 3 runs, sweep), fan-out (1,000 clients, 3 runs,
 #                            1 and 2 replicas, churn), criterion micro-benches (short)
@@ -16,7 +17,7 @@ cd "$REPO"
 preset=${1:-}
 case "$preset" in
   quick | full) ;;
-  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -48,4 +49,4 @@ for b in "weir-stream pipeline" "weir-pool pool" "weir-graph writer_vs_bare" "we
   log "criterion: cargo bench -p $1 --bench $2"
   cargo bench --locked -p "$1" --bench "$2" "${times[@]}"
 done
-log "done: benches/results/ingest.md, benches/results/fanout.md, BENCHMARKS-rss-*.png, target/criterion/"
+log "done: benches/results/ingest.md, benches/results/fanout.md, RSS charts ($preset), target/criterion/"

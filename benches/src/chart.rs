@@ -1,6 +1,6 @@
 //! RSS-over-time charts (PNG, drawn with plotters) for BENCHMARKS.md.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
@@ -33,6 +33,29 @@ fn register_font() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
 }
 
+/// Where a bench draws its RSS chart unless told: the full preset's next to BENCHMARKS.md
+/// (`BENCHMARKS-rss-<stem>.png`, the chart it quotes), any other preset's in `benches/results/`
+/// (`rss-<stem>-<preset>.png`), so a quick run never overwrites the full run's chart; with `out`,
+/// in that directory.
+pub fn default_path(repo: &Path, out: Option<&Path>, stem: &str, preset: &str) -> PathBuf {
+    match (out, preset) {
+        (Some(dir), _) => dir.join(format!("rss-{stem}-{preset}.png")),
+        (None, "full") => repo.join(format!("BENCHMARKS-rss-{stem}.png")),
+        (None, _) => repo
+            .join("benches")
+            .join("results")
+            .join(format!("rss-{stem}-{preset}.png")),
+    }
+}
+
+/// `path` relative to `repo` when it lies inside it, for the results files.
+pub fn shown(repo: &Path, path: &Path) -> String {
+    path.strip_prefix(repo)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
 /// Line colours, by series index (kept across the two panels).
 const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
 
@@ -57,10 +80,14 @@ fn zoomed(series: &[Series<'_>]) -> Vec<usize> {
         .collect()
 }
 
-/// Draws the series as RSS (MiB) against time (s) into a PNG at `path`. When some series peak
-/// far below the others, a second panel under the first shows them alone on their own scale.
+/// Draws the series as RSS (MiB) against time (s) into a PNG at `path` (its directory is
+/// created if missing). When some series peak far below the others, a second panel under the
+/// first shows them alone on their own scale.
 pub fn draw_rss(path: &Path, title: &str, series: &[Series<'_>]) -> anyhow::Result<()> {
     register_font()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let max_t = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
@@ -135,33 +162,50 @@ where
 mod tests {
     use super::*;
 
+    /// Draws `series` into a temporary file and returns the PNG's bytes.
+    fn drawn(name: &str, series: &[Series<'_>]) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("weir-chart-{name}-{}", std::process::id()));
+        // A directory that does not exist yet: `draw_rss` creates it.
+        let path = dir.join("results").join("rss.png");
+        draw_rss(&path, name, series).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        bytes
+    }
+
+    /// The PNG's height in pixels (IHDR: width then height, big-endian, at bytes 16..24).
+    fn png_height(bytes: &[u8]) -> u32 {
+        u32::from_be_bytes(bytes[20..24].try_into().unwrap())
+    }
+
+    fn s<'a>(label: &'a str, points: &'a [RssPoint]) -> Series<'a> {
+        Series { label, points }
+    }
+
     #[test]
     fn draws_a_png() {
-        let dir = std::env::temp_dir().join(format!("weir-chart-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("rss.png");
         let a: Vec<RssPoint> = (0..50).map(|i| (i as f64, 30 << 20)).collect();
         let b: Vec<RssPoint> = (0..50)
             .map(|i| (i as f64, (20 + i as u64 / 5) << 20))
             .collect();
-        draw_rss(
-            &path,
-            "test",
-            &[
-                Series {
-                    label: "flat",
-                    points: &a,
-                },
-                Series {
-                    label: "rising",
-                    points: &b,
-                },
-            ],
-        )
-        .unwrap();
-        let bytes = std::fs::read(&path).unwrap();
+        let bytes = drawn("one", &[s("flat", &a), s("rising", &b)]);
         assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(png_height(&bytes), 500, "one panel");
+    }
+
+    #[test]
+    fn presets_get_charts_of_their_own() {
+        let repo = Path::new("/r");
+        let full = default_path(repo, None, "ingest", "full");
+        let quick = default_path(repo, None, "ingest", "quick");
+        assert_eq!(full, Path::new("/r/BENCHMARKS-rss-ingest.png"));
+        assert_eq!(quick, Path::new("/r/benches/results/rss-ingest-quick.png"));
+        assert_eq!(
+            default_path(repo, Some(Path::new("/tmp/x")), "subscriptions", "full"),
+            Path::new("/tmp/x/rss-subscriptions-full.png")
+        );
+        assert_eq!(shown(repo, &quick), "benches/results/rss-ingest-quick.png");
+        assert_eq!(shown(repo, Path::new("/tmp/a.png")), "/tmp/a.png");
     }
 
     #[test]
@@ -171,7 +215,6 @@ mod tests {
         let huge: Vec<RssPoint> = (0..50)
             .map(|i| (i as f64, (i as u64 * 120) << 20))
             .collect();
-        let s = |label, points| Series { label, points };
         assert_eq!(
             zoomed(&[s("weir", &flat), s("limited", &small), s("bare", &huge)]),
             vec![0, 1]
@@ -179,14 +222,7 @@ mod tests {
         // Of one scale: one panel.
         assert!(zoomed(&[s("weir", &flat), s("limited", &small)]).is_empty());
 
-        let dir = std::env::temp_dir().join(format!("weir-chart-zoom-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("rss.png");
-        draw_rss(&path, "zoom", &[s("weir", &flat), s("bare", &huge)]).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        // PNG IHDR: width then height, big-endian, at bytes 16..24.
-        let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
-        assert_eq!(height, 900, "two panels");
-        std::fs::remove_dir_all(&dir).unwrap();
+        let bytes = drawn("zoom", &[s("weir", &flat), s("bare", &huge)]);
+        assert_eq!(png_height(&bytes), 900, "two panels");
     }
 }

@@ -87,7 +87,9 @@ struct Cli {
     /// Where `fanout.md` goes.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The churn chart (PNG); default `BENCHMARKS-rss-subscriptions.png` at the repo root.
+    /// The churn chart (PNG). Default: `BENCHMARKS-rss-subscriptions.png` at the repo root for
+    /// the full preset, `benches/results/rss-subscriptions-quick.png` for the quick one, or in
+    /// `--out` when that is given.
     #[arg(long)]
     chart: Option<PathBuf>,
     /// The `weir-gatewayd` binary; default: next to this executable.
@@ -319,10 +321,14 @@ fn main() -> anyhow::Result<()> {
     let bin = gateway::locate(cli.gatewayd.as_deref())?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out_dir = cli.out.clone().unwrap_or_else(|| root.join("results"));
+    let repo = root.parent().unwrap_or(&root).to_path_buf();
     let chart = cli.chart.clone().unwrap_or_else(|| {
-        root.parent()
-            .unwrap_or(&root)
-            .join("BENCHMARKS-rss-subscriptions.png")
+        weir_benches::chart::default_path(
+            &repo,
+            cli.out.as_deref(),
+            "subscriptions",
+            cli.preset.name(),
+        )
     });
     let context = report::Context::capture(nofile);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -352,7 +358,7 @@ fn main() -> anyhow::Result<()> {
         &title,
         &plan_summary(&plan),
         &runs,
-        &chart,
+        &weir_benches::chart::shown(&repo, &chart),
     );
     println!("{md}");
     std::fs::create_dir_all(&out_dir)?;

@@ -150,7 +150,7 @@ pub(crate) fn render(
     title: &str,
     plan: &str,
     runs: &[RunResult],
-    chart: &Path,
+    chart: &str,
 ) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## {title}\n");
@@ -354,10 +354,7 @@ pub(crate) fn render(
             c0.plan.stay.1.as_millis(),
             c0.plan.duration.as_secs(),
             c0.plan.events_per_sec,
-            chart.file_name().map_or_else(
-                || chart.display().to_string(),
-                |n| n.to_string_lossy().into_owned()
-            )
+            chart
         );
         let mut t = Table::new([
             "run",

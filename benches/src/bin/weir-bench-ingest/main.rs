@@ -131,8 +131,9 @@ struct Opts {
     /// Runs per sweep cell.
     #[arg(long, default_value_t = 1)]
     sweep_runs: usize,
-    /// The RSS chart. Default: BENCHMARKS-rss-ingest.png at the repository root, or in `--out`
-    /// when that is given.
+    /// The RSS chart. Default: `BENCHMARKS-rss-ingest.png` at the repository root for the full
+    /// preset, `benches/results/rss-ingest-quick.png` for the quick one, or in `--out` when that
+    /// is given.
     #[arg(long)]
     chart: Option<PathBuf>,
     /// Do not draw the chart.
@@ -886,21 +887,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Chart.
     if !bench.opts.no_chart {
-        let path = bench
-            .opts
-            .chart
-            .clone()
-            .or_else(|| {
-                bench
-                    .opts
-                    .out
-                    .as_ref()
-                    .map(|d| d.join("BENCHMARKS-rss-ingest.png"))
-            })
-            .unwrap_or_else(|| root.join("BENCHMARKS-rss-ingest.png"));
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+        let path = bench.opts.chart.clone().unwrap_or_else(|| {
+            chart::default_path(&root, bench.opts.out.as_deref(), "ingest", preset.name())
+        });
         let longest = |rs: &[WeirRun]| {
             rs.iter()
                 .max_by(|a, b| a.child.wall.cmp(&b.child.wall))
@@ -944,7 +933,7 @@ async fn main() -> anyhow::Result<()> {
         )?;
         md.push_str(&format!(
             "\nRSS over time of the longest run of each (sampled every 100 ms): `{}`.\n",
-            path.strip_prefix(&root).unwrap_or(&path).display()
+            chart::shown(&root, &path)
         ));
     }
     if let Err(e) = dropped {
