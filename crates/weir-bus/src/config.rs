@@ -45,10 +45,15 @@ impl BusConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InProcessConfig {
-    /// Change batches retained for replay (`since`) and for slow subscribers; the oldest is
-    /// dropped when full. Default 4096 batches. Memory is bounded by this times the pipeline's
-    /// batch size.
+    /// Most change batches retained for replay (`since`) and for slow subscribers; the oldest
+    /// is dropped past it. Default 4096 batches.
     pub capacity: usize,
+    /// Most bytes of change batches retained (estimated heap size,
+    /// [`weir_events::ChangeBatch::approx_bytes`]); the oldest batches are dropped past it, but
+    /// the newest batch is always kept whatever its size. This is the bound on the bus's
+    /// memory: a 1,000-row batch of the people example holds about 1.5 MiB of change events.
+    /// Default 64 MiB.
+    pub max_bytes: u64,
     /// Progress events buffered per subscriber; a slower subscriber skips to the newest ones
     /// (progress events are snapshots). Default 64.
     pub progress_capacity: usize,
@@ -58,6 +63,7 @@ impl Default for InProcessConfig {
     fn default() -> Self {
         Self {
             capacity: 4096,
+            max_bytes: 64 << 20,
             progress_capacity: 64,
         }
     }
@@ -69,6 +75,12 @@ impl InProcessConfig {
         if self.capacity == 0 {
             return Err(BusError::Config {
                 field: "in_process.capacity",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_bytes == 0 {
+            return Err(BusError::Config {
+                field: "in_process.max_bytes",
                 reason: "must be at least 1".into(),
             });
         }

@@ -39,6 +39,16 @@ pub enum BusError {
         /// The limit.
         max: usize,
     },
+    /// The stream that holds change events does not exist (it was deleted while services
+    /// ran). Not retried: publishing resumes only once the stream is there again (a service
+    /// creates it when it connects).
+    #[error(
+        "the bus stream `{stream}` does not exist (deleted?); restart the service to recreate it"
+    )]
+    StreamNotFound {
+        /// The stream name.
+        stream: String,
+    },
     /// The server refused or failed a publish for another reason.
     #[error("publish failed: {0}")]
     Publish(#[source] Box<dyn std::error::Error + Send + Sync>),

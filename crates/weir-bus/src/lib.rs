@@ -39,6 +39,7 @@ mod error;
 mod memory;
 mod metrics;
 mod nats;
+mod parts;
 
 use std::sync::Arc;
 
@@ -51,9 +52,10 @@ pub use memory::InProcessBus;
 pub use metrics::{BusMetrics, BusMetricsSnapshot};
 pub use nats::NatsBus;
 
-/// A subscription to change batches: each item is the next batch in seq order, or an error
-/// after which the stream ends.
-pub type ChangeStream = BoxStream<'static, Result<ChangeBatch, BusError>>;
+/// A subscription to change batches: each item is the next batch in seq order (shared: the
+/// in-process bus hands every subscriber its own retained `Arc`), or an error after which the
+/// stream ends.
+pub type ChangeStream = BoxStream<'static, Result<Arc<ChangeBatch>, BusError>>;
 
 /// A subscription to progress events (live only).
 pub type ProgressStream = BoxStream<'static, Result<ProgressEvent, BusError>>;

@@ -1,10 +1,13 @@
 //! The in-process bus: one bounded ring of change batches shared by every subscriber.
 //!
 //! There is no queue per subscriber: a subscription is a cursor (the next seq it wants) into
-//! the ring, woken through a `watch` channel when a batch is published. Memory is therefore
-//! bounded by the ring's capacity whatever the number or speed of subscribers; a subscriber
-//! that falls behind the ring gets [`BusError::Lagged`] and resubscribes with `since`.
-//! Progress events use a bounded `broadcast` channel: a slow reader skips to the newest.
+//! the ring, woken through a `watch` channel when a batch is published, and it is handed the
+//! ring's own `Arc` of each batch (nothing is copied). Memory is therefore bounded by the
+//! ring's bounds ([`InProcessConfig::capacity`] batches, [`InProcessConfig::max_bytes`] bytes of
+//! change events, the newest batch always kept) whatever the number or speed of subscribers; a
+//! subscriber that falls behind the ring gets [`BusError::Lagged`] and resubscribes with
+//! `since`. Progress events use a bounded `broadcast` channel: a slow reader skips to the
+//! newest.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,8 +38,12 @@ struct Inner {
 #[derive(Debug)]
 struct Ring {
     capacity: usize,
-    batches: VecDeque<Arc<ChangeBatch>>,
-    /// Batch id -> seq, for the batches in `batches` (so it is bounded by the same capacity).
+    max_bytes: u64,
+    /// Retained batches, oldest first, with their estimated bytes.
+    batches: VecDeque<(Arc<ChangeBatch>, usize)>,
+    /// Sum of the retained batches' bytes.
+    bytes: u64,
+    /// Batch id -> seq, for the batches in `batches` (so it is bounded by the same bounds).
     ids: HashMap<String, u64>,
     /// The seq the next new batch gets (starts at 1).
     next_seq: u64,
@@ -52,6 +59,18 @@ impl Ring {
     fn last(&self) -> u64 {
         self.next_seq - 1
     }
+
+    /// Drops the oldest batches while a bound is exceeded, keeping at least the newest one.
+    fn evict(&mut self) {
+        while self.batches.len() > 1
+            && (self.batches.len() > self.capacity || self.bytes > self.max_bytes)
+        {
+            if let Some((old, bytes)) = self.batches.pop_front() {
+                self.bytes -= bytes as u64;
+                self.ids.remove(&old.batch_id);
+            }
+        }
+    }
 }
 
 impl InProcessBus {
@@ -64,7 +83,9 @@ impl InProcessBus {
             inner: Arc::new(Inner {
                 ring: Mutex::new(Ring {
                     capacity: config.capacity,
+                    max_bytes: config.max_bytes,
                     batches: VecDeque::with_capacity(config.capacity.min(1024)),
+                    bytes: 0,
                     ids: HashMap::new(),
                     next_seq: 1,
                 }),
@@ -89,9 +110,16 @@ impl InProcessBus {
         self.ring().batches.len()
     }
 
+    /// Estimated bytes of the batches retained now (above `max_bytes` only when the newest
+    /// batch alone is larger).
+    pub fn retained_bytes(&self) -> u64 {
+        self.ring().bytes
+    }
+
     /// Publishes a committed batch; see [`crate::Bus::publish_changes`]. A batch id still in
     /// the ring is a duplicate and gets its original seq back.
     pub fn publish_changes(&self, mut batch: ChangeBatch) -> Published {
+        let bytes = batch.approx_bytes();
         let seq = {
             let mut ring = self.ring();
             if let Some(&seq) = ring.ids.get(&batch.batch_id) {
@@ -105,13 +133,10 @@ impl InProcessBus {
             let seq = ring.next_seq;
             ring.next_seq += 1;
             batch.assign_seq(seq);
-            if ring.batches.len() == ring.capacity
-                && let Some(old) = ring.batches.pop_front()
-            {
-                ring.ids.remove(&old.batch_id);
-            }
             ring.ids.insert(batch.batch_id.clone(), seq);
-            ring.batches.push_back(Arc::new(batch));
+            ring.batches.push_back((Arc::new(batch), bytes));
+            ring.bytes += bytes as u64;
+            ring.evict();
             seq
         };
         self.inner.tip.send_replace(seq);
@@ -174,7 +199,7 @@ impl InProcessBus {
                         let idx = usize::try_from(next - first).unwrap_or(usize::MAX);
                         ring.batches
                             .get(idx)
-                            .map(|b| Ok(((**b).clone(), last - next)))
+                            .map(|(b, _)| Ok((b.clone(), last - next)))
                     } else {
                         None
                     }
@@ -229,11 +254,12 @@ mod tests {
         InProcessBus::new(&InProcessConfig {
             capacity,
             progress_capacity: 2,
+            ..InProcessConfig::default()
         })
         .unwrap()
     }
 
-    async fn next(s: &mut ChangeStream) -> Result<ChangeBatch, BusError> {
+    async fn next(s: &mut ChangeStream) -> Result<Arc<ChangeBatch>, BusError> {
         tokio::time::timeout(Duration::from_secs(5), s.next())
             .await
             .expect("a batch within 5 s")
@@ -298,6 +324,50 @@ mod tests {
         // An evicted batch id is forgotten too: the id map is bounded by the ring.
         assert_eq!(bus.ring().ids.len(), 3);
         assert!(!bus.publish_changes(test_batch("j", "b1", 1)).duplicate);
+    }
+
+    #[tokio::test]
+    async fn retention_is_bounded_in_bytes_and_keeps_the_newest_batch() {
+        let one = test_batch("j", "size", 100).approx_bytes() as u64;
+        let bus = InProcessBus::new(&InProcessConfig {
+            capacity: 1000,
+            // Room for three batches of 100 events, not four.
+            max_bytes: one * 3 + one / 2,
+            ..InProcessConfig::default()
+        })
+        .unwrap();
+        for i in 1..=10 {
+            bus.publish_changes(test_batch("j", &format!("b{i}"), 100));
+            assert!(bus.retained_bytes() <= one * 3 + one / 2);
+        }
+        assert_eq!(bus.retained(), 3);
+        assert!(matches!(
+            bus.subscribe_changes(Some(6)),
+            Err(BusError::SinceTooOld {
+                since: 6,
+                first_retained: 8
+            })
+        ));
+        // A batch larger than the whole bound is still kept (alone): any batch fits.
+        bus.publish_changes(test_batch("j", "huge", 1000));
+        assert_eq!(bus.retained(), 1);
+        let mut s = bus.subscribe_changes(Some(10)).unwrap();
+        let got = next(&mut s).await.unwrap();
+        assert_eq!((got.seq, got.events.len()), (11, 1000));
+        assert_eq!(bus.ring().ids.len(), 1, "the id map shrinks with the ring");
+    }
+
+    #[tokio::test]
+    async fn subscribers_share_the_rings_batches() {
+        let bus = bus(8);
+        let mut a = bus.subscribe_changes(None).unwrap();
+        let mut b = bus.subscribe_changes(None).unwrap();
+        bus.publish_changes(test_batch("j", "b1", 3));
+        let (x, y) = (next(&mut a).await.unwrap(), next(&mut b).await.unwrap());
+        assert!(
+            Arc::ptr_eq(&x, &y),
+            "one batch in memory, not a copy per subscriber"
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,10 @@ pub struct BusMetrics {
     lag: AtomicU64,
     progress_published: AtomicU64,
     progress_dropped: AtomicU64,
+    parts_published: AtomicU64,
+    skipped_decode: AtomicU64,
+    skipped_version: AtomicU64,
+    incomplete: AtomicU64,
 }
 
 /// A point-in-time copy of [`BusMetrics`].
@@ -39,6 +43,19 @@ pub struct BusMetricsSnapshot {
     /// Progress events a slow subscriber skipped (progress is lossy by design).
     /// `weir_bus_progress_dropped_total`.
     pub progress_dropped: u64,
+    /// Messages published for change batches too large for one message (each batch split
+    /// into parts counts its parts). `weir_bus_parts_published_total`.
+    pub parts_published: u64,
+    /// Messages skipped because they could not be decoded as a change batch (garbage on the
+    /// stream). `weir_bus_messages_skipped_total{reason="decode"}`.
+    pub skipped_decode: u64,
+    /// Messages skipped because they carry an event format version this build does not read
+    /// (a newer publisher in a rolling upgrade). `weir_bus_messages_skipped_total{reason="version"}`.
+    pub skipped_version: u64,
+    /// Change batches split into parts that could not be put back together (a part fell out
+    /// of retention, or too many batches were open at once) and were skipped.
+    /// `weir_bus_messages_skipped_total{reason="incomplete"}`.
+    pub incomplete: u64,
 }
 
 impl BusMetrics {
@@ -54,6 +71,10 @@ impl BusMetrics {
             lag: g(&self.lag),
             progress_published: g(&self.progress_published),
             progress_dropped: g(&self.progress_dropped),
+            parts_published: g(&self.parts_published),
+            skipped_decode: g(&self.skipped_decode),
+            skipped_version: g(&self.skipped_version),
+            incomplete: g(&self.incomplete),
         }
     }
 
@@ -81,6 +102,23 @@ impl BusMetrics {
 
     pub(crate) fn on_progress_published(&self) {
         self.progress_published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_parts_published(&self, n: u64) {
+        self.parts_published.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a skipped message; returns whether it is the first of its kind (log it loudly).
+    pub(crate) fn on_skipped(&self, kind: crate::parts::SkipKind) -> bool {
+        let c = match kind {
+            crate::parts::SkipKind::Decode => &self.skipped_decode,
+            crate::parts::SkipKind::Version => &self.skipped_version,
+        };
+        c.fetch_add(1, Ordering::Relaxed) == 0
+    }
+
+    pub(crate) fn on_incomplete(&self, n: u64) -> bool {
+        self.incomplete.fetch_add(n, Ordering::Relaxed) == 0 && n > 0
     }
 
     pub(crate) fn on_progress_dropped(&self, n: u64) {

@@ -27,9 +27,13 @@ use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use weir_events::{ChangeBatch, EVENT_FORMAT_VERSION, ProgressEvent};
 
+use crate::parts::{self, Assembled, Assembler, SkipKind};
 use crate::{
     BusError, BusMetrics, ChangeStream, NatsBusConfig, ProgressStream, Published, StorageKind,
 };
+
+/// NATS's default `max_payload`, used while the server's is not known.
+const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
 /// The NATS JetStream bus. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -40,6 +44,8 @@ pub struct NatsBus {
 struct Shared {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// Held while the parts of one multi-part batch are published.
+    publish_parts: tokio::sync::Mutex<()>,
     config: NatsBusConfig,
     endpoint: String,
     metrics: Arc<BusMetrics>,
@@ -150,6 +156,7 @@ impl NatsBus {
             s: Arc::new(Shared {
                 client,
                 js,
+                publish_parts: tokio::sync::Mutex::new(()),
                 config: config.clone(),
                 endpoint,
                 metrics: Arc::new(BusMetrics::default()),
@@ -181,29 +188,65 @@ impl NatsBus {
     }
 
     async fn publish_changes_inner(&self, batch: &ChangeBatch) -> Result<Published, BusError> {
-        let payload = serde_json::to_vec(batch).map_err(|e| BusError::Publish(boxed(e)))?;
-        let max = self.s.client.server_info().max_payload;
-        if max > 0 && payload.len() > max {
-            return Err(BusError::TooLarge {
-                bytes: payload.len(),
-                max,
-            });
+        let max = match self.s.client.server_info().max_payload {
+            0 => DEFAULT_MAX_PAYLOAD,
+            m => m,
+        };
+        let messages = parts::encode(batch, max.saturating_sub(parts::HEADER_ROOM))?;
+        if messages.len() == 1 {
+            let payload = messages.into_iter().next().unwrap_or_default();
+            let msg = PublishMessage::build()
+                .payload(payload.into())
+                .message_id(&batch.batch_id);
+            return self.publish_one(&batch.batch_id, msg, max).await;
         }
+        // The parts of one batch go out one after the other, each naming the sequences of the
+        // parts before it, and no other multi-part batch of this process interleaves with them.
+        let _one_at_a_time = self.s.publish_parts.lock().await;
+        let n = messages.len();
+        let mut seqs: Vec<u64> = Vec::with_capacity(n);
+        let mut duplicate = true;
+        for (i, payload) in messages.into_iter().enumerate() {
+            let earlier = seqs
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let msg = PublishMessage::build()
+                .payload(payload.into())
+                .message_id(format!("{}#{i}/{n}", batch.batch_id))
+                .header(parts::BATCH_HEADER, batch.batch_id.as_str())
+                .header(parts::PART_HEADER, format!("{i}/{n}").as_str())
+                .header(parts::PART_SEQS_HEADER, earlier.as_str());
+            let p = self.publish_one(&batch.batch_id, msg, max).await?;
+            duplicate &= p.duplicate;
+            seqs.push(p.seq);
+        }
+        self.s.metrics.on_parts_published(n as u64);
+        tracing::debug!(batch_id = %batch.batch_id, parts = n, "published a change batch in parts");
+        Ok(Published {
+            seq: seqs.last().copied().unwrap_or(0),
+            duplicate,
+        })
+    }
+
+    /// Publishes one message and waits for its ack, within `publish_timeout`.
+    async fn publish_one(
+        &self,
+        batch_id: &str,
+        msg: PublishMessage,
+        max: usize,
+    ) -> Result<Published, BusError> {
         let timeout = self.s.config.publish_timeout;
         let timed_out = || BusError::PublishTimeout {
-            batch_id: batch.batch_id.clone(),
+            batch_id: batch_id.to_owned(),
             timeout,
         };
         let publish = async {
             let ack = self
                 .s
                 .js
-                .send_publish(
-                    self.s.config.changes_subject(),
-                    PublishMessage::build()
-                        .payload(payload.into())
-                        .message_id(&batch.batch_id),
-                )
+                .send_publish(self.s.config.changes_subject(), msg)
                 .await?;
             ack.await
         };
@@ -212,12 +255,45 @@ impl NatsBus {
             Ok(Err(e)) => match e.kind() {
                 PublishErrorKind::TimedOut => Err(timed_out()),
                 PublishErrorKind::MaxPayloadExceeded => Err(BusError::TooLarge { bytes: 0, max }),
+                PublishErrorKind::StreamNotFound => Err(self.stream_missing().await),
                 _ => Err(BusError::Publish(boxed(e))),
             },
             Ok(Ok(ack)) => Ok(Published {
                 seq: ack.sequence,
                 duplicate: ack.duplicate,
             }),
+        }
+    }
+
+    /// After a publish found no stream: [`BusError::StreamNotFound`] when JetStream says the
+    /// stream does not exist, else (JetStream not answering, e.g. still recovering after a
+    /// restart) a transient error, so the publisher waits and retries.
+    async fn stream_missing(&self) -> BusError {
+        let info = tokio::time::timeout(
+            self.s.config.connect_timeout,
+            self.s.js.get_stream(&self.s.config.stream),
+        )
+        .await;
+        match info {
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                BusError::StreamNotFound {
+                    stream: self.s.config.stream.clone(),
+                }
+            }
+            Ok(Ok(_)) => BusError::Unavailable {
+                endpoint: self.s.endpoint.clone(),
+                reason: "the stream exists but did not answer a publish; retrying".into(),
+            },
+            _ => BusError::Unavailable {
+                endpoint: self.s.endpoint.clone(),
+                reason: "JetStream did not answer (no stream responded to a publish)".into(),
+            },
         }
     }
 
@@ -316,6 +392,7 @@ impl NatsBus {
             max_delay: self.s.config.reconnect_max_delay,
             check_every: (self.s.config.consumer_heartbeat / 4).max(Duration::from_millis(50)),
             connects_at_open: 0,
+            assembler: Assembler::default(),
         };
         state.connects_at_open = state.connects();
         Ok((
@@ -327,11 +404,13 @@ impl NatsBus {
                     let item = tokio::select! {
                         item = cur.messages.next() => item,
                         _ = tick.tick() => {
-                            cur.watch_connection().await;
+                            if let Step::Fail(e) = cur.watch_connection().await {
+                                return Some((Err(e), None));
+                            }
                             continue;
                         }
                     };
-                    match item {
+                    let step = match item {
                         None => cur.reopen().await,
                         Some(Err(e)) => {
                             tracing::warn!(
@@ -339,13 +418,14 @@ impl NatsBus {
                                 last_seen = cur.last_seen,
                                 "bus consumer failed; reopening after the last seq delivered"
                             );
-                            cur.reopen().await;
+                            cur.reopen().await
                         }
-                        Some(Ok(msg)) => match cur.accept(&msg) {
-                            Step::Skip => {}
-                            Step::Fail(e) => return Some((Err(e), None)),
-                            Step::Deliver(batch) => return Some((Ok(batch), Some(cur))),
-                        },
+                        Some(Ok(msg)) => cur.accept(&msg).await,
+                    };
+                    match step {
+                        Step::Skip => {}
+                        Step::Fail(e) => return Some((Err(e), None)),
+                        Step::Deliver(batch) => return Some((Ok(Arc::new(batch)), Some(cur))),
                     }
                 }
             })
@@ -419,6 +499,23 @@ async fn open_consumer(
     Ok(Box::pin(messages))
 }
 
+/// Reads the part of a change batch stored at `seq`.
+async fn fetch_part(
+    js: &jetstream::Context,
+    stream: &str,
+    seq: u64,
+) -> Result<ChangeBatch, String> {
+    let stream = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let raw = stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|e| format!("part at seq {seq}: {e}"))?;
+    parts::decode(&raw.payload).map_err(|k| format!("part at seq {seq}: {k:?}"))
+}
+
 /// One subscription's position, checking contiguity of the stream sequence.
 struct Cursor {
     messages: Messages,
@@ -434,6 +531,8 @@ struct Cursor {
     check_every: Duration,
     /// The client's connection count when the consumer was (re)opened.
     connects_at_open: u64,
+    /// Change batches published in parts, being put back together.
+    assembler: Assembler,
 }
 
 enum Step {
@@ -456,7 +555,7 @@ impl Cursor {
     /// server may have lost it (a restarted NATS forgets ephemeral consumers) and waiting for
     /// the library's missed-heartbeat recovery takes tens of seconds. Reopening a consumer
     /// that survived is harmless: delivery restarts after the last seq seen.
-    async fn watch_connection(&mut self) {
+    async fn watch_connection(&mut self) -> Step {
         let client = self.js.client();
         if client.connection_state() == State::Connected && self.connects() > self.connects_at_open
         {
@@ -464,20 +563,52 @@ impl Cursor {
                 last_seen = self.last_seen,
                 "NATS is back; reopening the bus consumer"
             );
-            self.reopen().await;
+            return self.reopen().await;
         }
+        Step::Skip
     }
 
     /// Replaces the consumer with a new one starting after the last seq delivered, retrying
-    /// (with back-off up to `max_delay`) until NATS answers.
-    async fn reopen(&mut self) {
+    /// (with back-off up to `max_delay`) until NATS answers. Fails when the stream now ends
+    /// before the last seq delivered: it was deleted and created again, and its sequences
+    /// start over (resubscribing with `since` then says [`BusError::SinceAhead`]).
+    async fn reopen(&mut self) -> Step {
         let mut delay = Duration::from_millis(100);
         loop {
-            match open_consumer(&self.js, &self.stream, &self.template, self.last_seen).await {
-                Ok(m) => {
+            let checked = async {
+                let mut stream = self
+                    .js
+                    .get_stream(&self.stream)
+                    .await
+                    .map_err(|e| BusError::JetStream(boxed(e)))?;
+                let last = stream
+                    .info()
+                    .await
+                    .map_err(|e| BusError::JetStream(boxed(e)))?
+                    .state
+                    .last_sequence;
+                if last < self.last_seen {
+                    return Ok(Err(BusError::SinceAhead {
+                        since: self.last_seen,
+                        last,
+                    }));
+                }
+                open_consumer(&self.js, &self.stream, &self.template, self.last_seen)
+                    .await
+                    .map(Ok)
+            };
+            match checked.await {
+                Ok(Ok(m)) => {
                     self.messages = m;
                     self.connects_at_open = self.connects();
-                    return;
+                    return Step::Skip;
+                }
+                Ok(Err(reset)) => {
+                    tracing::error!(
+                        error = %reset,
+                        "the bus stream starts over below the last seq delivered (deleted and created again?)"
+                    );
+                    return Step::Fail(reset);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reopening the bus consumer failed; retrying");
@@ -488,7 +619,18 @@ impl Cursor {
         }
     }
 
-    fn accept(&mut self, msg: &jetstream::Message) -> Step {
+    /// Counts and logs a message that is skipped (the first of each kind at WARN, later ones
+    /// at DEBUG: a stream full of garbage must not flood the log).
+    fn skip(&self, seq: u64, kind: SkipKind) -> Step {
+        if self.metrics.on_skipped(kind) {
+            tracing::warn!(seq, kind = ?kind, "skipping a bus message this build cannot read (counted in weir_bus_messages_skipped_total; further ones are logged at debug level)");
+        } else {
+            tracing::debug!(seq, kind = ?kind, "skipping a bus message this build cannot read");
+        }
+        Step::Skip
+    }
+
+    async fn accept(&mut self, msg: &jetstream::Message) -> Step {
         let (seq, pending) = match msg.info() {
             Ok(info) => (info.stream_sequence, info.pending),
             Err(e) => return Step::Fail(BusError::Subscribe(e)),
@@ -513,20 +655,96 @@ impl Cursor {
         }
         self.started = true;
         self.last_seen = seq;
-        let mut batch: ChangeBatch = match serde_json::from_slice(&msg.payload) {
+        let part = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(parts::PART_HEADER))
+            .and_then(|v| parts::parse_part(v.as_str()));
+        let mut batch = match parts::decode(&msg.payload) {
             Ok(b) => b,
-            Err(source) => return Step::Fail(BusError::Decode { seq, source }),
+            Err(kind) => return self.skip(seq, kind),
         };
-        if batch.version != EVENT_FORMAT_VERSION {
-            return Step::Fail(BusError::UnsupportedVersion {
-                found: batch.version,
-                expected: EVENT_FORMAT_VERSION,
-                seq,
-            });
+        if let Some((index, count)) = part.filter(|(_, n)| *n > 1) {
+            batch = match self.assemble(msg, batch, index, count).await {
+                Some(whole) => whole,
+                None => return Step::Skip,
+            };
         }
         batch.assign_seq(seq);
         self.metrics.on_consume(pending);
         Step::Deliver(batch)
+    }
+
+    /// Adds part `index` of `count`; the whole batch once its last part is in. A part whose
+    /// earlier parts this consumer has not read (it started in the middle of the batch)
+    /// fetches them by the sequences its header lists.
+    async fn assemble(
+        &mut self,
+        msg: &jetstream::Message,
+        part: ChangeBatch,
+        index: usize,
+        count: usize,
+    ) -> Option<ChangeBatch> {
+        let batch_id = part.batch_id.clone();
+        if index > 0 && !self.assembler.is_open(&batch_id) {
+            let seqs = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(parts::PART_SEQS_HEADER))
+                .and_then(|v| parts::parse_seqs(v.as_str()))
+                .unwrap_or_default();
+            if seqs.len() != index {
+                self.incomplete(&batch_id, "its part header lists no earlier parts");
+                return None;
+            }
+            for (i, s) in seqs.into_iter().enumerate() {
+                match fetch_part(&self.js, &self.stream, s).await {
+                    Ok(p) if p.batch_id == batch_id => {
+                        let (_, given_up) = self.assembler.add(p, i, count);
+                        self.count_given_up(given_up);
+                    }
+                    Ok(_) => {
+                        self.incomplete(
+                            &batch_id,
+                            "an earlier part's sequence holds another batch",
+                        );
+                        return None;
+                    }
+                    Err(e) => {
+                        self.incomplete(&batch_id, &e);
+                        return None;
+                    }
+                }
+            }
+        }
+        let (assembled, given_up) = self.assembler.add(part, index, count);
+        self.count_given_up(given_up);
+        match assembled {
+            Assembled::Whole(b) => Some(b),
+            Assembled::Incomplete => None,
+        }
+    }
+
+    fn incomplete(&mut self, batch_id: &str, why: &str) {
+        self.assembler.abandon(batch_id);
+        if self.metrics.on_incomplete(1) {
+            tracing::warn!(
+                batch_id,
+                why,
+                "skipping a change batch whose parts cannot all be read (counted in weir_bus_messages_skipped_total{{reason=\"incomplete\"}})"
+            );
+        } else {
+            tracing::debug!(batch_id, why, "skipping an incomplete change batch");
+        }
+    }
+
+    fn count_given_up(&self, n: usize) {
+        if n > 0 && self.metrics.on_incomplete(n as u64) {
+            tracing::warn!(
+                given_up = n,
+                "too many change batches open at once: gave up the oldest"
+            );
+        }
     }
 }
 

@@ -132,6 +132,69 @@ impl ChangeBatch {
     }
 }
 
+impl ChangeEvent {
+    /// Estimated heap bytes this event holds (its strings, property map and values), for
+    /// byte-bounded buffers. An estimate: allocator overhead is approximated, not measured.
+    pub fn approx_bytes(&self) -> usize {
+        let node_ref = |n: &Option<NodeRef>| {
+            n.as_ref()
+                .map_or(0, |n| n.label.capacity() + n.key.capacity())
+        };
+        std::mem::size_of::<Self>()
+            + self.label.capacity()
+            + self.key.capacity()
+            + self.job_id.capacity()
+            + self.batch_id.capacity()
+            + self.source.source.as_ref().map_or(0, String::capacity)
+            + node_ref(&self.start)
+            + node_ref(&self.end)
+            + self
+                .properties
+                .iter()
+                .map(|(k, v)| BTREE_ENTRY_BYTES + k.capacity() + json_heap_bytes(v))
+                .sum::<usize>()
+    }
+}
+
+/// What one entry of a `BTreeMap<String, Value>` costs beyond its key's and value's own heap:
+/// the key and value slots plus a share of the node (B-tree nodes hold up to 11 entries).
+const BTREE_ENTRY_BYTES: usize =
+    std::mem::size_of::<String>() + std::mem::size_of::<serde_json::Value>() + 16;
+
+/// Estimated heap bytes of a JSON value (not counting the value's own slot).
+pub fn json_heap_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => {
+            a.capacity() * std::mem::size_of::<Value>()
+                + a.iter().map(json_heap_bytes).sum::<usize>()
+        }
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| BTREE_ENTRY_BYTES + k.capacity() + json_heap_bytes(v))
+            .sum(),
+    }
+}
+
+impl ChangeBatch {
+    /// Estimated heap bytes of the batch with its events: what a buffer that holds it pays.
+    /// Byte-bounded buffers (the in-process bus, the gateway's slow-consumer window) count
+    /// batches with it.
+    pub fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.job_id.capacity()
+            + self.batch_id.capacity()
+            + (self.events.capacity() - self.events.len()) * std::mem::size_of::<ChangeEvent>()
+            + self
+                .events
+                .iter()
+                .map(ChangeEvent::approx_bytes)
+                .sum::<usize>()
+    }
+}
+
 /// Where an ingest job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -243,5 +306,38 @@ mod tests {
         assert_eq!(json["events"][0]["operation"], "merged");
         let back: ChangeBatch = serde_json::from_value(json).unwrap();
         assert_eq!(back, b);
+    }
+
+    #[test]
+    fn approx_bytes_grows_with_content() {
+        let mut e = ChangeEvent {
+            version: EVENT_FORMAT_VERSION,
+            seq: 0,
+            index: 0,
+            kind: EntityKind::Node,
+            label: "Person".into(),
+            key: "1".into(),
+            operation: Operation::Merged,
+            properties: BTreeMap::new(),
+            start: None,
+            end: None,
+            job_id: "j".into(),
+            batch_id: "j-1".into(),
+            source: SourcePosition::default(),
+            committed_at_ms: 0,
+        };
+        let bare = e.approx_bytes();
+        assert!(bare >= std::mem::size_of::<ChangeEvent>());
+        e.properties
+            .insert("blob".into(), serde_json::Value::String("x".repeat(10_000)));
+        assert!(e.approx_bytes() >= bare + 10_000);
+        let b = ChangeBatch {
+            version: EVENT_FORMAT_VERSION,
+            seq: 0,
+            job_id: "j".into(),
+            batch_id: "j-1".into(),
+            events: vec![e.clone(), e],
+        };
+        assert!(b.approx_bytes() >= 20_000);
     }
 }

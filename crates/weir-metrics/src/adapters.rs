@@ -87,6 +87,14 @@ pub fn encode_bus(e: &mut Encoder, s: &weir_bus::BusMetricsSnapshot) {
     e.gauge(&BUS_LAG_BATCHES, &[], s.lag as f64);
     e.counter(&BUS_PROGRESS_PUBLISHED_TOTAL, &[], s.progress_published);
     e.counter(&BUS_PROGRESS_DROPPED_TOTAL, &[], s.progress_dropped);
+    e.counter(&BUS_PARTS_PUBLISHED_TOTAL, &[], s.parts_published);
+    for (reason, n) in [
+        ("decode", s.skipped_decode),
+        ("version", s.skipped_version),
+        ("incomplete", s.incomplete),
+    ] {
+        e.counter(&BUS_MESSAGES_SKIPPED_TOTAL, &[("reason", reason)], n);
+    }
 }
 
 /// A source reading the subscription manager's counters (e.g. `move || manager.stats()`).
@@ -421,6 +429,8 @@ mod tests {
             &weir_bus::BusMetricsSnapshot {
                 published: 5,
                 lag: 2,
+                parts_published: 4,
+                skipped_version: 1,
                 ..Default::default()
             },
         );
@@ -432,6 +442,9 @@ mod tests {
             "weir_subscriptions_events_dropped_total 9\n",
             "weir_bus_published_batches_total 5\n",
             "weir_bus_lag_batches 2\n",
+            "weir_bus_parts_published_total 4\n",
+            "weir_bus_messages_skipped_total{reason=\"version\"} 1\n",
+            "weir_bus_messages_skipped_total{reason=\"decode\"} 0\n",
         ] {
             assert!(t.contains(line), "missing {line:?} in\n{t}");
         }

@@ -145,8 +145,8 @@ metrics! {
     SUBSCRIPTIONS_REJECTED_TOTAL = ("weir_subscriptions_rejected_total", Counter, "Subscriptions refused by the per-connection or global limit.", []);
     /// Events delivered.
     SUBSCRIPTIONS_EVENTS_DELIVERED_TOTAL = ("weir_subscriptions_events_delivered_total", Counter, "Change events delivered to subscribers.", []);
-    /// Events dropped.
-    SUBSCRIPTIONS_EVENTS_DROPPED_TOTAL = ("weir_subscriptions_events_dropped_total", Counter, "Change events dropped for slow subscribers.", []);
+    /// Events not delivered to subscribers ended as too slow.
+    SUBSCRIPTIONS_EVENTS_DROPPED_TOTAL = ("weir_subscriptions_events_dropped_total", Counter, "Change events queued to subscriptions that were then ended as too slow (their clients resume with since).", []);
 
     // --- bus (weir-bus); the bus carries one message per committed batch ---
     /// Batches published.
@@ -165,6 +165,10 @@ metrics! {
     BUS_PROGRESS_PUBLISHED_TOTAL = ("weir_bus_progress_published_total", Counter, "Progress events published to the bus.", []);
     /// Progress events dropped.
     BUS_PROGRESS_DROPPED_TOTAL = ("weir_bus_progress_dropped_total", Counter, "Progress events a slow subscriber skipped (progress is lossy by design).", []);
+    /// Messages of change batches split into parts.
+    BUS_PARTS_PUBLISHED_TOTAL = ("weir_bus_parts_published_total", Counter, "Messages published for change batches larger than one bus message (each such batch counts its parts).", []);
+    /// Messages skipped by consumers.
+    BUS_MESSAGES_SKIPPED_TOTAL = ("weir_bus_messages_skipped_total", Counter, "Bus messages a consumer skipped: reason decode (not a change batch), version (an event format this build does not read), incomplete (a batch whose parts could not all be read).", ["reason"]);
 }
 
 /// The definition with this name, if Weir defines it.

@@ -126,7 +126,7 @@ async fn metrics_carry_every_defined_metric_after_a_short_ingest() {
             .expect("bus delivers")
             .expect("stream open")
             .expect("batch");
-        manager.publish(&batch);
+        manager.publish(batch);
     }
     let first = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
     assert!(matches!(first, Ok(Some(_))), "subscription got an event");

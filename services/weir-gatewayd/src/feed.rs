@@ -40,7 +40,7 @@ pub fn spawn_changes(
                             Some(Ok(batch)) => {
                                 delay = Duration::from_millis(200);
                                 last = Some(batch.seq);
-                                manager.publish(&batch);
+                                manager.publish(batch);
                             }
                             Some(Err(e)) => {
                                 tracing::warn!(error = %e, "gateway feed ended; resubscribing");
@@ -60,6 +60,19 @@ pub fn spawn_changes(
                         "changes lost to retention; continuing live"
                     );
                     last = None;
+                }
+                Err(BusError::SinceAhead {
+                    since,
+                    last: newest,
+                }) => {
+                    // The stream was deleted and created again: its sequences start over.
+                    // Read the new stream from its start rather than skip what it has.
+                    tracing::error!(
+                        since,
+                        newest,
+                        "the bus stream starts over (deleted and created again); reading it from its start"
+                    );
+                    last = Some(0);
                 }
                 Err(e) => tracing::warn!(error = %e, "gateway feed cannot subscribe"),
             }

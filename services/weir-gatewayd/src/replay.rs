@@ -133,7 +133,7 @@ async fn changes(
             Ok(Some(Ok(batch))) => {
                 batches += 1;
                 last_seq = batch.seq;
-                events.extend(batch.events.into_iter().filter(|e| filter.matches(e)));
+                events.extend(batch.events.iter().filter(|e| filter.matches(e)).cloned());
             }
             Ok(Some(Err(e))) => {
                 tracing::warn!(error = %e, "replay stream ended early");

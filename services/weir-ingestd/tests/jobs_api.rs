@@ -191,7 +191,7 @@ async fn uploads_run_authenticated_bounded_and_publish_after_commit() {
             .unwrap()
             .unwrap();
         assert_eq!(b.job_id, "up1");
-        for e in b.events {
+        for e in b.events.iter().cloned() {
             assert!(keys.insert(e.key), "duplicate change");
         }
     }

@@ -129,7 +129,7 @@ impl Gateway {
             loop {
                 tokio::select! {
                     b = live.next() => match b {
-                        Some(Ok(b)) => manager.publish(&b),
+                        Some(Ok(b)) => manager.publish(b),
                         _ => return,
                     },
                     () = feed_stop.cancelled() => return,

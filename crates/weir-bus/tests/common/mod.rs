@@ -67,7 +67,7 @@ pub fn nats_config(url: &str, stream: &str) -> NatsBusConfig {
 }
 
 /// The next item of a subscription, within 20 s.
-pub async fn next(s: &mut ChangeStream) -> Result<ChangeBatch, BusError> {
+pub async fn next(s: &mut ChangeStream) -> Result<std::sync::Arc<ChangeBatch>, BusError> {
     tokio::time::timeout(Duration::from_secs(20), s.next())
         .await
         .expect("a batch within 20 s")
@@ -83,7 +83,7 @@ pub async fn take(s: &mut ChangeStream, n: usize) -> Vec<(u64, String)> {
             b.events.iter().all(|e| e.seq == b.seq),
             "events carry the batch seq"
         );
-        out.push((b.seq, b.batch_id));
+        out.push((b.seq, b.batch_id.clone()));
     }
     out
 }
