@@ -28,12 +28,12 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
-use weir_events::{ChangeBatch, ChangeEvent};
-use weir_subscriptions::ChangeFilter;
+use weir_events::ChangeBatch;
+use weir_subscriptions::{ChangeFilter, EventRef};
 
 /// Batches replayed from the bus: each item is the next batch in seq order, or an error after
 /// which the replay ends.
-pub type ReplayBatches = BoxStream<'static, Result<ChangeBatch, ReplayError>>;
+pub type ReplayBatches = BoxStream<'static, Result<Arc<ChangeBatch>, ReplayError>>;
 
 /// An opened replay.
 pub struct Replay {
@@ -91,18 +91,21 @@ pub enum ReplayError {
 
 /// Builds the replay stream a subscription delivers before its live queue.
 ///
-/// `head` is set by the caller right after the live subscription is registered (before the
-/// stream is first polled) to the larger of the manager's last published seq and the bus's
-/// [`Replay::last_published`]; batches are read until the one with `seq >= head` and only
-/// events matching `filter` are yielded. `permit` (the gateway-wide replay slot) is released
-/// when the replay ends or the subscription drops.
+/// `batches` start after seq `from`; events at or before `after` = `(seq, index)` are skipped
+/// (`index` `None`: the whole batch `seq`), so a client that lost its connection in the middle
+/// of a batch gets the rest of it. `head` is set by the caller right after the live
+/// subscription is registered (before the stream is first polled) to the larger of the
+/// manager's last published seq and the bus's [`Replay::last_published`]; batches are read
+/// until the one with `seq >= head` and only events matching `filter` are yielded. `permit`
+/// (the gateway-wide replay slot) is released when the replay ends or the subscription drops.
 pub(crate) fn events_until_head(
     batches: ReplayBatches,
-    since: u64,
+    from: u64,
+    after: (u64, Option<u32>),
     head: Arc<AtomicU64>,
     filter: ChangeFilter,
     permit: OwnedSemaphorePermit,
-) -> impl Stream<Item = Arc<ChangeEvent>> + Send + 'static {
+) -> impl Stream<Item = EventRef> + Send + 'static {
     struct State {
         batches: ReplayBatches,
         since: u64,
@@ -111,9 +114,13 @@ pub(crate) fn events_until_head(
     }
     let state = State {
         batches,
-        since,
+        since: from,
         head,
         _permit: permit,
+    };
+    let seen = move |e: &EventRef| match after {
+        (seq, None) => e.seq <= seq,
+        (seq, Some(index)) => e.seq < seq || (e.seq == seq && e.index <= index),
     };
     futures::stream::unfold(state, |mut st| async move {
         let head = st.head.load(Ordering::Acquire);
@@ -126,7 +133,7 @@ pub(crate) fn events_until_head(
         match next {
             Some(Ok(batch)) => {
                 st.since = batch.seq.max(st.since);
-                Some((batch.events, st))
+                Some((EventRef::all(batch), st))
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, since = st.since, head, "replay ended early");
@@ -136,17 +143,16 @@ pub(crate) fn events_until_head(
         }
     })
     .flat_map(futures::stream::iter)
-    .filter(move |e| futures::future::ready(filter.matches(e)))
-    .map(Arc::new)
+    .filter(move |e| futures::future::ready(!seen(e) && filter.matches(e)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::sync::Semaphore;
-    use weir_events::{EVENT_FORMAT_VERSION, EntityKind, Operation};
+    use weir_events::{ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, Operation};
 
-    fn batch(seq: u64, labels: &[&str]) -> ChangeBatch {
+    fn batch(seq: u64, labels: &[&str]) -> Arc<ChangeBatch> {
         let mut b = ChangeBatch {
             version: EVENT_FORMAT_VERSION,
             seq: 0,
@@ -174,7 +180,7 @@ mod tests {
                 .collect(),
         };
         b.assign_seq(seq);
-        b
+        Arc::new(b)
     }
 
     fn filter(labels: &[&str]) -> ChangeFilter {
@@ -191,10 +197,11 @@ mod tests {
         // The source goes on forever past the head, like a live bus subscription.
         let source = futures::stream::iter((4..).map(|s| Ok(batch(s, &["A", "B"])))).boxed();
         let head = Arc::new(AtomicU64::new(6));
-        let keys: Vec<String> = events_until_head(source, 3, head, filter(&["A"]), permit)
-            .map(|e| e.key.clone())
-            .collect()
-            .await;
+        let keys: Vec<String> =
+            events_until_head(source, 3, (3, None), head, filter(&["A"]), permit)
+                .map(|e| e.key.clone())
+                .collect()
+                .await;
         assert_eq!(keys, ["4-0", "5-0", "6-0"]);
         assert_eq!(sem.available_permits(), 1, "permit released at the end");
     }
@@ -206,11 +213,26 @@ mod tests {
         // A source that would hang forever if polled.
         let source = futures::stream::pending().boxed();
         let head = Arc::new(AtomicU64::new(5));
-        let got: Vec<_> = events_until_head(source, 5, head, filter(&[]), permit)
+        let got: Vec<_> = events_until_head(source, 5, (5, None), head, filter(&[]), permit)
             .collect()
             .await;
         assert!(got.is_empty());
         assert_eq!(sem.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_left_in_the_middle_is_resumed_after_the_last_index() {
+        let sem = Arc::new(Semaphore::new(1));
+        let permit = sem.clone().try_acquire_owned().unwrap();
+        let source = futures::stream::iter((4..).map(|s| Ok(batch(s, &["A", "A", "A"])))).boxed();
+        let head = Arc::new(AtomicU64::new(5));
+        // The client had events 0 and 1 of batch 4: replay from 3, skip through (4, 1).
+        let keys: Vec<String> =
+            events_until_head(source, 3, (4, Some(1)), head, filter(&["A"]), permit)
+                .map(|e| e.key.clone())
+                .collect()
+                .await;
+        assert_eq!(keys, ["4-2", "5-0", "5-1", "5-2"]);
     }
 
     #[tokio::test]
@@ -224,7 +246,7 @@ mod tests {
         ])
         .boxed();
         let head = Arc::new(AtomicU64::new(10));
-        let keys: Vec<String> = events_until_head(source, 1, head, filter(&[]), permit)
+        let keys: Vec<String> = events_until_head(source, 1, (1, None), head, filter(&[]), permit)
             .map(|e| e.key.clone())
             .collect()
             .await;

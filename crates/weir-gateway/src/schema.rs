@@ -9,10 +9,10 @@ use async_graphql::{
 };
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
-use weir_events::{ChangeEvent, ProgressEvent};
+use weir_events::ProgressEvent;
 use weir_subscriptions::{
-    ChangeFilter, Connection, EndReason, Item, SubscribeOptions, SubscriptionError, SubscriptionId,
-    SubscriptionManager, Topic,
+    ChangeFilter, Connection, EndReason, EventRef, Item, SubscribeOptions, SubscriptionError,
+    SubscriptionId, SubscriptionManager, Topic,
 };
 
 use crate::GatewayError;
@@ -67,6 +67,9 @@ pub(crate) struct OpContext {
     pub(crate) subscription: Mutex<Option<SubscriptionId>>,
     /// Why it ended, once it has.
     pub(crate) ended: Mutex<Option<EndReason>>,
+    /// `(seq, index)` of the last change it delivered, once it has ended: where the client
+    /// resumes (`since`, `sinceIndex`) after being ended as too slow.
+    pub(crate) last_delivered: Mutex<Option<(u64, u32)>>,
 }
 
 fn user_error(e: &GatewayError) -> async_graphql::Error {
@@ -262,7 +265,7 @@ pub struct NodeRef {
 
 /// A graph change delivered to a `graphChanges` subscription.
 pub struct GraphChange {
-    event: Arc<ChangeEvent>,
+    event: EventRef,
     missed: u64,
 }
 
@@ -325,7 +328,9 @@ impl GraphChange {
     async fn committed_at_ms(&self) -> i64 {
         self.event.committed_at_ms
     }
-    /// Changes this subscription missed just before this one because it read too slowly.
+    /// Always 0: a subscriber too slow for the change feed is ended with a `SLOW_CONSUMER`
+    /// error naming the last change it received (and its socket closed with 1008), never
+    /// silently skipped ahead. Kept for clients written against earlier versions.
     async fn missed(&self) -> u64 {
         self.missed
     }
@@ -559,7 +564,7 @@ fn start_with(
     ctx: &Context<'_>,
     topic: Topic,
     ttl: Option<Duration>,
-    replay: Option<futures::stream::BoxStream<'static, Arc<ChangeEvent>>>,
+    replay: Option<futures::stream::BoxStream<'static, EventRef>>,
 ) -> async_graphql::Result<(Arc<OpContext>, weir_subscriptions::Subscription)> {
     let op = ctx
         .data::<Arc<OpContext>>()
@@ -588,6 +593,7 @@ fn deliveries<T: Send + 'static>(
             Some(d) => Some((d, (sub, op))),
             None => {
                 *op.ended.lock() = sub.end_reason();
+                *op.last_delivered.lock() = sub.last_delivered();
                 None
             }
         }
@@ -603,9 +609,13 @@ impl SubscriptionRoot {
     ///
     /// `since`: the last `seq` this client received before it lost its connection. The
     /// subscription first delivers every matching change after it that the bus still retains,
-    /// then goes on live, each change once and in order. Errors: `SINCE_TOO_OLD` (retention
-    /// dropped some: reload instead), `SINCE_AHEAD`, `REPLAY_UNAVAILABLE` (no bus, or it is
-    /// unreachable: retry), `LIMIT_EXCEEDED` (too many catch-ups at once: retry).
+    /// then goes on live, each change once and in order. `sinceIndex`: with `since`, the
+    /// `index` of the last change of batch `since` the client received (a client can lose its
+    /// connection in the middle of a batch): the rest of that batch is delivered too. A
+    /// `SLOW_CONSUMER` error carries both values (`extensions.lastSeq`, `lastIndex`). Errors:
+    /// `SINCE_TOO_OLD` (retention dropped some: reload instead), `SINCE_AHEAD`,
+    /// `REPLAY_UNAVAILABLE` (no bus, or it is unreachable: retry), `LIMIT_EXCEEDED` (too many
+    /// catch-ups at once: retry).
     #[allow(clippy::too_many_arguments)]
     async fn graph_changes(
         &self,
@@ -616,6 +626,7 @@ impl SubscriptionRoot {
         operations: Option<Vec<Operation>>,
         ttl_seconds: Option<i32>,
         since: Option<u64>,
+        since_index: Option<u32>,
     ) -> async_graphql::Result<impl Stream<Item = GraphChange> + use<>> {
         let labels = labels.unwrap_or_default();
         let types = types.unwrap_or_default();
@@ -658,13 +669,29 @@ impl SubscriptionRoot {
             let limit = ctx.data_unchecked::<LimitsConfig>().max_replays;
             user_error(&GatewayError::TooManyReplays { limit })
         })?;
+        // Mid-batch: replay batch `since` itself, skipping what the client already has.
+        let (from, after) = match since_index {
+            Some(_) if since == 0 => {
+                return Err(user_error(&GatewayError::BadArgument(
+                    "`sinceIndex` needs a `since` of at least 1".into(),
+                )));
+            }
+            Some(i) => (since - 1, (since, Some(i))),
+            None => (since, (since, None)),
+        };
         let opened = source
-            .open(since)
+            .open(from)
             .await
             .map_err(|e| user_error(&GatewayError::Replay(e)))?;
         let head = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let events =
-            replay::events_until_head(opened.batches, since, head.clone(), filter.clone(), permit);
+        let events = replay::events_until_head(
+            opened.batches,
+            from,
+            after,
+            head.clone(),
+            filter.clone(),
+            permit,
+        );
         let manager = ctx.data::<SubscriptionManager>()?;
         let (op, sub) = start_with(ctx, Topic::Changes(filter), ttl, Some(events.boxed()))?;
         head.store(

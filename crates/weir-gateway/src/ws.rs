@@ -535,6 +535,7 @@ impl Conn {
             conn: self.conn.clone(),
             subscription: Mutex::new(None),
             ended: Mutex::new(None),
+            last_delivered: Mutex::new(None),
         });
         let responses = self
             .state
@@ -624,7 +625,20 @@ async fn run_op(
     drop(responses);
     let lagged = *ctx.ended.lock() == Some(EndReason::Lagged);
     if lagged {
-        let payload = json!([{"message": "slow consumer: too far behind, disconnecting", "extensions": {"code": "SLOW_CONSUMER"}}]);
+        // Where to resume: `graphChanges(since: lastSeq, sinceIndex: lastIndex)`.
+        let (message, extensions) = match *ctx.last_delivered.lock() {
+            Some((seq, index)) => (
+                format!(
+                    "slow consumer: too far behind, disconnecting; resume with since: {seq}, sinceIndex: {index}"
+                ),
+                json!({"code": "SLOW_CONSUMER", "lastSeq": seq, "lastIndex": index}),
+            ),
+            None => (
+                "slow consumer: too far behind, disconnecting; nothing was delivered yet: resume with the last seq you had".to_owned(),
+                json!({"code": "SLOW_CONSUMER"}),
+            ),
+        };
+        let payload = json!([{"message": message, "extensions": extensions}]);
         let _ = out
             .send(Box::new(Out::Frame {
                 id: id.clone(),

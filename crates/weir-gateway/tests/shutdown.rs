@@ -96,7 +96,7 @@ async fn a_client_that_reads_nothing_cannot_hold_shutdown_past_the_grace_period(
             weir_events::Operation::Created,
         );
         e.properties.insert("blob".into(), blob.clone());
-        server.state.manager().publish(&batch(vec![e]));
+        server.state.manager().publish(batch(vec![e]));
         if n % 100 == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }

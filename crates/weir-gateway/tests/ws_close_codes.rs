@@ -117,7 +117,7 @@ async fn silent_client_is_closed_after_pong_timeout() {
     bad.expect_close(close_codes::PONG_TIMEOUT).await;
     // Several more ping rounds pass; then an event still reaches the good client.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    server.state.manager().publish(&batch(vec![event(
+    server.state.manager().publish(batch(vec![event(
         weir_events::EntityKind::Node,
         "A",
         "k",

@@ -23,7 +23,7 @@ async fn matching_events_only_graphql_transport_ws() {
     )
     .await;
     server.wait_active(2).await;
-    server.state.manager().publish(&batch(vec![
+    server.state.manager().publish(batch(vec![
         event(EntityKind::Node, "Person", "alice", Operation::Created),
         event(EntityKind::Node, "Person", "bob", Operation::Updated),
         event(EntityKind::Node, "City", "paris", Operation::Created),
@@ -59,7 +59,7 @@ async fn matching_events_only_graphql_transport_ws() {
         [json!({"kind": "RELATIONSHIP", "label": "KNOWS", "key": "a->b"})]
     );
     // Nothing else arrives: a marker event proves the stream is in order and complete.
-    server.state.manager().publish(&batch(vec![event(
+    server.state.manager().publish(batch(vec![event(
         EntityKind::Node,
         "Person",
         "marker",
@@ -83,7 +83,7 @@ async fn legacy_subscriptions_transport_ws() {
     c.send(json!({"type": "start", "id": "1", "payload": {"query": PERSON_CREATED}}))
         .await;
     server.wait_active(1).await;
-    server.state.manager().publish(&batch(vec![
+    server.state.manager().publish(batch(vec![
         event(EntityKind::Node, "City", "x", Operation::Created),
         event(EntityKind::Node, "Person", "dora", Operation::Created),
     ]));

@@ -126,7 +126,7 @@ async fn churn_and_ingest_stay_stable_and_bounded() {
                     .collect();
                 for _ in 0..5 {
                     n += 1;
-                    manager.publish(&batch(n));
+                    manager.publish(std::sync::Arc::new(batch(n)));
                 }
                 for s in subs.iter_mut().take(10) {
                     let _ = tokio::time::timeout(Duration::from_millis(50), s.next()).await;

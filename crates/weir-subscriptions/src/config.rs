@@ -20,13 +20,20 @@ pub struct ManagerConfig {
     pub max_per_connection: usize,
     /// Live subscriptions the whole manager may hold. Default 10,000.
     pub max_total: usize,
-    /// Events queued per subscription before the oldest is dropped. Default 256.
-    pub queue_capacity: usize,
-    /// How long a subscription's queue may keep overflowing (events dropped, never drained to
-    /// empty) before the subscription is ended with [`EndReason::Lagged`](crate::EndReason).
-    /// Default 30 s.
+    /// A subscriber is too slow when the batch it is reading was published more than this
+    /// long ago: its subscription ends with [`EndReason::Lagged`](crate::EndReason) (the
+    /// gateway sends `SLOW_CONSUMER` with the last change delivered and closes with 1008; the
+    /// client resumes with `since`). Default 30 s.
     #[serde(with = "humantime_serde")]
     pub max_lag: Duration,
+    /// A subscriber is too slow when more than this many bytes of change batches (estimated
+    /// heap size) were published after the batch it is reading. One batch never counts
+    /// against itself, so a batch of any size fits. Also bounds what slow subscribers keep
+    /// alive. Default 64 MiB.
+    pub max_lag_bytes: u64,
+    /// A subscriber is too slow when this many batches wait for it (bounds each
+    /// subscription's queue of batch references; an entry is about 40 bytes). Default 1024.
+    pub max_pending_batches: usize,
     /// Ingest jobs whose latest progress is kept; past it the oldest finished job (else the
     /// least recently updated) is forgotten. Default 256.
     pub max_jobs: usize,
@@ -39,8 +46,9 @@ impl Default for ManagerConfig {
             max_ttl: Duration::from_secs(30 * 60),
             max_per_connection: 100,
             max_total: 10_000,
-            queue_capacity: 256,
             max_lag: Duration::from_secs(30),
+            max_lag_bytes: 64 << 20,
+            max_pending_batches: 1024,
             max_jobs: 256,
         }
     }
@@ -64,8 +72,14 @@ impl ManagerConfig {
         if self.max_total < self.max_per_connection {
             return bad("max_total", "must be at least max_per_connection");
         }
-        if self.queue_capacity == 0 {
-            return bad("queue_capacity", "must be above zero");
+        if self.max_pending_batches == 0 {
+            return bad("max_pending_batches", "must be above zero");
+        }
+        if self.max_lag.is_zero() {
+            return bad("max_lag", "must be above zero");
+        }
+        if self.max_lag_bytes == 0 {
+            return bad("max_lag_bytes", "must be above zero");
         }
         if self.max_jobs == 0 {
             return bad("max_jobs", "must be above zero");
@@ -100,13 +114,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let c = ManagerConfig {
-            queue_capacity: 0,
+            max_pending_batches: 0,
             ..ManagerConfig::default()
         };
         assert!(matches!(
             c.validate(),
             Err(SubscriptionError::InvalidConfig {
-                field: "queue_capacity",
+                field: "max_pending_batches",
                 ..
             })
         ));

@@ -12,25 +12,34 @@
 //!   the TTL runs out.
 //! - Limits: [`ManagerConfig::max_per_connection`] and [`ManagerConfig::max_total`], refused
 //!   with [`SubscriptionError::ConnectionLimit`] / [`SubscriptionError::GlobalLimit`].
-//! - Matching: [`SubscriptionManager::publish`] looks each event up in an index by
-//!   (node label | relationship type); subscriptions with neither are kept in a separate
-//!   "everything" set. No event scans all subscriptions.
-//! - Slow consumers: each subscription has a queue of [`ManagerConfig::queue_capacity`] items.
-//!   When it is full the **oldest item is dropped** and counted; the next [`Delivery`] says how
-//!   many were missed. A subscription whose queue keeps overflowing for longer than
-//!   [`ManagerConfig::max_lag`] without ever being drained is ended with [`EndReason::Lagged`]
-//!   (the gateway then disconnects the client).
+//! - **Delivery.** [`SubscriptionManager::publish`] takes a batch as an `Arc` (the bus's own),
+//!   evaluates each distinct filter once per event (filters are found through an index by
+//!   node label | relationship type, so no event scans all subscriptions, and a thousand
+//!   subscriptions with one filter cost one evaluation), and queues to each matching
+//!   subscription one reference to the batch with the indexes its filter matched. Every
+//!   matching change reaches every live subscription, once and in publish order, whatever the
+//!   size of a burst.
+//! - **Slow consumers** (module `slot`): a subscription whose reader is more than
+//!   [`ManagerConfig::max_lag`] or [`ManagerConfig::max_lag_bytes`] behind, or has
+//!   [`ManagerConfig::max_pending_batches`] batches waiting, ends with [`EndReason::Lagged`];
+//!   its handle reports the last change it delivered so the client can resume with `since`.
+//!   Nothing is ever dropped silently, and what slow readers keep alive is bounded by those
+//!   limits.
 //! - Progress: [`SubscriptionManager::publish_progress`] keeps the latest [`ProgressEvent`] of
-//!   at most [`ManagerConfig::max_jobs`] jobs and delivers it to that job's watchers.
+//!   at most [`ManagerConfig::max_jobs`] jobs and delivers it to that job's watchers (a slow
+//!   watcher gets the newest snapshot; `missed` counts the ones it superseded).
 //! - [`SubscriptionManager::shutdown`] completes every subscription and refuses new ones.
 
 mod config;
+mod filter;
+mod slot;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -40,9 +49,13 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use weir_events::{ChangeBatch, ChangeEvent, EntityKind, Operation, ProgressEvent};
+use weir_events::{ChangeBatch, ChangeEvent, ProgressEvent};
 
 pub use config::ManagerConfig;
+pub use filter::ChangeFilter;
+
+use filter::{FilterId, FilterIndex};
+use slot::{Matches, Next, Pending, Slot};
 
 /// Errors of the subscription manager.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,7 +98,7 @@ pub enum EndReason {
     Disconnect,
     /// The server shut down.
     Shutdown,
-    /// Its consumer stayed behind longer than [`ManagerConfig::max_lag`] (slow-consumer limit).
+    /// Its reader fell too far behind (the slow-consumer limits of [`ManagerConfig`]).
     Lagged,
 }
 
@@ -114,64 +127,6 @@ impl EndReason {
     }
 }
 
-/// Which change events a subscription wants. Empty lists mean "any".
-///
-/// `labels` select node events by label, `types` relationship events by type; with both empty
-/// every node and relationship matches. `keys` and `operations` further narrow (exact match on
-/// [`ChangeEvent::key`] and [`ChangeEvent::operation`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChangeFilter {
-    /// Node labels.
-    pub labels: Vec<String>,
-    /// Relationship types.
-    pub types: Vec<String>,
-    /// Keys in canonical form.
-    pub keys: Vec<String>,
-    /// Operations.
-    pub operations: Vec<Operation>,
-}
-
-impl ChangeFilter {
-    /// Whether `event` passes this filter.
-    pub fn matches(&self, event: &ChangeEvent) -> bool {
-        let by_label = match event.kind {
-            EntityKind::Node => &self.labels,
-            EntityKind::Relationship => &self.types,
-        };
-        let label_ok =
-            (self.labels.is_empty() && self.types.is_empty()) || by_label.contains(&event.label);
-        label_ok
-            && (self.keys.is_empty() || self.keys.contains(&event.key))
-            && (self.operations.is_empty() || self.operations.contains(&event.operation))
-    }
-
-    fn index_keys(&self) -> impl Iterator<Item = (EntityKind, &str)> {
-        self.labels
-            .iter()
-            .map(|l| (EntityKind::Node, l.as_str()))
-            .chain(
-                self.types
-                    .iter()
-                    .map(|t| (EntityKind::Relationship, t.as_str())),
-            )
-    }
-
-    fn is_wildcard(&self) -> bool {
-        self.labels.is_empty() && self.types.is_empty()
-    }
-
-    fn heap_bytes(&self) -> usize {
-        let strings = |v: &Vec<String>| {
-            v.capacity() * std::mem::size_of::<String>()
-                + v.iter().map(String::capacity).sum::<usize>()
-        };
-        strings(&self.labels)
-            + strings(&self.types)
-            + strings(&self.keys)
-            + self.operations.capacity() * std::mem::size_of::<Operation>()
-    }
-}
-
 /// What a subscription watches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Topic {
@@ -184,21 +139,66 @@ pub enum Topic {
     },
 }
 
+/// One change event, inside the batch that carried it (shared, never copied).
+#[derive(Clone, Debug)]
+pub struct EventRef {
+    batch: Arc<ChangeBatch>,
+    index: u32,
+}
+
+impl EventRef {
+    /// Event `index` of `batch`; `None` when out of range.
+    pub fn new(batch: Arc<ChangeBatch>, index: usize) -> Option<Self> {
+        let index = u32::try_from(index).ok()?;
+        ((index as usize) < batch.events.len()).then_some(Self { batch, index })
+    }
+
+    /// Every event of `batch`, in order.
+    pub fn all(batch: Arc<ChangeBatch>) -> impl Iterator<Item = Self> {
+        let n = u32::try_from(batch.events.len()).unwrap_or(u32::MAX);
+        (0..n).map(move |index| Self {
+            batch: batch.clone(),
+            index,
+        })
+    }
+
+    /// The batch it came in.
+    pub fn batch(&self) -> &Arc<ChangeBatch> {
+        &self.batch
+    }
+}
+
+impl Deref for EventRef {
+    type Target = ChangeEvent;
+
+    fn deref(&self) -> &ChangeEvent {
+        &self.batch.events[self.index as usize]
+    }
+}
+
+impl PartialEq for EventRef {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
 /// One item delivered to a subscription.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     /// A graph change (shared between every subscription it matched).
-    Change(Arc<ChangeEvent>),
+    Change(EventRef),
     /// A job's progress.
     Progress(Arc<ProgressEvent>),
 }
 
-/// An item with the number of items dropped just before it (slow-consumer policy).
+/// An item, with what the subscription missed just before it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
     /// The item.
     pub item: Item,
-    /// Items this subscription missed since the previous delivery because its queue was full.
+    /// Progress snapshots superseded by this one before the reader took them (progress is a
+    /// snapshot: only the newest matters). Always 0 for changes: a reader too slow for the
+    /// change feed is ended ([`EndReason::Lagged`]), never silently skipped ahead.
     pub missed: u64,
 }
 
@@ -217,7 +217,7 @@ pub struct SubscribeOptions {
     pub ttl: Option<Duration>,
     /// Events to deliver before live ones (replay hook for `since: seq`). Live change events
     /// whose non-zero `seq` is at or below the last replayed one are skipped.
-    pub replay: Option<BoxStream<'static, Arc<ChangeEvent>>>,
+    pub replay: Option<BoxStream<'static, EventRef>>,
 }
 
 impl std::fmt::Debug for SubscribeOptions {
@@ -244,13 +244,14 @@ pub struct Stats {
     pub completed_disconnect: u64,
     /// Completed by shutdown.
     pub completed_shutdown: u64,
-    /// Ended by the slow-consumer limit.
+    /// Ended by the slow-consumer limits.
     pub completed_lagged: u64,
     /// Refused by the per-connection or global limit.
     pub rejected_limit: u64,
-    /// Items dropped from full queues.
+    /// Change events that were queued to a subscription ended as too slow and so never
+    /// delivered by it (its client resumes with `since`).
     pub dropped_events: u64,
-    /// Items queued to subscriptions.
+    /// Change events queued to subscriptions (one per matching subscription).
     pub delivered_events: u64,
 }
 
@@ -265,16 +266,20 @@ pub struct RegistrySnapshot {
     pub open_connections: usize,
     /// Keys in the label/type index.
     pub index_keys: usize,
-    /// Subscriptions in the "everything" set.
+    /// Distinct filters with neither labels nor types.
     pub wildcard: usize,
+    /// Distinct change filters of live subscriptions.
+    pub filters: usize,
     /// Jobs with at least one progress watcher.
     pub progress_jobs: usize,
     /// Entries in the TTL schedule.
     pub expiries: usize,
-    /// Items queued across every subscription.
+    /// Batches queued across every subscription (references; the batches are shared).
+    pub queued_batches: usize,
+    /// Change events queued and not yet read, across every subscription.
     pub queued_items: usize,
     /// Estimated bytes held by the registry for subscriptions (entries, filters, index,
-    /// schedule, queues; not the shared events themselves, nor the job table).
+    /// schedule, queues; not the shared batches themselves, nor the job table).
     pub held_bytes: usize,
     /// Jobs in the progress table.
     pub jobs: usize,
@@ -289,83 +294,17 @@ struct Counters {
     delivered: AtomicU64,
 }
 
-/// Slots a drained subscription queue keeps (more are given back; the queue starts with none).
-const IDLE_QUEUE_SLOTS: usize = 8;
-
-/// The part of a subscription shared between the registry and its handle.
-struct Slot {
-    q: Mutex<SlotQueue>,
-}
-
-struct SlotQueue {
-    items: VecDeque<Item>,
-    missed: u64,
-    lagging_since: Option<Instant>,
-    ended: Option<EndReason>,
-    waker: Option<Waker>,
-}
-
-enum Push {
-    Queued,
-    Dropped,
-    Lagged,
-}
-
-impl Slot {
-    fn new() -> Self {
-        Self {
-            q: Mutex::new(SlotQueue {
-                items: VecDeque::new(),
-                missed: 0,
-                lagging_since: None,
-                ended: None,
-                waker: None,
-            }),
-        }
-    }
-
-    fn push(&self, item: Item, cap: usize, now: Instant, max_lag: Duration) -> Push {
-        let mut q = self.q.lock();
-        if q.ended.is_some() {
-            return Push::Queued;
-        }
-        let mut outcome = Push::Queued;
-        if q.items.len() >= cap {
-            q.items.pop_front();
-            q.missed += 1;
-            let since = *q.lagging_since.get_or_insert(now);
-            outcome = if now.duration_since(since) > max_lag {
-                Push::Lagged
-            } else {
-                Push::Dropped
-            };
-        }
-        q.items.push_back(item);
-        if let Some(w) = q.waker.take() {
-            w.wake();
-        }
-        outcome
-    }
-
-    fn end(&self, reason: EndReason) {
-        let mut q = self.q.lock();
-        if q.ended.is_none() {
-            q.ended = Some(reason);
-        }
-        // Nothing more is delivered once ended: free the queue now.
-        q.items = VecDeque::new();
-        if let Some(w) = q.waker.take() {
-            w.wake();
-        }
-    }
-}
-
 struct Entry {
     conn: ConnectionId,
-    topic: Topic,
+    topic: EntryTopic,
     created: Instant,
     expires: Instant,
     slot: Arc<Slot>,
+}
+
+enum EntryTopic {
+    Changes(FilterId),
+    Progress(String),
 }
 
 struct JobEntry {
@@ -377,9 +316,9 @@ struct JobEntry {
 struct State {
     subs: HashMap<SubscriptionId, Entry>,
     per_conn: HashMap<ConnectionId, usize>,
-    /// Index by kind (0 nodes, 1 relationships), then label/type.
-    index: [HashMap<String, HashSet<SubscriptionId>>; 2],
-    wildcard: HashSet<SubscriptionId>,
+    filters: FilterIndex,
+    /// Subscriptions of each distinct filter.
+    members: HashMap<FilterId, HashSet<SubscriptionId>>,
     progress: HashMap<String, HashSet<SubscriptionId>>,
     expiries: BTreeSet<(Instant, SubscriptionId)>,
     jobs: HashMap<String, JobEntry>,
@@ -388,6 +327,8 @@ struct State {
     shut_down: bool,
     /// Highest bus `seq` of a change batch published so far (0: none).
     last_seq: u64,
+    /// Estimated bytes of change batches published so far (the slow-consumer byte clock).
+    head_bytes: u64,
 }
 
 struct Inner {
@@ -420,9 +361,12 @@ impl std::fmt::Debug for SubscriptionManager {
     }
 }
 
+/// How often the reaper checks every subscription's lag (besides the checks at each publish).
+const LAG_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 impl SubscriptionManager {
-    /// Makes a manager and starts its TTL reaper on the current tokio runtime (the reaper
-    /// stops when the last clone of the manager drops).
+    /// Makes a manager and starts its reaper (TTLs, slow consumers) on the current tokio
+    /// runtime (the reaper stops when the last clone of the manager drops).
     pub fn new(config: ManagerConfig) -> Result<Self, SubscriptionError> {
         config.validate()?;
         let reaper_wake = Arc::new(Notify::new());
@@ -455,50 +399,49 @@ impl SubscriptionManager {
         }
     }
 
-    /// Matches every event of `batch` to subscriptions and queues it to them.
-    pub fn publish(&self, batch: &ChangeBatch) {
+    /// Queues `batch` to every subscription with a matching event (see the crate docs), and
+    /// ends the subscriptions this leaves too far behind.
+    pub fn publish(&self, batch: Arc<ChangeBatch>) {
         let inner = &self.inner;
         let cfg = &inner.config;
         let now = Instant::now();
+        let bytes = batch.approx_bytes() as u64;
         let mut lagged = Vec::new();
         let mut delivered = 0u64;
-        let mut dropped = 0u64;
         {
             let mut st = inner.state.lock();
             // Recorded under the same lock that registers subscriptions, so a subscription
             // registered before `last_seq()` returns N has every batch above N queued live.
             st.last_seq = st.last_seq.max(batch.seq);
+            st.head_bytes += bytes;
             if st.subs.is_empty() {
                 return;
             }
-            for event in &batch.events {
-                let mut shared: Option<Arc<ChangeEvent>> = None;
-                let indexed = st.index[kind_idx(event.kind)].get(event.label.as_str());
-                let candidates = indexed.into_iter().flatten().chain(st.wildcard.iter());
-                for id in candidates {
-                    let Some(entry) = st.subs.get(id) else {
+            let head = st.head_bytes;
+            let mut matched: HashMap<FilterId, Vec<u32>> = HashMap::new();
+            for (i, event) in batch.events.iter().enumerate() {
+                let i = u32::try_from(i).unwrap_or(u32::MAX);
+                st.filters
+                    .matching(event, |id| matched.entry(id).or_default().push(i));
+            }
+            for (id, indexes) in matched {
+                let Some(members) = st.members.get(&id) else {
+                    continue;
+                };
+                let matches = Arc::new(Matches::new(indexes, batch.events.len()));
+                for sub in members {
+                    let Some(entry) = st.subs.get(sub) else {
                         continue;
                     };
-                    let Topic::Changes(filter) = &entry.topic else {
-                        continue;
+                    delivered += matches.len() as u64;
+                    let pending = Pending {
+                        batch: batch.clone(),
+                        matches: matches.clone(),
+                        end_offset: head,
+                        at: now,
                     };
-                    if !filter.matches(event) {
-                        continue;
-                    }
-                    let ev = shared
-                        .get_or_insert_with(|| Arc::new(event.clone()))
-                        .clone();
-                    delivered += 1;
-                    match entry
-                        .slot
-                        .push(Item::Change(ev), cfg.queue_capacity, now, cfg.max_lag)
-                    {
-                        Push::Queued => {}
-                        Push::Dropped => dropped += 1,
-                        Push::Lagged => {
-                            dropped += 1;
-                            lagged.push(*id);
-                        }
+                    if entry.slot.push_change(pending, head, now, cfg) {
+                        lagged.push(*sub);
                     }
                 }
             }
@@ -507,7 +450,6 @@ impl SubscriptionManager {
             .counters
             .delivered
             .fetch_add(delivered, Ordering::Relaxed);
-        inner.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
         for id in lagged {
             inner.end(id, EndReason::Lagged);
         }
@@ -524,13 +466,13 @@ impl SubscriptionManager {
     /// entry point for the in-process bus or a NATS consumer.
     pub async fn feed<S>(&self, batches: S)
     where
-        S: Stream<Item = ChangeBatch> + Send,
+        S: Stream<Item = Arc<ChangeBatch>> + Send,
     {
         let mut batches = std::pin::pin!(batches);
         loop {
             tokio::select! {
                 b = batches.next() => match b {
-                    Some(b) => self.publish(&b),
+                    Some(b) => self.publish(b),
                     None => break,
                 },
                 _ = self.inner.reaper_stop.cancelled() => break,
@@ -542,52 +484,34 @@ impl SubscriptionManager {
     pub fn publish_progress(&self, event: ProgressEvent) {
         let inner = &self.inner;
         let cfg = &inner.config;
-        let now = Instant::now();
         let event = Arc::new(event);
-        let mut lagged = Vec::new();
-        {
-            let mut st = inner.state.lock();
-            st.job_clock += 1;
-            let clock = st.job_clock;
-            if !st.jobs.contains_key(&event.job_id) && st.jobs.len() >= cfg.max_jobs {
-                let victim = st
-                    .jobs
-                    .iter()
-                    .min_by_key(|(_, j)| (!j.latest.state.is_terminal(), j.updated))
-                    .map(|(k, _)| k.clone());
-                if let Some(v) = victim {
-                    st.jobs.remove(&v);
-                }
-            }
-            st.jobs.insert(
-                event.job_id.clone(),
-                JobEntry {
-                    latest: event.clone(),
-                    updated: clock,
-                },
-            );
-            if let Some(ids) = st.progress.get(&event.job_id) {
-                for id in ids {
-                    if let Some(entry) = st.subs.get(id) {
-                        match entry.slot.push(
-                            Item::Progress(event.clone()),
-                            cfg.queue_capacity,
-                            now,
-                            cfg.max_lag,
-                        ) {
-                            Push::Queued => {}
-                            Push::Dropped => {
-                                inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Push::Lagged => lagged.push(*id),
-                        }
-                        inner.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+        let mut st = inner.state.lock();
+        st.job_clock += 1;
+        let clock = st.job_clock;
+        if !st.jobs.contains_key(&event.job_id) && st.jobs.len() >= cfg.max_jobs {
+            let victim = st
+                .jobs
+                .iter()
+                .min_by_key(|(_, j)| (!j.latest.state.is_terminal(), j.updated))
+                .map(|(k, _)| k.clone());
+            if let Some(v) = victim {
+                st.jobs.remove(&v);
             }
         }
-        for id in lagged {
-            inner.end(id, EndReason::Lagged);
+        st.jobs.insert(
+            event.job_id.clone(),
+            JobEntry {
+                latest: event.clone(),
+                updated: clock,
+            },
+        );
+        if let Some(ids) = st.progress.get(&event.job_id) {
+            for id in ids {
+                if let Some(entry) = st.subs.get(id) {
+                    entry.slot.push_progress(event.clone());
+                    inner.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -663,25 +587,23 @@ impl SubscriptionManager {
     pub fn snapshot(&self) -> RegistrySnapshot {
         use std::mem::size_of;
         let st = self.inner.state.lock();
-        let mut queued = 0;
-        let mut held = 0;
+        let (mut batches, mut queued, mut held) = (0, 0, 0);
         for e in st.subs.values() {
             let q = e.slot.q.lock();
-            queued += q.items.len();
+            batches += q.pending.len();
+            queued += q.unread() as usize;
             held += size_of::<(SubscriptionId, Entry)>()
                 + size_of::<Slot>()
-                + q.items.capacity() * size_of::<Item>();
-            held += match &e.topic {
-                Topic::Changes(f) => f.heap_bytes(),
-                Topic::Progress { job_id } => job_id.capacity(),
-            };
+                + q.pending.capacity() * size_of::<Pending>();
+            if let EntryTopic::Progress(job) = &e.topic {
+                held += job.capacity();
+            }
         }
-        held += st.per_conn.len() * size_of::<(ConnectionId, usize)>();
-        for (k, set) in st.index.iter().flatten() {
-            held +=
-                size_of::<String>() + k.capacity() + set.capacity() * size_of::<SubscriptionId>();
+        held += st.per_conn.capacity() * size_of::<(ConnectionId, usize)>();
+        held += st.filters.heap_bytes();
+        for set in st.members.values() {
+            held += size_of::<FilterId>() + set.capacity() * size_of::<SubscriptionId>();
         }
-        held += st.wildcard.len() * size_of::<SubscriptionId>();
         for (k, set) in &st.progress {
             held += k.capacity() + set.capacity() * size_of::<SubscriptionId>();
         }
@@ -690,10 +612,12 @@ impl SubscriptionManager {
             subscriptions: st.subs.len(),
             connections_with_subscriptions: st.per_conn.len(),
             open_connections: self.inner.open_connections.load(Ordering::Relaxed) as usize,
-            index_keys: st.index.iter().map(HashMap::len).sum(),
-            wildcard: st.wildcard.len(),
+            index_keys: st.filters.index_keys(),
+            wildcard: st.filters.wildcards(),
+            filters: st.filters.len(),
             progress_jobs: st.progress.len(),
             expiries: st.expiries.len(),
+            queued_batches: batches,
             queued_items: queued,
             held_bytes: held,
             jobs: st.jobs.len(),
@@ -734,30 +658,20 @@ impl Inner {
             st.next_sub += 1;
             let id = SubscriptionId(st.next_sub);
             *st.per_conn.entry(conn).or_insert(0) += 1;
-            match &topic {
-                Topic::Changes(f) if f.is_wildcard() => {
-                    st.wildcard.insert(id);
-                }
+            let topic = match topic {
                 Topic::Changes(f) => {
-                    for (kind, label) in f.index_keys() {
-                        st.index[kind_idx(kind)]
-                            .entry(label.to_owned())
-                            .or_default()
-                            .insert(id);
-                    }
+                    let fid = st.filters.add(&f.normalized());
+                    st.members.entry(fid).or_default().insert(id);
+                    EntryTopic::Changes(fid)
                 }
                 Topic::Progress { job_id } => {
                     st.progress.entry(job_id.clone()).or_default().insert(id);
-                    if let Some(job) = st.jobs.get(job_id) {
-                        slot.push(
-                            Item::Progress(job.latest.clone()),
-                            cfg.queue_capacity,
-                            now,
-                            cfg.max_lag,
-                        );
+                    if let Some(job) = st.jobs.get(&job_id) {
+                        slot.push_progress(job.latest.clone());
                     }
+                    EntryTopic::Progress(job_id)
                 }
-            }
+            };
             let first_expiry = st.expiries.first().map(|(t, _)| *t);
             st.expiries.insert((expires, id));
             st.subs.insert(
@@ -770,7 +684,7 @@ impl Inner {
                     slot: slot.clone(),
                 },
             );
-            if first_expiry.is_none_or(|t| expires < t) {
+            if first_expiry.is_none_or(|t| expires < t) || st.subs.len() == 1 {
                 self.reaper_wake.notify_one();
             }
             id
@@ -790,6 +704,7 @@ impl Inner {
             slot,
             replay: opts.replay,
             replay_max_seq: 0,
+            last_delivered: None,
         })
     }
 
@@ -806,21 +721,16 @@ impl Inner {
                 }
             }
             match &entry.topic {
-                Topic::Changes(f) if f.is_wildcard() => {
-                    st.wildcard.remove(&id);
-                }
-                Topic::Changes(f) => {
-                    for (kind, label) in f.index_keys() {
-                        let map = &mut st.index[kind_idx(kind)];
-                        if let Some(set) = map.get_mut(label) {
-                            set.remove(&id);
-                            if set.is_empty() {
-                                map.remove(label);
-                            }
+                EntryTopic::Changes(fid) => {
+                    if let Some(set) = st.members.get_mut(fid) {
+                        set.remove(&id);
+                        if set.is_empty() {
+                            st.members.remove(fid);
                         }
                     }
+                    st.filters.remove(*fid);
                 }
-                Topic::Progress { job_id } => {
+                EntryTopic::Progress(job_id) => {
                     if let Some(set) = st.progress.get_mut(job_id) {
                         set.remove(&id);
                         if set.is_empty() {
@@ -834,13 +744,21 @@ impl Inner {
                 // Give back the memory of a burst of subscriptions.
                 st.subs.shrink_to_fit();
                 st.per_conn.shrink_to_fit();
-                st.index.iter_mut().for_each(HashMap::shrink_to_fit);
-                st.wildcard.shrink_to_fit();
+                st.members.shrink_to_fit();
                 st.progress.shrink_to_fit();
             }
             entry
         };
-        entry.slot.end(reason);
+        let unread = entry.slot.end(reason);
+        if reason == EndReason::Lagged {
+            self.counters.dropped.fetch_add(unread, Ordering::Relaxed);
+            tracing::info!(
+                subscription = id.0,
+                connection = entry.conn.0,
+                unread,
+                "subscriber too slow: ending its subscription"
+            );
+        }
         self.counters.completed[reason.idx()].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             subscription = id.0,
@@ -851,12 +769,23 @@ impl Inner {
         );
         true
     }
-}
 
-fn kind_idx(kind: EntityKind) -> usize {
-    match kind {
-        EntityKind::Node => 0,
-        EntityKind::Relationship => 1,
+    /// Subscriptions past their TTL, and those whose readers are too far behind.
+    fn due(&self, now: Instant) -> (Vec<SubscriptionId>, Vec<SubscriptionId>) {
+        let st = self.state.lock();
+        let expired = st
+            .expiries
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        let lagged = st
+            .subs
+            .iter()
+            .filter(|(_, e)| e.slot.q.lock().too_slow(st.head_bytes, now, &self.config))
+            .map(|(id, _)| *id)
+            .collect();
+        (expired, lagged)
     }
 }
 
@@ -865,19 +794,21 @@ async fn reaper(inner: Weak<Inner>, wake: Arc<Notify>, stop: CancellationToken) 
         let next = {
             let Some(inner) = inner.upgrade() else { return };
             let now = Instant::now();
-            let due: Vec<SubscriptionId> = {
-                let st = inner.state.lock();
-                st.expiries
-                    .iter()
-                    .take_while(|(t, _)| *t <= now)
-                    .map(|(_, id)| *id)
-                    .collect()
-            };
-            for id in due {
+            let (expired, lagged) = inner.due(now);
+            for id in expired {
                 inner.end(id, EndReason::Ttl);
             }
+            for id in lagged {
+                inner.end(id, EndReason::Lagged);
+            }
             let st = inner.state.lock();
-            st.expiries.first().map(|(t, _)| *t)
+            let expiry = st.expiries.first().map(|(t, _)| *t);
+            // With subscriptions live, look at their lag at least once a second.
+            let lag_check = (!st.subs.is_empty()).then(|| now + LAG_CHECK_EVERY);
+            match (expiry, lag_check) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
         };
         let sleep = async {
             match next {
@@ -946,8 +877,9 @@ pub struct Subscription {
     expires: Instant,
     inner: Arc<Inner>,
     slot: Arc<Slot>,
-    replay: Option<BoxStream<'static, Arc<ChangeEvent>>>,
+    replay: Option<BoxStream<'static, EventRef>>,
     replay_max_seq: u64,
+    last_delivered: Option<(u64, u32)>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -974,6 +906,12 @@ impl Subscription {
     pub fn end_reason(&self) -> Option<EndReason> {
         self.slot.q.lock().ended
     }
+
+    /// `(seq, index)` of the last change event this subscription delivered: where a client
+    /// that was ended as too slow resumes (`since`).
+    pub fn last_delivered(&self) -> Option<(u64, u32)> {
+        self.last_delivered
+    }
 }
 
 impl Stream for Subscription {
@@ -985,6 +923,7 @@ impl Stream for Subscription {
             match replay.poll_next_unpin(cx) {
                 Poll::Ready(Some(ev)) => {
                     this.replay_max_seq = this.replay_max_seq.max(ev.seq);
+                    this.last_delivered = Some((ev.seq, ev.index));
                     return Poll::Ready(Some(Delivery {
                         item: Item::Change(ev),
                         missed: 0,
@@ -994,31 +933,28 @@ impl Stream for Subscription {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        let mut q = this.slot.q.lock();
         loop {
-            if let Some(item) = q.items.pop_front() {
-                if let Item::Change(ev) = &item
-                    && ev.seq != 0
-                    && ev.seq <= this.replay_max_seq
-                {
-                    continue;
-                }
-                let missed = std::mem::take(&mut q.missed);
-                if q.items.is_empty() {
-                    q.lagging_since = None;
-                    // A burst grew the queue (up to `queue_capacity` items); drained, it keeps
-                    // only a few slots, so an idle subscription does not hold a burst's memory.
-                    if q.items.capacity() > IDLE_QUEUE_SLOTS {
-                        q.items.shrink_to(IDLE_QUEUE_SLOTS);
+            match this.slot.next(cx.waker()) {
+                Next::Change(batch, index) => {
+                    let ev = EventRef { batch, index };
+                    if ev.seq != 0 && ev.seq <= this.replay_max_seq {
+                        continue;
                     }
+                    this.last_delivered = Some((ev.seq, ev.index));
+                    return Poll::Ready(Some(Delivery {
+                        item: Item::Change(ev),
+                        missed: 0,
+                    }));
                 }
-                return Poll::Ready(Some(Delivery { item, missed }));
+                Next::Progress(p, skipped) => {
+                    return Poll::Ready(Some(Delivery {
+                        item: Item::Progress(p),
+                        missed: skipped,
+                    }));
+                }
+                Next::Ended => return Poll::Ready(None),
+                Next::Empty => return Poll::Pending,
             }
-            if q.ended.is_some() {
-                return Poll::Ready(None);
-            }
-            q.waker = Some(cx.waker().clone());
-            return Poll::Pending;
         }
     }
 }

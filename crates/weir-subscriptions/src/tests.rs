@@ -5,6 +5,19 @@ use weir_events::{EVENT_FORMAT_VERSION, JobState, PressureState, SourcePosition}
 
 use super::*;
 
+/// Publishes a copy of `b` (the tests build batches by value).
+trait PublishRef {
+    fn publish_ref(&self, b: &ChangeBatch);
+}
+
+impl PublishRef for SubscriptionManager {
+    fn publish_ref(&self, b: &ChangeBatch) {
+        self.publish(Arc::new(b.clone()));
+    }
+}
+
+use weir_events::{EntityKind, Operation};
+
 fn ev(kind: EntityKind, label: &str, key: &str, op: Operation) -> ChangeEvent {
     ChangeEvent {
         version: EVENT_FORMAT_VERSION,
@@ -92,9 +105,11 @@ fn empty(m: &SubscriptionManager) {
             s.wildcard,
             s.progress_jobs,
             s.expiries,
-            s.held_bytes
+            s.held_bytes,
+            s.filters,
+            s.queued_batches
         ),
-        (0, 0, 0, 0, 0, 0, 0),
+        (0, 0, 0, 0, 0, 0, 0, 0, 0),
         "{s:?}"
     );
 }
@@ -121,7 +136,7 @@ async fn filter_matches_label_type_key_and_operation() {
     let mut all = c
         .subscribe(changes(&[], &[], &[], &[]), Default::default())
         .unwrap();
-    m.publish(&batch(vec![
+    m.publish_ref(&batch(vec![
         ev(EntityKind::Node, "Person", "alice", Operation::Merged),
         ev(EntityKind::Node, "Person", "bob", Operation::Created),
         ev(EntityKind::Node, "City", "paris", Operation::Created),
@@ -259,21 +274,25 @@ async fn a_drained_queue_gives_back_what_a_burst_grew() {
         .unwrap();
     // Nothing is allocated for the queue until something is delivered.
     let idle = m.snapshot().held_bytes;
-    let burst: Vec<ChangeEvent> = (0..200)
-        .map(|i| ev(EntityKind::Node, "A", &i.to_string(), Operation::Created))
-        .collect();
-    m.publish(&batch(burst));
+    for i in 0..200 {
+        m.publish_ref(&batch(vec![ev(
+            EntityKind::Node,
+            "A",
+            &i.to_string(),
+            Operation::Created,
+        )]));
+    }
     let full = m.snapshot();
-    assert_eq!(full.queued_items, 200);
+    assert_eq!((full.queued_batches, full.queued_items), (200, 200));
     assert!(
-        full.held_bytes >= idle + 200 * size_of::<Item>(),
+        full.held_bytes >= idle + 200 * size_of::<slot::Pending>(),
         "{full:?}"
     );
     assert_eq!(drain(&mut sub).len(), 200);
     let drained = m.snapshot();
     assert_eq!(drained.queued_items, 0);
     assert!(
-        drained.held_bytes <= idle + IDLE_QUEUE_SLOTS * size_of::<Item>(),
+        drained.held_bytes <= idle + 4 * size_of::<slot::Pending>(),
         "a drained queue still holds {} bytes (idle {idle})",
         drained.held_bytes
     );
@@ -281,53 +300,219 @@ async fn a_drained_queue_gives_back_what_a_burst_grew() {
     empty(&m);
 }
 
+#[tokio::test]
+async fn a_burst_of_any_size_reaches_every_subscriber_whole() {
+    // The failure this replaces: a 1,000-row batch yields thousands of matching changes at
+    // once, and a queue of 256 items dropped all but the last 256 before anyone could read.
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let mut subs: Vec<_> = (0..3)
+        .map(|_| {
+            c.subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+                .unwrap()
+        })
+        .collect();
+    let mut other = c
+        .subscribe(changes(&["B"], &[], &[], &[]), Default::default())
+        .unwrap();
+    let n = 100_000;
+    let mut events: Vec<ChangeEvent> = (0..n)
+        .map(|i| ev(EntityKind::Node, "A", &i.to_string(), Operation::Merged))
+        .collect();
+    events.push(ev(EntityKind::Node, "B", "b", Operation::Merged));
+    let mut b = batch(events);
+    b.assign_seq(1);
+    let b = Arc::new(b);
+    m.publish(b.clone());
+    let snap = m.snapshot();
+    assert_eq!(
+        snap.queued_batches, 4,
+        "one entry per subscription, not one per event"
+    );
+    assert_eq!(snap.filters, 2, "three subscriptions share one filter");
+    for s in &mut subs {
+        let got = drain(s);
+        assert_eq!(got.len(), n);
+        assert!(got.iter().all(|d| d.missed == 0));
+        for (i, d) in got.iter().enumerate() {
+            let Item::Change(e) = &d.item else { panic!() };
+            assert_eq!(
+                (e.seq, e.index, e.key.as_str()),
+                (1, i as u32, i.to_string().as_str())
+            );
+        }
+        assert_eq!(s.last_delivered(), Some((1, n as u32 - 1)));
+    }
+    assert_eq!(keys_of(&drain(&mut other)), ["b"]);
+    let st = m.stats();
+    assert_eq!((st.completed_lagged, st.dropped_events), (0, 0));
+    assert_eq!(st.delivered_events, 3 * n as u64 + 1);
+    drop((subs, other));
+    assert_eq!(
+        Arc::strong_count(&b),
+        1,
+        "nothing keeps the batch after the readers"
+    );
+    empty(&m);
+}
+
 #[tokio::test(start_paused = true)]
-async fn slow_consumer_drops_oldest_reports_missed_then_is_ended() {
+async fn a_reader_behind_by_max_lag_is_ended_and_told_where_it_stopped() {
     let cfg = ManagerConfig {
-        queue_capacity: 4,
         max_lag: Duration::from_secs(10),
         ..ManagerConfig::default()
     };
     let m = SubscriptionManager::new(cfg).unwrap();
     let c = m.connect();
-    let mut sub = c
+    let mut slow = c
         .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
         .unwrap();
-    for i in 0..10 {
-        m.publish(&batch(vec![ev(
-            EntityKind::Node,
-            "A",
-            &i.to_string(),
-            Operation::Created,
-        )]));
+    let mut fast = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    let mut fast_got = 0;
+    for i in 1..=20u64 {
+        let mut b = batch(vec![
+            ev(EntityKind::Node, "A", &format!("{i}a"), Operation::Created),
+            ev(EntityKind::Node, "A", &format!("{i}b"), Operation::Created),
+        ]);
+        b.assign_seq(i);
+        m.publish(Arc::new(b));
+        if i == 1 {
+            // The slow reader reads one event, then stops reading.
+            assert!(matches!(
+                slow.next().await,
+                Some(Delivery { missed: 0, .. })
+            ));
+        }
+        fast_got += drain(&mut fast).len();
+        tokio::time::advance(Duration::from_millis(600)).await;
     }
-    // Bounded: never more than the capacity queued.
-    assert_eq!(m.snapshot().queued_items, 4);
-    let got = drain(&mut sub);
-    assert_eq!(keys_of(&got), ["6", "7", "8", "9"]);
-    assert_eq!(got[0].missed, 6);
-    assert_eq!(got[1].missed, 0);
-    assert_eq!(m.stats().dropped_events, 6);
-    // Drained to empty: the lag clock restarts. Keep overflowing past max_lag: ended.
-    for i in 0..5 {
-        m.publish(&batch(vec![ev(
-            EntityKind::Node,
-            "A",
-            &i.to_string(),
-            Operation::Created,
-        )]));
-    }
-    tokio::time::advance(Duration::from_secs(11)).await;
-    assert_eq!(sub.end_reason(), None);
-    m.publish(&batch(vec![ev(
+    assert_eq!(fast_got, 40);
+    // 20 × 0.6 s = 12 s: the batch the slow reader is in was published more than 10 s ago.
+    tokio::task::yield_now().await;
+    assert_eq!(slow.end_reason(), Some(EndReason::Lagged));
+    assert_eq!(fast.end_reason(), None, "the reader beside it keeps going");
+    assert_eq!(slow.last_delivered(), Some((1, 0)), "where to resume from");
+    assert!(slow.next().await.is_none());
+    let st = m.stats();
+    assert_eq!(st.completed_lagged, 1);
+    // Ended at the publish of batch 18 (10.2 s after batch 1): 18 batches of 2, one read.
+    assert_eq!(st.dropped_events, 35, "what it had not read is counted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_that_never_reads_is_ended_by_the_periodic_check() {
+    let cfg = ManagerConfig {
+        max_lag: Duration::from_secs(5),
+        ..ManagerConfig::default()
+    };
+    let m = SubscriptionManager::new(cfg).unwrap();
+    let c = m.connect();
+    let sub = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    m.publish_ref(&batch(vec![ev(
         EntityKind::Node,
         "A",
-        "x",
+        "1",
+        Operation::Created,
+    )]));
+    // Nothing else is published: the once-a-second check ends it.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(sub.end_reason(), Some(EndReason::Lagged));
+    drop(sub);
+    empty(&m);
+}
+
+#[tokio::test]
+async fn a_reader_behind_by_max_lag_bytes_is_ended_and_frees_what_it_held() {
+    let one = Arc::new(batch(
+        (0..50)
+            .map(|i| ev(EntityKind::Node, "A", &i.to_string(), Operation::Created))
+            .collect(),
+    ));
+    let bytes = one.approx_bytes() as u64;
+    let cfg = ManagerConfig {
+        // Three batches may be published after the one being read; the fourth is too many.
+        max_lag_bytes: bytes * 3 + bytes / 2,
+        ..ManagerConfig::default()
+    };
+    let m = SubscriptionManager::new(cfg).unwrap();
+    let c = m.connect();
+    let slow = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    let mut fast = c
+        .subscribe(changes(&[], &[], &[], &[]), Default::default())
+        .unwrap();
+    for _ in 0..4 {
+        m.publish(one.clone());
+        assert_eq!(drain(&mut fast).len(), 50);
+    }
+    assert_eq!(slow.end_reason(), None);
+    m.publish(one.clone());
+    assert_eq!(slow.end_reason(), Some(EndReason::Lagged));
+    assert_eq!(drain(&mut fast).len(), 50);
+    assert_eq!(
+        Arc::strong_count(&one),
+        1,
+        "the ended reader's queue no longer holds the batches"
+    );
+    drop((slow, fast));
+    empty(&m);
+}
+
+#[tokio::test]
+async fn pending_batches_per_subscription_are_bounded() {
+    let cfg = ManagerConfig {
+        max_pending_batches: 8,
+        ..ManagerConfig::default()
+    };
+    let m = SubscriptionManager::new(cfg).unwrap();
+    let c = m.connect();
+    let sub = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    for i in 0..8 {
+        m.publish_ref(&batch(vec![ev(
+            EntityKind::Node,
+            "A",
+            &i.to_string(),
+            Operation::Created,
+        )]));
+    }
+    assert_eq!(sub.end_reason(), None);
+    assert_eq!(m.snapshot().queued_batches, 8);
+    m.publish_ref(&batch(vec![ev(
+        EntityKind::Node,
+        "A",
+        "9",
         Operation::Created,
     )]));
     assert_eq!(sub.end_reason(), Some(EndReason::Lagged));
-    assert!(sub.next().await.is_none());
-    assert_eq!(m.stats().completed_lagged, 1);
+    assert_eq!(m.snapshot().queued_batches, 0);
+}
+
+#[tokio::test]
+async fn equivalent_filters_are_evaluated_once() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let a = c
+        .subscribe(changes(&["B", "A", "A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    let b = c
+        .subscribe(changes(&["A", "B"], &[], &[], &[]), Default::default())
+        .unwrap();
+    let other = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    assert_eq!(m.snapshot().filters, 2);
+    drop(a);
+    assert_eq!(m.snapshot().filters, 2);
+    drop(b);
+    assert_eq!(m.snapshot().filters, 1);
+    drop(other);
     empty(&m);
 }
 
@@ -428,10 +613,9 @@ async fn replay_comes_first_and_overlap_is_skipped() {
         e.seq = seq;
         e
     };
-    let replay = futures::stream::iter(vec![
-        Arc::new(with_seq("r1", 1)),
-        Arc::new(with_seq("r2", 2)),
-    ]);
+    let mut replayed = batch(vec![with_seq("r1", 1), with_seq("r2", 2)]);
+    replayed.events[1].index = 1;
+    let replay = futures::stream::iter(EventRef::all(Arc::new(replayed)));
     let mut s = c
         .subscribe(
             changes(&["A"], &[], &[], &[]),
@@ -441,7 +625,7 @@ async fn replay_comes_first_and_overlap_is_skipped() {
             },
         )
         .unwrap();
-    m.publish(&batch(vec![with_seq("dup", 2), with_seq("live", 3)]));
+    m.publish_ref(&batch(vec![with_seq("dup", 2), with_seq("live", 3)]));
     assert_eq!(keys_of(&drain(&mut s)), ["r1", "r2", "live"]);
 }
 
@@ -451,16 +635,16 @@ async fn last_seq_tracks_the_highest_batch_even_without_subscribers() {
     assert_eq!(m.last_seq(), 0);
     let mut b = batch(vec![ev(EntityKind::Node, "A", "1", Operation::Created)]);
     b.seq = 7;
-    m.publish(&b);
+    m.publish_ref(&b);
     assert_eq!(m.last_seq(), 7, "recorded with no subscription registered");
     let c = m.connect();
     let _s = c
         .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
         .unwrap();
     b.seq = 9;
-    m.publish(&b);
+    m.publish_ref(&b);
     b.seq = 8; // an out-of-order publish never moves it back
-    m.publish(&b);
+    m.publish_ref(&b);
     assert_eq!(m.last_seq(), 9);
 }
 
@@ -472,9 +656,24 @@ async fn feed_publishes_until_the_stream_ends() {
         .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
         .unwrap();
     let batches = futures::stream::iter(vec![
-        batch(vec![ev(EntityKind::Node, "A", "1", Operation::Created)]),
-        batch(vec![ev(EntityKind::Node, "B", "2", Operation::Created)]),
-        batch(vec![ev(EntityKind::Node, "A", "3", Operation::Created)]),
+        Arc::new(batch(vec![ev(
+            EntityKind::Node,
+            "A",
+            "1",
+            Operation::Created,
+        )])),
+        Arc::new(batch(vec![ev(
+            EntityKind::Node,
+            "B",
+            "2",
+            Operation::Created,
+        )])),
+        Arc::new(batch(vec![ev(
+            EntityKind::Node,
+            "A",
+            "3",
+            Operation::Created,
+        )])),
     ]);
     m.feed(batches).await;
     assert_eq!(keys_of(&drain(&mut s)), ["1", "3"]);
@@ -496,7 +695,7 @@ async fn a_thousand_subscriptions_over_a_hundred_connections_all_go() {
     }
     assert_eq!(m.snapshot().subscriptions, 1000);
     assert_eq!(m.snapshot().connections_with_subscriptions, 100);
-    m.publish(&batch(vec![ev(
+    m.publish_ref(&batch(vec![ev(
         EntityKind::Relationship,
         "R",
         "k",

@@ -40,20 +40,8 @@ async fn nats_stopped_mid_ingest_pauses_it_and_nothing_is_lost_or_doubled() {
         &env,
         &["--config".into(), config.display().to_string()],
     );
-    // A subscription queue that holds the whole dataset: the catch-up burst after NATS returns
-    // must not be dropped for a slow (debug-build) test client; `missed` is checked.
-    let gw_config = dir.path().join("gatewayd.toml");
-    std::fs::write(
-        &gw_config,
-        "[gateway.subscriptions]\nqueue_capacity = 16384\n",
-    )
-    .unwrap();
-    let gw = spawn_gatewayd_with(
-        &stream,
-        free_port(),
-        &env,
-        &["--config".into(), gw_config.display().to_string()],
-    );
+    // Default settings: the catch-up burst after NATS returns must reach the client whole.
+    let gw = spawn_gatewayd_with(&stream, free_port(), &env, &[]);
     wait_ready(ingestd.addr).await;
     wait_ready(gw.addr).await;
     let mut client = Ws::subscribe(gw.addr, &label).await;

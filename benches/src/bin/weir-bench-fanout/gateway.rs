@@ -20,8 +20,6 @@ const ADMIN_TOKEN: &str = "weir-bench-fanout-admin-0123456789";
 pub(crate) struct Limits {
     /// `gateway.subscriptions.max_total`.
     pub(crate) max_subscriptions: usize,
-    /// `gateway.subscriptions.queue_capacity`.
-    pub(crate) queue_capacity: usize,
     /// `gateway.websocket.outbound_queue`.
     pub(crate) outbound_queue: usize,
 }
@@ -60,7 +58,6 @@ bind = "{bind}"
 [gateway.subscriptions]
 max_total = {max_total}
 max_per_connection = 100
-queue_capacity = {queue}
 
 [gateway.websocket]
 outbound_queue = {outbound}
@@ -75,7 +72,6 @@ duplicate_window = "{dup}s"
 max_bytes = {max_bytes}
 "#,
         max_total = l.max_subscriptions.max(100),
-        queue = l.queue_capacity,
         outbound = l.outbound_queue,
         url = bus.url,
         stream = bus.stream,
@@ -334,7 +330,6 @@ mod tests {
         };
         let l = Limits {
             max_subscriptions: 20_000,
-            queue_capacity: 512,
             outbound_queue: 128,
         };
         let text = config_toml(
@@ -347,7 +342,6 @@ mod tests {
         let c: weir_gatewayd::GatewaydConfig = toml::from_str(&text).unwrap();
         c.validate().unwrap();
         assert_eq!(c.gateway.subscriptions.max_total, 20_000);
-        assert_eq!(c.gateway.subscriptions.queue_capacity, 512);
         assert_eq!(c.gateway.websocket.outbound_queue, 128);
         assert_eq!(c.admin_bind, Some("127.0.0.1:2".parse().unwrap()));
         match c.bus {

@@ -248,7 +248,6 @@ struct RunResult {
 async fn one_run(plan: &Plan, bin: &std::path::Path, run: usize) -> anyhow::Result<RunResult> {
     let limits = Limits {
         max_subscriptions: plan.fanout.clients + 1_000,
-        queue_capacity: 256,
         outbound_queue: 64,
     };
     let mut fanouts = Vec::new();

@@ -274,14 +274,14 @@ pub fn event(kind: EntityKind, label: &str, key: &str, op: Operation) -> ChangeE
     }
 }
 
-pub fn batch(events: Vec<ChangeEvent>) -> ChangeBatch {
-    ChangeBatch {
+pub fn batch(events: Vec<ChangeEvent>) -> std::sync::Arc<ChangeBatch> {
+    std::sync::Arc::new(ChangeBatch {
         version: EVENT_FORMAT_VERSION,
         seq: 0,
         job_id: "job".into(),
         batch_id: "job-1".into(),
         events,
-    }
+    })
 }
 
 pub async fn post(addr: SocketAddr, token: Option<&str>, body: String) -> (u16, Value) {
