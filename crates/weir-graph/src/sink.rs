@@ -159,7 +159,8 @@ pub struct GraphSink<E> {
 }
 
 impl<E: CypherExecutor> GraphSink<E> {
-    /// A sink writing through `writer`; change batches are named `<job_id>-<seq>-<offset>`.
+    /// A sink writing through `writer`; change batches are named
+    /// `<job_id>-<run_id>-<seq>-<offset>`.
     pub fn new(writer: Arc<GraphWriter<E>>, job_id: impl Into<String>) -> Self {
         Self {
             writer,
@@ -182,9 +183,11 @@ impl<E: CypherExecutor> GraphSink<E> {
 
     fn prepare_batch(&self, batch: &SinkBatch<'_, MappedRecord>) -> PreparedBatch {
         let refs = Self::refs(batch);
-        // Parts of a split batch share `seq`; the first record's offset tells them apart.
+        // Unique per run (a second run under the same job id never has its changes taken for
+        // duplicates of the first's); parts of a split batch share `seq`, the first record's
+        // offset tells them apart.
         let first = batch.items.first().map(|s| s.position.offset).unwrap_or(0);
-        let id = format!("{}-{}-{first}", self.job_id, batch.seq);
+        let id = format!("{}-{}-{}-{first}", self.job_id, batch.run_id, batch.seq);
         self.writer.prepare(id, &refs)
     }
 
@@ -204,7 +207,16 @@ impl<E: CypherExecutor> GraphSink<E> {
                 if outcome.attempts > 1 {
                     batch.contention.report();
                 }
-                Ok(())
+                match outcome.publish_error {
+                    // The publisher gave up (its policy requires every change to reach the
+                    // bus): the run stops, and the batch is not finished, so the checkpoint
+                    // stays before it and a rerun writes (idempotently) and publishes it.
+                    Some(e) => Err(SinkError::Fatal(format!(
+                        "batch committed to the graph, but its change events could not be published: {e}; \
+                         the checkpoint stays before it: rerun (--resume, or resubmit the job) to publish them"
+                    ))),
+                    None => Ok(()),
+                }
             }
             Err(e) if e.is_transient() => Err(SinkError::Transient(e.to_string())),
             Err(e) if e.is_data_error() => Err(SinkError::Data {

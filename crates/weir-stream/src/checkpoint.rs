@@ -25,6 +25,11 @@ pub struct Checkpoint {
     pub position: Position,
     /// Whether the whole input was processed.
     pub complete: bool,
+    /// The run that wrote it: a resumed run keeps it, so what it writes again carries the same
+    /// batch ids (change batches published before the interruption are then recognised as
+    /// duplicates by the bus, never delivered twice). Absent in checkpoints of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// A checkpoint file, replaced atomically (write a temporary file, sync, rename).
@@ -161,11 +166,19 @@ mod tests {
             source: "a.csv".into(),
             position: p(5),
             complete: false,
+            run_id: Some("0123abcd".into()),
         };
         f.store(&cp).unwrap();
         cp.position = p(9);
         f.store(&cp).unwrap();
         assert_eq!(f.load().unwrap(), Some(cp));
         assert!(!dir.path().join("cp.json.tmp").exists());
+        // A checkpoint written before run ids existed still loads.
+        std::fs::write(
+            dir.path().join("cp.json"),
+            r#"{"version":1,"job_id":"j","source":"a.csv","position":{"file":0,"line":5,"offset":50},"complete":false}"#,
+        )
+        .unwrap();
+        assert_eq!(f.load().unwrap().unwrap().run_id, None);
     }
 }

@@ -148,8 +148,14 @@ pub struct Pipeline<M: Mapper, S: Sink<Item = M::Item>> {
     dead_letters: Arc<dyn DeadLetterSink>,
     checkpoint: Option<CheckpointFile>,
     start: Position,
+    run_id: Arc<str>,
     progress: watch::Sender<ProgressEvent>,
     observer: Option<Arc<dyn PipelineObserver>>,
+}
+
+/// A new run's id: 8 random hex digits.
+fn new_run_id() -> Arc<str> {
+    format!("{:08x}", rand::random::<u32>()).into()
 }
 
 impl<M: Mapper, S: Sink<Item = M::Item>> std::fmt::Debug for Pipeline<M, S> {
@@ -225,9 +231,15 @@ impl<M: Mapper, S: Sink<Item = M::Item>> Pipeline<M, S> {
                 line: 1,
                 offset: 0,
             },
+            run_id: new_run_id(),
             progress,
             observer: None,
         }
+    }
+
+    /// The run's id (see [`SinkBatch::run_id`]).
+    pub fn run_id(&self) -> &str {
+        &self.run_id
     }
 
     /// Reports batches and pressure changes to `observer` (metrics).
@@ -254,6 +266,9 @@ impl<M: Mapper, S: Sink<Item = M::Item>> Pipeline<M, S> {
     pub fn with_checkpoint(mut self, file: CheckpointFile) -> Result<Self, StreamError> {
         if let Some(cp) = file.load()? {
             self.start = cp.position;
+            if let Some(run) = cp.run_id.filter(|_| !cp.complete) {
+                self.run_id = run.into();
+            }
         }
         self.checkpoint = Some(file);
         Ok(self)
@@ -311,6 +326,7 @@ impl<M: Mapper, S: Sink<Item = M::Item>> Pipeline<M, S> {
             errors,
             counters: counters.clone(),
             names: names.clone(),
+            run_id: self.run_id.clone(),
             committer: Committer::new(self.start),
             checkpoint: self.checkpoint,
             last_checkpoint: None,
@@ -696,6 +712,7 @@ struct SinkStage<S: Sink> {
     errors: Arc<Errors>,
     counters: Arc<Counters>,
     names: SourceNames,
+    run_id: Arc<str>,
     committer: Committer,
     checkpoint: Option<CheckpointFile>,
     last_checkpoint: Option<(Instant, Position)>,
@@ -826,10 +843,12 @@ impl<S: Sink> SinkStage<S> {
                         continue;
                     }
                     let (sink, names) = (self.sink.clone(), self.names.clone());
+                    let run_id = self.run_id.clone();
                     ahead = Some(tokio::spawn(async move {
                         let contention = Contention::default();
                         let prepared = sink.prepare(&SinkBatch {
                             seq: batch.seq,
+                            run_id: &run_id,
                             attempt: 1,
                             items: &batch.items,
                             sources: &names,
@@ -904,6 +923,7 @@ impl<S: Sink> SinkStage<S> {
             errors: self.errors.clone(),
             counters: self.counters.clone(),
             names: self.names.clone(),
+            run_id: self.run_id.clone(),
             observer: self.observer.clone(),
             limit: self.limit.clone(),
             epoch: self.limit.epoch(),
@@ -944,6 +964,7 @@ impl<S: Sink> SinkStage<S> {
                 .map_or_else(String::new, |n| n.to_string()),
             position: frontier,
             complete,
+            run_id: Some(self.run_id.to_string()),
         };
         file.store(&cp)?;
         debug!(?frontier, "checkpoint written");
@@ -981,6 +1002,7 @@ struct WriteCtx {
     errors: Arc<Errors>,
     counters: Arc<Counters>,
     names: SourceNames,
+    run_id: Arc<str>,
     observer: Option<Arc<dyn PipelineObserver>>,
     limit: Arc<Limit>,
     /// The concurrency limit's epoch at dispatch.
@@ -1078,6 +1100,7 @@ async fn write_parts<S: Sink>(
             let contention = Contention::default();
             let sb = SinkBatch {
                 seq,
+                run_id: &ctx.run_id,
                 attempt,
                 items: &part,
                 sources: &ctx.names,

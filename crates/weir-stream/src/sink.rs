@@ -35,6 +35,9 @@ pub struct SinkBatch<'a, I> {
     /// The batch's sequence number in this run (unique per run; parts of a split batch share
     /// it).
     pub seq: u64,
+    /// The run's id: random for a new run, the interrupted run's for a resumed one (see
+    /// [`crate::Checkpoint::run_id`]). With `seq` it names the batch uniquely across runs.
+    pub run_id: &'a str,
     /// Attempt number of this write, from 1.
     pub attempt: u32,
     /// The items, in input order.

@@ -173,6 +173,7 @@ async fn checkpoint_for_another_input_is_refused() {
             offset: 100,
         },
         complete: false,
+        run_id: None,
     };
     let err = FileSource::open(&[d], &cfg(), Some(&cp)).unwrap_err();
     assert!(matches!(err, StreamError::CheckpointMismatch(_)), "{err}");

@@ -94,6 +94,9 @@ pub struct JobsConfig {
     /// Memory limit in bytes for backpressure (intake pauses above 80 % of it). Default: the
     /// cgroup limit, if any. Env `WEIR_MEMORY_LIMIT` (bytes).
     pub memory_limit: Option<u64>,
+    /// What jobs do with their change events when the bus cannot take them (`[jobs.events]`:
+    /// `policy = "required" | "best_effort" | "off"`, `max_wait`). Default `required`, 10 min.
+    pub events: weir_service::EventsConfig,
 }
 
 impl Default for JobsConfig {
@@ -112,6 +115,7 @@ impl Default for JobsConfig {
             concurrency: 1,
             adaptive_concurrency: true,
             memory_limit: None,
+            events: weir_service::EventsConfig::default(),
         }
     }
 }

@@ -77,6 +77,9 @@ pub struct JobStatus {
     pub bytes_read: u64,
     /// The fatal error, if it failed.
     pub error: Option<String>,
+    /// Change batches committed whose events could not be published (only with
+    /// `events.policy = "best_effort"`; under `required` the job fails instead).
+    pub events_unpublished: u64,
     /// The checkpoint file (kept when the job did not complete, so it can resume).
     pub checkpoint: PathBuf,
     /// Submission time, RFC 3339.
@@ -277,6 +280,7 @@ impl JobManager {
                 records_dead_lettered: 0,
                 bytes_read: 0,
                 error: None,
+                events_unpublished: 0,
                 checkpoint: checkpoint.clone(),
                 submitted_at: chrono::Utc::now().to_rfc3339(),
             }),
@@ -410,10 +414,11 @@ impl JobManager {
             .map_err(|e| IngestdError::Internal(e.to_string()))?;
         let source = FileSource::open(std::slice::from_ref(&path), &cfg, resume.as_ref())
             .map_err(|e| IngestdError::InputNotFound(e.to_string()))?;
+        let publisher = inner.publisher.for_job();
         let writer = Arc::new(GraphWriter::new(
             inner.pool.clone(),
             mapping.clone(),
-            Arc::new(inner.publisher.clone()),
+            Arc::new(publisher.clone()),
             WriterConfig {
                 // The pool and the pipeline retry transient failures already.
                 max_attempts: 1,
@@ -440,10 +445,12 @@ impl JobManager {
         let forward = {
             let entry = entry.clone();
             let bus = inner.bus.clone();
+            let publisher = publisher.clone();
             tokio::spawn(async move {
                 while rx.changed().await.is_ok() {
                     let p = rx.borrow_and_update().clone();
                     entry.update(&p);
+                    entry.status.lock().events_unpublished = publisher.unpublished();
                     // Progress is lossy by design: a snapshot superseded by the next one.
                     if let Some(bus) = bus.get() {
                         let _ =
@@ -471,6 +478,7 @@ impl JobManager {
             Err(e) => return Err(IngestdError::Internal(e.to_string())),
         };
         let mut st = entry.status.lock();
+        st.events_unpublished = publisher.unpublished();
         st.records_read = summary.records_read;
         st.records_committed = summary.records_committed;
         st.records_dead_lettered = summary.records_dead_lettered;

@@ -28,7 +28,7 @@ use weir_pool::Pool;
 pub use weir_service::cli::{Command, ConfigAction};
 use weir_service::config::Env;
 use weir_service::health::{self, BusProbe, Health, PoolProbe};
-use weir_service::{Authenticator, BusPublisher, BusSlot, PublisherConfig, ServiceError};
+use weir_service::{Authenticator, BusPublisher, BusSlot, ServiceError};
 
 pub use config::{IngestdConfig, JobsConfig};
 pub use http::{JobsApi, jobs_router};
@@ -147,7 +147,7 @@ pub async fn run_on(
         .map_err(|e| IngestdError::Internal(format!("graph pool: {e}")))?;
     let bus = BusSlot::connect_in_background(config.bus.clone(), shutdown.clone());
     let hard_stop = CancellationToken::new();
-    let publisher = BusPublisher::new(bus.clone(), PublisherConfig::default(), hard_stop.clone());
+    let publisher = BusPublisher::new(bus.clone(), config.jobs.events.clone(), hard_stop.clone());
     let jobs = JobManager::new(
         config.jobs.clone(),
         pool.clone(),

@@ -31,7 +31,7 @@ mod signal;
 pub use auth::{Authenticator, bearer};
 pub use bus::BusSlot;
 pub use error::ServiceError;
-pub use publisher::{BusPublisher, PublisherConfig};
+pub use publisher::{BusPublisher, EventsConfig, EventsPolicy};
 pub use reader::GatedGraphReader;
 pub use replay::BusReplay;
 pub use signal::cancel_on_signal;

@@ -11,8 +11,11 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use weir_config::{START_HINT, ServiceSettings};
 use weir_events::{PressureState, ProgressEvent};
-use weir_graph::{GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig};
+use weir_graph::{
+    ChangePublisher, GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig,
+};
 use weir_pool::{Pool, PoolConfig};
+use weir_service::{BusPublisher, BusSlot, EventsConfig, EventsPolicy};
 use weir_stream::{
     CancellationToken, CheckpointFile, DeadLetter, DeadLetterSink, FileSource, Format,
     JsonlDeadLetters, NullSink, Pipeline, PipelineConfig, ProcessGauge, RunOutcome, RunSummary,
@@ -115,6 +118,48 @@ pub(crate) struct IngestArgs {
     /// Job id used in checkpoints, progress and change events. Default `ingest`.
     #[arg(long, default_value = "ingest")]
     job_id: String,
+    /// Publish the committed changes to this bus, so gateways' subscribers see them:
+    /// `nats` = NATS JetStream at `NATS_URL`, stream `WEIR_BUS_STREAM`, subject prefix
+    /// `WEIR_BUS_SUBJECT_PREFIX` (what `weir-gatewayd` reads). Default: none.
+    #[arg(long, value_enum)]
+    bus: Option<BusArg>,
+    /// With `--bus`: what a batch whose changes cannot be published does. `required` (the
+    /// default): the run pauses while the bus is unreachable (up to `--events-max-wait`) and
+    /// fails (exit 1; `--resume` publishes what is missing) if they can never be published;
+    /// `best-effort`: counted in the summary, the run goes on; `off`: nothing is published.
+    #[arg(long, value_enum, requires = "bus")]
+    events: Option<EventsArg>,
+    /// With `--events required`: how long a publish may keep failing before the run fails.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    events_max_wait: Duration,
+}
+
+/// The bus `weir ingest --bus` publishes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BusArg {
+    /// NATS JetStream.
+    Nats,
+}
+
+/// `--events`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EventsArg {
+    /// Every change must be published.
+    Required,
+    /// Publish what can be; count the rest.
+    BestEffort,
+    /// Publish nothing.
+    Off,
+}
+
+impl From<EventsArg> for EventsPolicy {
+    fn from(e: EventsArg) -> Self {
+        match e {
+            EventsArg::Required => Self::Required,
+            EventsArg::BestEffort => Self::BestEffort,
+            EventsArg::Off => Self::Off,
+        }
+    }
 }
 
 /// Parses sizes like `64MiB`, `512M`, `1GiB`, `1048576`.
@@ -371,6 +416,36 @@ impl IngestArgs {
     }
 }
 
+/// The publisher of `--bus`, connected (within the bus's connect timeout); `None` without
+/// `--bus` or with `--events off`.
+async fn connect_bus(
+    args: &IngestArgs,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<BusPublisher>> {
+    let Some(BusArg::Nats) = args.bus else {
+        return Ok(None);
+    };
+    let policy = args.events.map_or(EventsPolicy::Required, Into::into);
+    if policy == EventsPolicy::Off {
+        return Ok(None);
+    }
+    let env = weir_service::config::Env::load().context("reading settings")?;
+    let mut bus = weir_bus::BusConfig::Nats(weir_bus::NatsBusConfig::default());
+    env.apply_bus(&mut bus);
+    let connected = weir_bus::Bus::connect(&bus)
+        .await
+        .context("connecting to the bus (--bus nats; NATS_URL)")?;
+    Ok(Some(BusPublisher::new(
+        BusSlot::ready(connected),
+        EventsConfig {
+            policy,
+            max_wait: args.events_max_wait,
+            ..EventsConfig::default()
+        },
+        stop,
+    )))
+}
+
 /// Runs `weir ingest`; see the exit codes in `--help`.
 pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     let mapping =
@@ -468,6 +543,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
         args.progress
     };
 
+    let mut unpublished: Option<BusPublisher> = None;
     let (result, pool) = if args.dry_run {
         let pipeline = Pipeline::new(cfg, mapper, NullSink::new())
             .with_gauge(gauge)
@@ -494,10 +570,15 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
             pool.close().await;
             anyhow::bail!("graph server not reachable at {uri}\n  -> {START_HINT}");
         }
+        let (publisher, bus_publisher) = match connect_bus(&args, cancel.clone()).await? {
+            Some(p) => (Arc::new(p.clone()) as Arc<dyn ChangePublisher>, Some(p)),
+            None => (Arc::new(NoopPublisher) as Arc<dyn ChangePublisher>, None),
+        };
+        unpublished = bus_publisher;
         let writer = Arc::new(GraphWriter::new(
             pool.clone(),
             mapping.clone(),
-            Arc::new(NoopPublisher),
+            publisher,
             WriterConfig {
                 // The pool and the pipeline retry transient failures already.
                 max_attempts: 1,
@@ -526,10 +607,16 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     if let Some(pool) = pool {
         pool.close().await;
     }
+    let unpublished = unpublished.map_or(0, |p| p.unpublished());
     match result {
         Ok(summary) => {
             if !args.quiet {
                 print_summary(&summary, args.dry_run, args.dead_letter.as_deref());
+                if unpublished > 0 {
+                    println!(
+                        "  batches unpublished:   {unpublished} (--events best-effort: subscribers missed their changes)"
+                    );
+                }
             }
             Ok(match summary.outcome {
                 RunOutcome::Completed if summary.records_dead_lettered == 0 => 0,

@@ -23,7 +23,7 @@ use weir_ingestd::{JobInput, JobManager, JobSpec, JobsApi, JobsConfig, jobs_rout
 use weir_pool::{Pool, PoolConfig};
 use weir_service::config::Env;
 use weir_service::health::{BusProbe, Health, PoolProbe};
-use weir_service::{Authenticator, BusPublisher, BusSlot, GatedGraphReader, PublisherConfig};
+use weir_service::{Authenticator, BusPublisher, BusSlot, GatedGraphReader};
 
 use super::EXIT_FATAL;
 
@@ -214,7 +214,7 @@ pub(crate) async fn serve(
         config.jobs.clone(),
         pool.clone(),
         bus.clone(),
-        BusPublisher::new(bus.clone(), PublisherConfig::default(), hard_stop.clone()),
+        BusPublisher::new(bus.clone(), config.jobs.events.clone(), hard_stop.clone()),
         shutdown.clone(),
     );
     let health = Health::new("weir serve", shutdown.clone(), Duration::from_secs(5))
