@@ -9,6 +9,7 @@
 pub mod nats_server;
 pub mod process;
 pub mod proxy;
+pub mod ws;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -161,6 +161,58 @@ pub fn http_request(
     )?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
+    parse_response(out)
+}
+
+/// One HTTP/1.1 request with `body` (`Connection: close`), as [`http_request`] does.
+pub fn http_request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    http_send(addr, method, path, bearer, content_type, body.len() as u64, &mut &body[..])
+}
+
+/// `POST path` with the file at `file` as the body, streamed (never held in memory whole).
+pub fn http_upload(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    file: &std::path::Path,
+) -> std::io::Result<HttpResponse> {
+    let len = std::fs::metadata(file)?.len();
+    let mut f = std::io::BufReader::new(std::fs::File::open(file)?);
+    http_send(addr, "POST", path, bearer, "application/octet-stream", len, &mut f)
+}
+
+fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    content_type: &str,
+    len: u64,
+    body: &mut dyn Read,
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(WAIT))?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )?;
+    std::io::copy(body, &mut s)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    parse_response(out)
+}
+
+fn parse_response(out: Vec<u8>) -> std::io::Result<HttpResponse> {
     let split = out
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -179,6 +231,43 @@ pub fn http_request(
         body = dechunk(&body)?;
     }
     Ok(HttpResponse { status, head, body })
+}
+
+/// Percent-encodes `s` for a URL query value.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A binary of this workspace (`weir`, `weir-ingestd`, `weir-gatewayd`), from the target
+/// directory the running test was built in. A workspace test run (`cargo nextest run
+/// --workspace`, as CI does) has built every binary already; when one is missing it is built
+/// here with `cargo build -p <package>`.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .expect("the target directory");
+    let bin = dir.join(name);
+    if !bin.is_file() {
+        let package = if name == "weir" { "weir-cli" } else { name };
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-q", "-p", package, "--bin", name])
+            .status()
+            .unwrap_or_else(|e| panic!("running cargo build for {name}: {e}"));
+        assert!(status.success(), "cargo build -p {package} failed");
+    }
+    assert!(bin.is_file(), "{name} not found at {}", bin.display());
+    bin
 }
 
 fn dechunk(mut b: &[u8]) -> std::io::Result<Vec<u8>> {
