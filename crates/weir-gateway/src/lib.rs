@@ -18,6 +18,7 @@
 mod auth;
 mod config;
 mod graph;
+mod projection;
 mod replay;
 pub mod schema;
 mod ws;
@@ -109,6 +110,8 @@ pub(crate) struct StateInner {
     pub(crate) force: CancellationToken,
     pub(crate) sockets: TaskTracker,
     pub(crate) open_sockets: std::sync::atomic::AtomicUsize,
+    /// `graphChanges` operations delivered by the fast path (`projection.rs`).
+    pub(crate) fast_operations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -153,6 +156,7 @@ impl GatewayState {
                 force: CancellationToken::new(),
                 sockets: TaskTracker::new(),
                 open_sockets: std::sync::atomic::AtomicUsize::new(0),
+                fast_operations: Arc::default(),
             }),
         })
     }
@@ -176,6 +180,14 @@ impl GatewayState {
     pub fn open_sockets(&self) -> usize {
         self.inner
             .open_sockets
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `graphChanges` operations moved to the fast path so far: their changes are rendered
+    /// from a plan of the selection instead of by the GraphQL executor.
+    pub fn fast_operations(&self) -> u64 {
+        self.inner
+            .fast_operations
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

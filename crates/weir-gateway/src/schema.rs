@@ -18,6 +18,7 @@ use weir_subscriptions::{
 use crate::GatewayError;
 use crate::config::LimitsConfig;
 use crate::graph::{self, GraphReader, Ident, NeighbourQuery, NodeKey};
+use crate::projection::ChangePlan;
 use crate::replay::{self, ChangeReplay, ReplayError};
 
 /// What `graphChanges(since:)` needs: the replay source and the gateway-wide replay slots.
@@ -70,6 +71,89 @@ pub(crate) struct OpContext {
     /// `(seq, index)` of the last change it delivered, once it has ended: where the client
     /// resumes (`since`, `sinceIndex`) after being ended as too slow.
     pub(crate) last_delivered: Mutex<Option<(u64, u32)>>,
+    /// The `graphChanges` fast path ([`crate::projection`]).
+    pub(crate) fast: FastPath,
+}
+
+/// How a `graphChanges` operation moves to the fast path: the resolver's stream renders its
+/// first change with the plan (`probe`), the connection compares that with what the executor
+/// produced (`verdict`), and on a match the stream hands its subscription and plan over
+/// (`handoff`) and the connection renders every later change itself.
+#[derive(Default)]
+pub(crate) struct FastPath {
+    /// Whether the operation may use it (its text has no directives).
+    pub(crate) allowed: bool,
+    /// Counts operations that moved to it (the gateway's `fast_operations`).
+    pub(crate) moved: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) probe: Mutex<Option<serde_json::Value>>,
+    pub(crate) verdict: Mutex<Option<bool>>,
+    pub(crate) handoff: Mutex<Option<tokio::sync::oneshot::Sender<Handoff>>>,
+}
+
+/// A `graphChanges` subscription taken over by the connection (see [`FastPath`]).
+pub(crate) struct Handoff {
+    pub(crate) plan: ChangePlan,
+    pub(crate) sub: weir_subscriptions::Subscription,
+}
+
+/// The stream a `graphChanges` resolver returns (see [`FastPath`]).
+struct Changes {
+    sub: Option<weir_subscriptions::Subscription>,
+    op: Arc<OpContext>,
+    plan: Option<ChangePlan>,
+    probed: bool,
+}
+
+impl Stream for Changes {
+    type Item = GraphChange;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<GraphChange>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.probed
+            && let Some(plan) = this.plan.take()
+            && *this.op.fast.verdict.lock() == Some(true)
+            && let Some(tx) = this.op.fast.handoff.lock().take()
+            && let Some(sub) = this.sub.take()
+        {
+            match tx.send(Handoff { plan, sub }) {
+                // The connection delivers from here on and drops this stream.
+                Ok(()) => return Poll::Pending,
+                Err(h) => this.sub = Some(h.sub),
+            }
+        }
+        let Some(sub) = this.sub.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            match sub.poll_next_unpin(cx) {
+                Poll::Ready(Some(d)) => {
+                    let Item::Change(event) = d.item else {
+                        continue;
+                    };
+                    if !this.probed {
+                        this.probed = true;
+                        if let Some(plan) = &this.plan {
+                            *this.op.fast.probe.lock() = plan.render_value(&event);
+                        }
+                    }
+                    return Poll::Ready(Some(GraphChange {
+                        event,
+                        missed: d.missed,
+                    }));
+                }
+                Poll::Ready(None) => {
+                    *this.op.ended.lock() = sub.end_reason();
+                    *this.op.last_delivered.lock() = sub.last_delivered();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 fn user_error(e: &GatewayError) -> async_graphql::Error {
@@ -655,7 +739,7 @@ impl SubscriptionRoot {
         let ttl = ttl_arg(ttl_seconds)?;
         let Some(since) = since else {
             let (op, sub) = start(ctx, Topic::Changes(filter), ttl)?;
-            return Ok(changes_of(op, sub));
+            return Ok(changes_of(ctx, op, sub));
         };
         // Catch-up: open the replay first (a bad `since` fails before anything registers),
         // register the live subscription, then replay up to what the manager had published.
@@ -698,7 +782,7 @@ impl SubscriptionRoot {
             manager.last_seq().max(opened.last_published),
             std::sync::atomic::Ordering::Release,
         );
-        Ok(changes_of(op, sub))
+        Ok(changes_of(ctx, op, sub))
     }
 
     /// Progress of one ingest job: its latest state first, then every update.
@@ -713,16 +797,21 @@ impl SubscriptionRoot {
 }
 
 fn changes_of(
+    ctx: &Context<'_>,
     op: Arc<OpContext>,
     sub: weir_subscriptions::Subscription,
-) -> impl Stream<Item = GraphChange> + Send + 'static {
-    deliveries(op, sub, |d| match d.item {
-        Item::Change(event) => Some(GraphChange {
-            event,
-            missed: d.missed,
-        }),
-        Item::Progress(_) => None,
-    })
+) -> impl Stream<Item = GraphChange> + Send + 'static + use<> {
+    let plan = if op.fast.allowed {
+        ChangePlan::new(&ctx.field())
+    } else {
+        None
+    };
+    Changes {
+        sub: Some(sub),
+        op,
+        plan,
+        probed: false,
+    }
 }
 
 fn ingest_progress(

@@ -23,10 +23,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
-use weir_subscriptions::{Connection, EndReason};
+use weir_subscriptions::{Connection, EndReason, Item};
 
 use crate::auth::{self, Principal};
-use crate::schema::OpContext;
+use crate::schema::{FastPath, Handoff, OpContext};
 use crate::{GatewayState, http_token};
 
 /// WebSocket close codes the gateway sends.
@@ -531,11 +531,20 @@ impl Conn {
         }
         self.next_gen += 1;
         let generation = self.next_gen;
+        // The fast path (projection.rs) does not evaluate directives: a query with any keeps
+        // the executor for every change.
+        let (handoff_tx, handoff_rx) = tokio::sync::oneshot::channel();
         let ctx = Arc::new(OpContext {
             conn: self.conn.clone(),
             subscription: Mutex::new(None),
             ended: Mutex::new(None),
             last_delivered: Mutex::new(None),
+            fast: FastPath {
+                allowed: !request.query.contains('@'),
+                moved: self.state.inner.fast_operations.clone(),
+                handoff: Mutex::new(Some(handoff_tx)),
+                ..FastPath::default()
+            },
         });
         let responses = self
             .state
@@ -545,6 +554,7 @@ impl Conn {
         let id: Arc<str> = id.into();
         let abort = self.tasks.spawn(run_op(
             responses,
+            handoff_rx,
             self.out_tx.clone(),
             ctx.clone(),
             id.clone(),
@@ -589,9 +599,12 @@ fn frame<P: Serialize + ?Sized>(ty: &str, id: &str, payload: Option<&P>) -> Stri
 
 /// One operation: reads its response stream and hands each response, serialised, to the
 /// connection task through the bounded channel (waiting when it is full: the subscription's own
-/// queue and slow-consumer policy take over).
+/// lag limits take over). A `graphChanges` operation whose first change the fast path rendered
+/// exactly as the executor did moves to [`fast_changes`] (see `schema::FastPath`).
+#[allow(clippy::too_many_arguments)]
 async fn run_op(
     mut responses: BoxStream<'static, async_graphql::Response>,
+    handoff: tokio::sync::oneshot::Receiver<Handoff>,
     out: mpsc::Sender<Box<Out>>,
     ctx: Arc<OpContext>,
     id: Arc<str>,
@@ -603,7 +616,40 @@ async fn run_op(
         Protocol::Legacy => "data",
     };
     let mut complete = true;
-    while let Some(resp) = responses.next().await {
+    let mut handoff = Some(handoff);
+    loop {
+        let resp = tokio::select! {
+            biased;
+            h = async { handoff.as_mut().expect("guarded").await }, if handoff.is_some() => {
+                match h {
+                    Ok(h) => {
+                        drop(responses);
+                        if !fast_changes(h, &out, &ctx, &id, generation, next).await {
+                            return;
+                        }
+                        break;
+                    }
+                    Err(_) => {
+                        handoff = None;
+                        continue;
+                    }
+                }
+            }
+            r = responses.next() => r,
+        };
+        let Some(resp) = resp else {
+            drop(responses);
+            break;
+        };
+        if let Some(probe) = ctx.fast.probe.lock().take() {
+            let same = serde_json::to_value(&resp).is_ok_and(|v| v == probe);
+            if !same {
+                tracing::debug!(
+                    "the fast path renders this selection differently: keeping the executor"
+                );
+            }
+            *ctx.fast.verdict.lock() = Some(same);
+        }
         let text = if resp.is_err() && resp.data == async_graphql::Value::Null {
             complete = false;
             frame("error", &id, Some(&resp.errors))
@@ -619,10 +665,60 @@ async fn run_op(
             return;
         }
         if !complete {
+            drop(responses);
             break;
         }
     }
-    drop(responses);
+    finish_op(&out, &ctx, id, generation, complete).await;
+}
+
+/// Delivers a `graphChanges` subscription with its plan until it ends; `false` when the
+/// connection is gone.
+async fn fast_changes(
+    h: Handoff,
+    out: &mpsc::Sender<Box<Out>>,
+    ctx: &OpContext,
+    id: &Arc<str>,
+    generation: u64,
+    next: &str,
+) -> bool {
+    let Handoff { plan, mut sub } = h;
+    ctx.fast.moved.fetch_add(1, Ordering::Relaxed);
+    let prefix = format!(
+        "{{\"type\":\"{next}\",\"id\":{},\"payload\":",
+        serde_json::to_string(&**id).unwrap_or_default()
+    );
+    while let Some(d) = sub.next().await {
+        let Item::Change(event) = d.item else {
+            continue;
+        };
+        let mut text = String::with_capacity(prefix.len() + 384);
+        text.push_str(&prefix);
+        plan.render(&event, &mut text);
+        text.push('}');
+        let msg = Box::new(Out::Frame {
+            id: id.clone(),
+            generation,
+            text,
+        });
+        if out.send(msg).await.is_err() {
+            return false;
+        }
+    }
+    *ctx.ended.lock() = sub.end_reason();
+    *ctx.last_delivered.lock() = sub.last_delivered();
+    true
+}
+
+/// What an operation sends when its stream ended: the slow-consumer error and close, or
+/// `complete` (when `complete`).
+async fn finish_op(
+    out: &mpsc::Sender<Box<Out>>,
+    ctx: &OpContext,
+    id: Arc<str>,
+    generation: u64,
+    complete: bool,
+) {
     let lagged = *ctx.ended.lock() == Some(EndReason::Lagged);
     if lagged {
         // Where to resume: `graphChanges(since: lastSeq, sinceIndex: lastIndex)`.

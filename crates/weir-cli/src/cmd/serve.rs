@@ -219,7 +219,15 @@ pub(crate) async fn serve(
     );
     let health = Health::new("weir serve", shutdown.clone(), Duration::from_secs(5))
         .with("graph", Arc::new(PoolProbe(pool.clone())))
-        .with("bus", Arc::new(BusProbe(bus.clone())));
+        .with("bus", Arc::new(BusProbe(bus.clone())))
+        .with_detail("subscriptions", {
+            let m = state.manager().clone();
+            Arc::new(move || serde_json::json!(m.active()))
+        })
+        .with_detail("sockets", {
+            let s = state.clone();
+            Arc::new(move || serde_json::json!(s.open_sockets()))
+        });
     let admin = match config.admin_bind {
         Some(bind) => Some(
             weir_service::admin::spawn_admin(

@@ -1,0 +1,207 @@
+//! The fast path for `graphChanges`: a change event rendered straight to the JSON a
+//! subscriber receives, without running the GraphQL executor once per event and subscriber.
+//!
+//! async-graphql runs resolvers, builds a `Value` tree and serialises it for every item of
+//! every subscription: the gateway's main cost when a 1,000-row batch yields thousands of
+//! changes for each subscriber. A [`ChangePlan`] is the subscription's selection set (fields,
+//! aliases, `__typename`, the `start`/`end` sub-selections), read once from the resolver's
+//! look-ahead; it renders `{"data":{"<field>":{...}}}` for an event directly.
+//!
+//! Safety net: a subscription's first change still goes through async-graphql, and the plan is
+//! used from the second change on only if its rendering of that first change is equal to what
+//! async-graphql produced (see `ws::run_op`). Selections the plan does not cover (directives,
+//! a response key used twice, a field it does not know) keep the ordinary path throughout.
+
+use std::fmt::Write as _;
+
+use async_graphql::SelectionField;
+use weir_events::{ChangeEvent, EntityKind, NodeRef, Operation};
+
+/// One selected field of `GraphChange`, with the response key it is written under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Field {
+    Seq,
+    Index,
+    Kind,
+    Label,
+    Key,
+    Operation,
+    Properties,
+    Start(Vec<(String, RefField)>),
+    End(Vec<(String, RefField)>),
+    JobId,
+    BatchId,
+    CommittedAtMs,
+    Missed,
+    Typename,
+}
+
+/// One selected field of `NodeRef`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RefField {
+    Label,
+    Key,
+    Typename,
+}
+
+/// How to render a change for one selection set (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChangePlan {
+    /// `{"data":{"<root key>":` with the key escaped.
+    head: String,
+    /// Each field's `"<response key>":` (escaped) and what it is.
+    fields: Vec<(String, Field)>,
+}
+
+fn json_key(k: &str) -> String {
+    let mut s = serde_json::to_string(k).unwrap_or_else(|_| "\"\"".into());
+    s.push(':');
+    s
+}
+
+/// The response key of a selected field, or `None` when the field carries a directive (the
+/// plan does not evaluate directives).
+fn key_of(f: &SelectionField<'_>) -> Option<String> {
+    if !f.directives().ok()?.is_empty() {
+        return None;
+    }
+    Some(f.alias().unwrap_or(f.name()).to_owned())
+}
+
+fn ref_fields(f: &SelectionField<'_>) -> Option<Vec<(String, RefField)>> {
+    let mut out: Vec<(String, RefField)> = Vec::new();
+    for sub in f.selection_set() {
+        let key = key_of(&sub)?;
+        let field = match sub.name() {
+            "label" => RefField::Label,
+            "key" => RefField::Key,
+            "__typename" => RefField::Typename,
+            _ => return None,
+        };
+        if out.iter().any(|(k, _)| *k == key) {
+            return None;
+        }
+        out.push((json_key(&key), field));
+    }
+    Some(out)
+}
+
+impl ChangePlan {
+    /// The plan for the `graphChanges` field `root`, or `None` when its selection is not one
+    /// the plan covers.
+    pub(crate) fn new(root: &SelectionField<'_>) -> Option<Self> {
+        let root_key = key_of(root)?;
+        let mut fields: Vec<(String, Field)> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        for f in root.selection_set() {
+            let key = key_of(&f)?;
+            if keys.contains(&key) {
+                // Field merging of a repeated response key: leave it to the executor.
+                return None;
+            }
+            let field = match f.name() {
+                "seq" => Field::Seq,
+                "index" => Field::Index,
+                "kind" => Field::Kind,
+                "label" => Field::Label,
+                "key" => Field::Key,
+                "operation" => Field::Operation,
+                "properties" => Field::Properties,
+                "start" => Field::Start(ref_fields(&f)?),
+                "end" => Field::End(ref_fields(&f)?),
+                "jobId" => Field::JobId,
+                "batchId" => Field::BatchId,
+                "committedAtMs" => Field::CommittedAtMs,
+                "missed" => Field::Missed,
+                "__typename" => Field::Typename,
+                _ => return None,
+            };
+            fields.push((json_key(&key), field));
+            keys.push(key);
+        }
+        Some(Self {
+            head: format!("{{\"data\":{{{}", json_key(&root_key)),
+            fields,
+        })
+    }
+
+    /// Appends the `next` payload for `event` (`{"data":{...}}`) to `out`.
+    pub(crate) fn render(&self, event: &ChangeEvent, out: &mut String) {
+        out.push_str(&self.head);
+        out.push('{');
+        for (i, (key, field)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(key);
+            match field {
+                Field::Seq => {
+                    let _ = write!(out, "{}", event.seq);
+                }
+                Field::Index => {
+                    let _ = write!(out, "{}", event.index);
+                }
+                Field::Kind => out.push_str(match event.kind {
+                    EntityKind::Node => "\"NODE\"",
+                    EntityKind::Relationship => "\"RELATIONSHIP\"",
+                }),
+                Field::Label => push_str(out, &event.label),
+                Field::Key => push_str(out, &event.key),
+                Field::Operation => out.push_str(match event.operation {
+                    Operation::Created => "\"CREATED\"",
+                    Operation::Updated => "\"UPDATED\"",
+                    Operation::Merged => "\"MERGED\"",
+                    Operation::Deleted => "\"DELETED\"",
+                }),
+                Field::Properties => match serde_json::to_string(&event.properties) {
+                    Ok(s) => out.push_str(&s),
+                    Err(_) => out.push_str("null"),
+                },
+                Field::Start(sub) => render_ref(out, event.start.as_ref(), sub),
+                Field::End(sub) => render_ref(out, event.end.as_ref(), sub),
+                Field::JobId => push_str(out, &event.job_id),
+                Field::BatchId => push_str(out, &event.batch_id),
+                Field::CommittedAtMs => {
+                    let _ = write!(out, "{}", event.committed_at_ms);
+                }
+                Field::Missed => out.push('0'),
+                Field::Typename => out.push_str("\"GraphChange\""),
+            }
+        }
+        out.push_str("}}}");
+    }
+
+    /// The payload for `event`, as a JSON value (to compare with the executor's).
+    pub(crate) fn render_value(&self, event: &ChangeEvent) -> Option<serde_json::Value> {
+        let mut s = String::new();
+        self.render(event, &mut s);
+        serde_json::from_str(&s).ok()
+    }
+}
+
+fn push_str(out: &mut String, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(j) => out.push_str(&j),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+fn render_ref(out: &mut String, node: Option<&NodeRef>, sub: &[(String, RefField)]) {
+    let Some(n) = node else {
+        out.push_str("null");
+        return;
+    };
+    out.push('{');
+    for (i, (key, field)) in sub.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(key);
+        match field {
+            RefField::Label => push_str(out, &n.label),
+            RefField::Key => push_str(out, &n.key),
+            RefField::Typename => out.push_str("\"NodeRef\""),
+        }
+    }
+    out.push('}');
+}
