@@ -16,6 +16,9 @@ pub struct BusMetrics {
     parts_published: AtomicU64,
     skipped_decode: AtomicU64,
     skipped_version: AtomicU64,
+    /// The highest stream seq a skip was counted for: a message read again (a `since` replay,
+    /// `GET /changes`) is not counted twice.
+    skipped_upto: AtomicU64,
     incomplete: AtomicU64,
 }
 
@@ -47,7 +50,8 @@ pub struct BusMetricsSnapshot {
     /// into parts counts its parts). `weir_bus_parts_published_total`.
     pub parts_published: u64,
     /// Messages skipped because they could not be decoded as a change batch (garbage on the
-    /// stream). `weir_bus_messages_skipped_total{reason="decode"}`.
+    /// stream), each counted once however many subscriptions read it.
+    /// `weir_bus_messages_skipped_total{reason="decode"}`.
     pub skipped_decode: u64,
     /// Messages skipped because they carry an event format version this build does not read
     /// (a newer publisher in a rolling upgrade). `weir_bus_messages_skipped_total{reason="version"}`.
@@ -108,8 +112,12 @@ impl BusMetrics {
         self.parts_published.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counts a skipped message; returns whether it is the first of its kind (log it loudly).
-    pub(crate) fn on_skipped(&self, kind: crate::parts::SkipKind) -> bool {
+    /// Counts a skipped message at stream seq `seq` (once: not again when a replay reads it);
+    /// returns whether it is the first of its kind (log it loudly).
+    pub(crate) fn on_skipped(&self, seq: u64, kind: crate::parts::SkipKind) -> bool {
+        if self.skipped_upto.fetch_max(seq, Ordering::Relaxed) >= seq {
+            return false;
+        }
         let c = match kind {
             crate::parts::SkipKind::Decode => &self.skipped_decode,
             crate::parts::SkipKind::Version => &self.skipped_version,

@@ -275,17 +275,9 @@ impl NatsBus {
         )
         .await;
         match info {
-            Ok(Err(e))
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
-                        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
-                BusError::StreamNotFound {
-                    stream: self.s.config.stream.clone(),
-                }
-            }
+            Ok(Err(e)) if is_stream_not_found(&e) => BusError::StreamNotFound {
+                stream: self.s.config.stream.clone(),
+            },
             Ok(Ok(_)) => BusError::Unavailable {
                 endpoint: self.s.endpoint.clone(),
                 reason: "the stream exists but did not answer a publish; retrying".into(),
@@ -334,7 +326,7 @@ impl NatsBus {
             endpoint: self.s.endpoint.clone(),
             reason: "stream info timed out".into(),
         })?
-        .map_err(|e| BusError::JetStream(boxed(e)))?
+        .map_err(|e| stream_error(e, &self.s.config.stream))?
         .cached_info()
         .state
         .clone();
@@ -393,6 +385,8 @@ impl NatsBus {
             check_every: (self.s.config.consumer_heartbeat / 4).max(Duration::from_millis(50)),
             connects_at_open: 0,
             assembler: Assembler::default(),
+            idle_check: self.s.config.consumer_heartbeat,
+            last_activity: tokio::time::Instant::now(),
         };
         state.connects_at_open = state.connects();
         Ok((
@@ -420,7 +414,10 @@ impl NatsBus {
                             );
                             cur.reopen().await
                         }
-                        Some(Ok(msg)) => cur.accept(&msg).await,
+                        Some(Ok(msg)) => {
+                            cur.last_activity = tokio::time::Instant::now();
+                            cur.accept(&msg).await
+                        }
                     };
                     match step {
                         Step::Skip => {}
@@ -499,6 +496,63 @@ async fn open_consumer(
     Ok(Box::pin(messages))
 }
 
+/// Whether JetStream answered that the stream does not exist.
+fn is_stream_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// A stream lookup's error: [`BusError::StreamNotFound`] when it does not exist.
+fn stream_error(e: async_nats::jetstream::context::GetStreamError, stream: &str) -> BusError {
+    if is_stream_not_found(&e) {
+        BusError::StreamNotFound {
+            stream: stream.to_owned(),
+        }
+    } else {
+        BusError::JetStream(boxed(e))
+    }
+}
+
+/// After a quiet spell: fails when the stream was deleted ([`BusError::StreamNotFound`]:
+/// what it held past the last seq delivered is gone) or starts over below the last seq
+/// delivered ([`BusError::SinceAhead`]). Other errors (NATS away) are left to the
+/// connection checks.
+async fn check_stream(js: &jetstream::Context, name: &str, last_seen: u64, wait: Duration) -> Step {
+    let info = tokio::time::timeout(wait, async {
+        let mut stream = js
+            .get_stream(name)
+            .await
+            .map_err(|e| stream_error(e, name))?;
+        stream
+            .info()
+            .await
+            .map(|i| i.state.last_sequence)
+            .map_err(|e| BusError::JetStream(boxed(e)))
+    })
+    .await;
+    match info {
+        Ok(Err(e @ BusError::StreamNotFound { .. })) => {
+            tracing::error!(error = %e, last_seen = last_seen, "the bus stream was deleted");
+            Step::Fail(e)
+        }
+        Ok(Ok(last)) if last < last_seen => {
+            tracing::error!(
+                last,
+                last_seen = last_seen,
+                "the bus stream starts over below the last seq delivered (deleted and created again?)"
+            );
+            Step::Fail(BusError::SinceAhead {
+                since: last_seen,
+                last,
+            })
+        }
+        _ => Step::Skip,
+    }
+}
+
 /// Reads the part of a change batch stored at `seq`.
 async fn fetch_part(
     js: &jetstream::Context,
@@ -533,6 +587,11 @@ struct Cursor {
     connects_at_open: u64,
     /// Change batches published in parts, being put back together.
     assembler: Assembler,
+    /// How long without a message (or a check) before the stream is looked at: the ordered
+    /// consumer does not report its stream being deleted, it waits forever.
+    idle_check: Duration,
+    /// The last message received, or the last check of the stream.
+    last_activity: tokio::time::Instant,
 }
 
 enum Step {
@@ -556,6 +615,14 @@ impl Cursor {
     /// the library's missed-heartbeat recovery takes tens of seconds. Reopening a consumer
     /// that survived is harmless: delivery restarts after the last seq seen.
     async fn watch_connection(&mut self) -> Step {
+        if self.last_activity.elapsed() >= self.idle_check {
+            self.last_activity = tokio::time::Instant::now();
+            if let Step::Fail(e) =
+                check_stream(&self.js, &self.stream, self.last_seen, self.idle_check).await
+            {
+                return Step::Fail(e);
+            }
+        }
         let client = self.js.client();
         if client.connection_state() == State::Connected && self.connects() > self.connects_at_open
         {
@@ -580,7 +647,7 @@ impl Cursor {
                     .js
                     .get_stream(&self.stream)
                     .await
-                    .map_err(|e| BusError::JetStream(boxed(e)))?;
+                    .map_err(|e| stream_error(e, &self.stream))?;
                 let last = stream
                     .info()
                     .await
@@ -610,6 +677,11 @@ impl Cursor {
                     );
                     return Step::Fail(reset);
                 }
+                Err(e @ BusError::StreamNotFound { .. }) => {
+                    // Deleted: what it held past the last seq delivered is gone with it.
+                    tracing::error!(error = %e, last_seen = self.last_seen, "the bus stream was deleted");
+                    return Step::Fail(e);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "reopening the bus consumer failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -622,7 +694,7 @@ impl Cursor {
     /// Counts and logs a message that is skipped (the first of each kind at WARN, later ones
     /// at DEBUG: a stream full of garbage must not flood the log).
     fn skip(&self, seq: u64, kind: SkipKind) -> Step {
-        if self.metrics.on_skipped(kind) {
+        if self.metrics.on_skipped(seq, kind) {
             tracing::warn!(seq, kind = ?kind, "skipping a bus message this build cannot read (counted in weir_bus_messages_skipped_total; further ones are logged at debug level)");
         } else {
             tracing::debug!(seq, kind = ?kind, "skipping a bus message this build cannot read");

@@ -20,6 +20,8 @@ pub struct PrivateNatsServer {
     binary: PathBuf,
     port: u16,
     store: PathBuf,
+    /// A config file (`-c`) with extra server settings, when started with one.
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -53,19 +55,36 @@ fn free_port() -> u16 {
 }
 
 impl PrivateNatsServer {
+    /// Like [`Self::start_new`], with `settings` (nats-server config syntax, e.g.
+    /// `max_payload: 65536`) in a config file the server reads at every start.
+    pub fn start_new_with(settings: &str) -> Self {
+        let mut server = Self::start_new_stopped();
+        let config = server.store.join("server.conf");
+        std::fs::write(&config, settings)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+        server.config = Some(config);
+        server.start();
+        server
+    }
+
     /// Starts a new server with JetStream on a free port and an empty store.
     pub fn start_new() -> Self {
+        let mut server = Self::start_new_stopped();
+        server.start();
+        server
+    }
+
+    fn start_new_stopped() -> Self {
         let store = std::env::temp_dir().join(format!("weir-nats-{}", crate::unique_namespace()));
         std::fs::create_dir_all(&store)
             .unwrap_or_else(|e| panic!("creating NATS store {}: {e}", store.display()));
-        let mut server = Self {
+        Self {
             binary: find_binary(),
             port: free_port(),
             store,
+            config: None,
             child: None,
-        };
-        server.start();
-        server
+        }
     }
 
     /// The client URL, `nats://127.0.0.1:<port>`.
@@ -89,7 +108,11 @@ impl PrivateNatsServer {
         if self.child.is_some() {
             return;
         }
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some(c) = &self.config {
+            cmd.arg("-c").arg(c);
+        }
+        let child = cmd
             .args([
                 "-a",
                 "127.0.0.1",

@@ -76,6 +76,24 @@ impl ChildProcess {
         Self { child, lines }
     }
 
+    /// Waits at most `timeout` for the process to exit; panics (with its stderr) past it.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for a child") {
+                // Give the stderr reader a moment to collect the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not exit within {timeout:?}; its stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything collected from stderr so far.
     pub fn stderr(&self) -> String {
         self.lines().join("\n")
@@ -173,7 +191,15 @@ pub fn http_request_with_body(
     content_type: &str,
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    http_send(addr, method, path, bearer, content_type, body.len() as u64, &mut &body[..])
+    http_send(
+        addr,
+        method,
+        path,
+        bearer,
+        content_type,
+        body.len() as u64,
+        &mut &body[..],
+    )
 }
 
 /// `POST path` with the file at `file` as the body, streamed (never held in memory whole).
@@ -185,7 +211,15 @@ pub fn http_upload(
 ) -> std::io::Result<HttpResponse> {
     let len = std::fs::metadata(file)?.len();
     let mut f = std::io::BufReader::new(std::fs::File::open(file)?);
-    http_send(addr, "POST", path, bearer, "application/octet-stream", len, &mut f)
+    http_send(
+        addr,
+        "POST",
+        path,
+        bearer,
+        "application/octet-stream",
+        len,
+        &mut f,
+    )
 }
 
 fn http_send(
@@ -255,7 +289,13 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("the target directory");
     let bin = dir.join(name);
     if !bin.is_file() {
