@@ -11,96 +11,20 @@
 //! - `weir-ingestd` + two `weir-gatewayd` on NATS JetStream: a client on each replica receives
 //!   every change once, in order; batches went out in parts.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
 use weir_test_support::process::{
     ChildProcess, free_port, http_request, http_upload, metric_value, service_env, url_encode,
     workspace_binary,
 };
 use weir_test_support::ws::{Change, Frame, GraphqlWs, assert_in_order};
 
-const KEY: &str = "change-feed-key-0123456789";
-const PEOPLE: u64 = 100_000;
-/// Generous: a debug build on a shared 2-core machine.
-const JOB_DEADLINE: Duration = Duration::from_secs(600);
-
-fn mapping() -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/people/mapping.toml");
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// `weir generate --people n` into `dir`.
-fn generate(dir: &Path, n: u64) -> PathBuf {
-    let out = dir.join("people.csv");
-    let status = Command::new(workspace_binary("weir"))
-        .args(["generate", "--people", &n.to_string(), "--out"])
-        .arg(&out)
-        .status()
-        .expect("running weir generate");
-    assert!(status.success(), "weir generate failed");
-    out
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
-    let r = http_request(addr, "GET", path, Some(KEY)).expect("an HTTP answer");
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
-}
-
-async fn wait_ready(addr: SocketAddr, child: &ChildProcess) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(r) = http_request(addr, "GET", "/ready", None)
-            && r.status == 200
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{addr} not ready; its log:\n{}",
-            child.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn wait_subscriptions(addr: SocketAddr, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, body) = get_json(addr, "/health");
-        if body["subscriptions"].as_u64() == Some(n) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "subscriptions never {n}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_job(addr: SocketAddr, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + JOB_DEADLINE;
-    loop {
-        let (status, body) = get_json(addr, &format!("/jobs/{id}"));
-        assert_eq!(status, 200, "{body}");
-        if ["completed", "failed", "cancelled"].contains(&body["state"].as_str().unwrap_or("")) {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job did not end: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+use support::*;
 
 /// Reads changes in the background until `want` returns true or nothing came for 60 s.
 fn read_in_background(
@@ -297,29 +221,13 @@ async fn ingestd_and_two_gateways_deliver_every_change_of_a_large_ingest() {
     let dir = tempfile::tempdir().unwrap();
     let csv = generate(dir.path(), PEOPLE);
 
-    let ingestd_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut cmd = Command::new(workspace_binary("weir-ingestd"));
-    service_env(&mut cmd, &stream)
-        .env("WEIR_API_KEYS", KEY)
-        .env("WEIR_LOG", "warn")
-        .env("WEIR_BIND", ingestd_addr.to_string())
-        .env("WEIR_ADMIN_BIND", admin.to_string())
-        .env("WEIR_ADMIN_TOKEN", KEY)
-        .env("WEIR_INPUT_ROOTS", dir.path())
-        .env("WEIR_JOB_DIR", dir.path().join("jobs"))
-        .env("WEIR_SPOOL_DIR", dir.path().join("spool"));
-    let ingestd = ChildProcess::spawn(&mut cmd);
-    let mut gateways = Vec::new();
-    for _ in 0..2 {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(workspace_binary("weir-gatewayd"));
-        service_env(&mut cmd, &stream)
-            .env("WEIR_API_KEYS", KEY)
-            .env("WEIR_LOG", "warn")
-            .env("WEIR_BIND", addr.to_string());
-        gateways.push((addr, ChildProcess::spawn(&mut cmd)));
-    }
+    let (ingestd_addr, admin, ingestd) = spawn_ingestd(&stream, dir.path(), &[]);
+    let gateways: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, _, child) = spawn_gatewayd(&stream, &[]);
+            (addr, child)
+        })
+        .collect();
     wait_ready(ingestd_addr, &ingestd).await;
     let mut readers = Vec::new();
     for (addr, child) in &gateways {
@@ -331,22 +239,7 @@ async fn ingestd_and_two_gateways_deliver_every_change_of_a_large_ingest() {
         readers.push(read_in_background(c, |got| got.len() as u64 >= PEOPLE));
     }
 
-    let body = serde_json::json!({
-        "path": csv,
-        "mapping": mapping(),
-        "label_prefix": prefix,
-        "id": "feed",
-    });
-    let r = weir_test_support::process::http_request_with_body(
-        ingestd_addr,
-        "POST",
-        "/jobs",
-        Some(KEY),
-        "application/json",
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 202, "{}", r.text());
+    submit_file(ingestd_addr, &csv, &prefix, "feed");
     let job = wait_job(ingestd_addr, "feed").await;
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(job["records_committed"], PEOPLE, "{job}");

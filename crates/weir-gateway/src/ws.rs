@@ -719,7 +719,37 @@ async fn finish_op(
     generation: u64,
     complete: bool,
 ) {
-    let lagged = *ctx.ended.lock() == Some(EndReason::Lagged);
+    let ended = *ctx.ended.lock();
+    if ended == Some(EndReason::Gap) {
+        // Changes were lost upstream of this gateway: say so, and where the client was.
+        let (resume, extensions) = match *ctx.last_delivered.lock() {
+            Some((seq, index)) => (
+                format!("; the last change you received was seq {seq}, index {index}"),
+                json!({"code": "CHANGES_LOST", "lastSeq": seq, "lastIndex": index}),
+            ),
+            None => (String::new(), json!({"code": "CHANGES_LOST"})),
+        };
+        let message = format!(
+            "changes were lost before reaching this gateway (the bus stream was reset, or its retention dropped changes not yet read){resume}: reload your view, then subscribe again"
+        );
+        let payload = json!([{"message": message, "extensions": extensions}]);
+        let _ = out
+            .send(Box::new(Out::Frame {
+                id: id.clone(),
+                generation,
+                text: frame("error", &id, Some(&payload)),
+            }))
+            .await;
+        let _ = out
+            .send(Box::new(Out::Done {
+                id,
+                generation,
+                complete: false,
+            }))
+            .await;
+        return;
+    }
+    let lagged = ended == Some(EndReason::Lagged);
     if lagged {
         // Where to resume: `graphChanges(since: lastSeq, sinceIndex: lastIndex)`.
         let (message, extensions) = match *ctx.last_delivered.lock() {

@@ -100,15 +100,20 @@ pub enum EndReason {
     Shutdown,
     /// Its reader fell too far behind (the slow-consumer limits of [`ManagerConfig`]).
     Lagged,
+    /// Changes were lost before they reached this manager (the bus stream was deleted and
+    /// created again, or retention dropped batches its feed had not read): the subscriber is
+    /// told instead of silently missing them ([`SubscriptionManager::end_changes`]).
+    Gap,
 }
 
 impl EndReason {
-    const ALL: [EndReason; 5] = [
+    const ALL: [EndReason; 6] = [
         Self::Client,
         Self::Ttl,
         Self::Disconnect,
         Self::Shutdown,
         Self::Lagged,
+        Self::Gap,
     ];
 
     fn idx(self) -> usize {
@@ -123,6 +128,7 @@ impl EndReason {
             Self::Disconnect => "disconnect",
             Self::Shutdown => "shutdown",
             Self::Lagged => "lagged",
+            Self::Gap => "gap",
         }
     }
 }
@@ -246,6 +252,8 @@ pub struct Stats {
     pub completed_shutdown: u64,
     /// Ended by the slow-consumer limits.
     pub completed_lagged: u64,
+    /// Ended because changes were lost before reaching the manager.
+    pub completed_gap: u64,
     /// Refused by the per-connection or global limit.
     pub rejected_limit: u64,
     /// Change events that were queued to a subscription ended as too slow and so never
@@ -288,7 +296,7 @@ pub struct RegistrySnapshot {
 #[derive(Default)]
 struct Counters {
     created: AtomicU64,
-    completed: [AtomicU64; 5],
+    completed: [AtomicU64; 6],
     rejected_limit: AtomicU64,
     dropped: AtomicU64,
     delivered: AtomicU64,
@@ -543,6 +551,23 @@ impl SubscriptionManager {
         self.inner.end(id, reason)
     }
 
+    /// Ends every change subscription with `reason` (progress watchers stay): the feed calls
+    /// it with [`EndReason::Gap`] when it knows changes were lost before reaching it. Returns
+    /// how many were ended.
+    pub fn end_changes(&self, reason: EndReason) -> usize {
+        let ids: Vec<SubscriptionId> = {
+            let st = self.inner.state.lock();
+            st.subs
+                .iter()
+                .filter(|(_, e)| matches!(e.topic, EntryTopic::Changes(_)))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        ids.into_iter()
+            .filter(|id| self.inner.end(*id, reason))
+            .count()
+    }
+
     /// Completes every subscription with [`EndReason::Shutdown`] and refuses new ones.
     pub fn shutdown(&self) {
         let ids: Vec<SubscriptionId> = {
@@ -572,6 +597,7 @@ impl SubscriptionManager {
             completed_disconnect: done(EndReason::Disconnect),
             completed_shutdown: done(EndReason::Shutdown),
             completed_lagged: done(EndReason::Lagged),
+            completed_gap: done(EndReason::Gap),
             rejected_limit: c.rejected_limit.load(Ordering::Relaxed),
             dropped_events: c.dropped.load(Ordering::Relaxed),
             delivered_events: c.delivered.load(Ordering::Relaxed),
@@ -966,7 +992,7 @@ impl Drop for Subscription {
 }
 
 /// All reasons, for metrics exporters.
-pub fn end_reasons() -> [EndReason; 5] {
+pub fn end_reasons() -> [EndReason; 6] {
     EndReason::ALL
 }
 

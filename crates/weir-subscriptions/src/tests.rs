@@ -541,6 +541,23 @@ async fn shutdown_completes_everything_and_refuses_new() {
 }
 
 #[tokio::test]
+async fn a_gap_ends_change_subscriptions_and_keeps_progress_watchers() {
+    let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
+    let c = m.connect();
+    let mut changes = c
+        .subscribe(changes(&["A"], &[], &[], &[]), Default::default())
+        .unwrap();
+    let progress = c
+        .subscribe(Topic::Progress { job_id: "j".into() }, Default::default())
+        .unwrap();
+    assert_eq!(m.end_changes(EndReason::Gap), 1);
+    assert!(changes.next().await.is_none());
+    assert_eq!(changes.end_reason(), Some(EndReason::Gap));
+    assert_eq!(progress.end_reason(), None);
+    assert_eq!(m.stats().completed_gap, 1);
+}
+
+#[tokio::test]
 async fn client_end_is_counted_as_client() {
     let m = SubscriptionManager::new(ManagerConfig::default()).unwrap();
     let c = m.connect();

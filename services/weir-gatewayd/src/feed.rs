@@ -42,6 +42,15 @@ pub fn spawn_changes(
                                 last = Some(batch.seq);
                                 manager.publish(batch);
                             }
+                            Some(Err(e @ BusError::StreamNotFound { .. })) => {
+                                // The stream and what it held that this gateway had not read
+                                // are gone: tell the subscribers, then read the stream from its
+                                // start once it exists again.
+                                let ended = manager.end_changes(weir_subscriptions::EndReason::Gap);
+                                tracing::error!(error = %e, subscriptions_told = ended, "the bus stream was deleted: its subscribers are told (CHANGES_LOST); waiting for it to exist again");
+                                last = Some(0);
+                                break;
+                            }
                             Some(Err(e)) => {
                                 tracing::warn!(error = %e, "gateway feed ended; resubscribing");
                                 break;
@@ -54,10 +63,12 @@ pub fn spawn_changes(
                     since,
                     first_retained,
                 }) => {
+                    let ended = manager.end_changes(weir_subscriptions::EndReason::Gap);
                     tracing::error!(
                         since,
                         first_retained,
-                        "changes lost to retention; continuing live"
+                        subscriptions_told = ended,
+                        "changes lost to retention before this gateway read them; its subscribers are told (CHANGES_LOST); continuing live"
                     );
                     last = None;
                 }
@@ -67,12 +78,17 @@ pub fn spawn_changes(
                 }) => {
                     // The stream was deleted and created again: its sequences start over.
                     // Read the new stream from its start rather than skip what it has.
+                    let ended = manager.end_changes(weir_subscriptions::EndReason::Gap);
                     tracing::error!(
                         since,
                         newest,
-                        "the bus stream starts over (deleted and created again); reading it from its start"
+                        subscriptions_told = ended,
+                        "the bus stream starts over (deleted and created again): changes it held that this gateway had not read are lost, and its subscribers are told (CHANGES_LOST); reading the new stream from its start"
                     );
                     last = Some(0);
+                }
+                Err(e @ BusError::StreamNotFound { .. }) => {
+                    tracing::debug!(error = %e, "gateway feed waits for the bus stream to exist");
                 }
                 Err(e) => tracing::warn!(error = %e, "gateway feed cannot subscribe"),
             }
