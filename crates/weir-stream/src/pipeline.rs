@@ -121,10 +121,10 @@ impl Errors {
         stage: Stage,
         error: String,
         raw: &[u8],
-        truncated: bool,
+        len: u64,
     ) -> Result<(), StreamError> {
         let name = self.names.get(pos.file as usize).map_or("", |n| &**n);
-        let letter = DeadLetter::new(name, pos, stage, error, raw, self.max_raw, truncated);
+        let letter = DeadLetter::new(name, pos, stage, error, raw, self.max_raw, len);
         self.sink
             .write(&letter)
             .map_err(StreamError::DeadLetterUnwritable)?;
@@ -591,7 +591,7 @@ impl<M: Mapper> Intake<M> {
                             self.cfg.max_record_bytes
                         ),
                         &rec.data,
-                        true,
+                        len,
                     )?;
                 }
                 RecordKind::Data => {
@@ -612,8 +612,13 @@ impl<M: Mapper> Intake<M> {
                             });
                         }
                         Err((stage, msg)) => {
-                            self.errors
-                                .dead_letter(rec.position, stage, msg, &rec.data, false)?;
+                            self.errors.dead_letter(
+                                rec.position,
+                                stage,
+                                msg,
+                                &rec.data,
+                                rec.data.len() as u64,
+                            )?;
                         }
                     }
                 }
@@ -1145,7 +1150,7 @@ async fn write_parts<S: Sink>(
                                     Stage::Sink,
                                     message.clone(),
                                     &s.raw,
-                                    false,
+                                    s.raw.len() as u64,
                                 )?;
                             } else {
                                 good.push(s);
