@@ -420,6 +420,11 @@ impl<M: Mapper> Intake<M> {
 
     async fn run_inner(&mut self, mut source: impl Source) -> Result<(), StreamError> {
         let mut decoder = Decoder::new(self.cfg.format.clone());
+        // Every header the source can tell ahead is checked before anything is mapped.
+        for (file, raw) in source.header_rows() {
+            let input = self.errors.names.get(file as usize).map_or("", |n| &**n);
+            crate::map::take_header(&mut decoder, &*self.mapper, input, &raw)?;
+        }
         let mut b = Building {
             items: Vec::with_capacity(self.cfg.batch_records),
             bytes: 0,
@@ -566,20 +571,9 @@ impl<M: Mapper> Intake<M> {
             *bytes_read += rec.span_bytes();
             match rec.kind {
                 RecordKind::Header => {
-                    decoder
-                        .set_header(&rec.data)
-                        .map_err(|e| StreamError::Input {
-                            path: self
-                                .errors
-                                .names
-                                .get(rec.position.file as usize)
-                                .map_or("", |n| &**n)
-                                .into(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                format!("header row: {e}"),
-                            ),
-                        })?;
+                    let input = self.errors.names.get(rec.position.file as usize);
+                    let input = input.map_or("", |n| &**n);
+                    crate::map::take_header(decoder, &*self.mapper, input, &rec.data)?;
                 }
                 RecordKind::Oversized { len } => {
                     *read += 1;

@@ -61,6 +61,14 @@ pub trait Source: Send + 'static {
     fn bytes_total(&self) -> Option<u64> {
         None
     }
+
+    /// CSV header rows known before reading starts, as (input index, raw row): the pipeline
+    /// checks each one against the mapper ([`crate::Mapper::check_header`]) before it maps or
+    /// writes anything. A header row is checked again when it is read, so sources that cannot
+    /// look ahead (stdin, message streams) keep the default: none.
+    fn header_rows(&self) -> Vec<(u32, Bytes)> {
+        Vec::new()
+    }
 }
 
 /// Framing settings taken from the pipeline config.
@@ -606,6 +614,7 @@ pub struct FileSource {
     rx: mpsc::Receiver<Result<Vec<RawRecord>, StreamError>>,
     names: SourceNames,
     bytes_total: Option<u64>,
+    header_rows: Vec<(u32, Bytes)>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -682,8 +691,14 @@ impl FileSource {
             let len = file.metadata().map_err(|e| input_err(f, e))?.len();
             total = total.filter(|_| !gz).map(|t| t + len);
         }
-        let (tx, rx) = mpsc::channel(config.chunk_queue);
         let lim = FrameLimits::from(config);
+        let header_rows = if format.has_header() {
+            let first = resume.map_or(0, |cp| cp.position.file as usize);
+            read_header_rows(&files, first, format, lim)?
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = mpsc::channel(config.chunk_queue);
         let format = format.clone();
         let start = resume.map(|cp| cp.position);
         let thread_files = files.clone();
@@ -695,8 +710,46 @@ impl FileSource {
             rx,
             names,
             bytes_total: total,
+            header_rows,
         })
     }
+}
+
+/// The header rows of `files[first..]` (stdin excluded), each one only where it differs from
+/// the one before: read ahead so that the pipeline can check them all before it writes.
+fn read_header_rows(
+    files: &[PathBuf],
+    first: usize,
+    format: &Format,
+    lim: FrameLimits,
+) -> Result<Vec<(u32, Bytes)>, StreamError> {
+    let lim = FrameLimits {
+        read_chunk: lim.read_chunk.min(16 << 10),
+        chunk_records: 1,
+        ..lim
+    };
+    let mut rows: Vec<(u32, Bytes)> = Vec::new();
+    for (i, path) in files.iter().enumerate().skip(first) {
+        if path.as_os_str() == "-" {
+            continue;
+        }
+        let mut framer = Framer::new(lim, format, i as u32);
+        let (mut reader, _) = open_input(path).map_err(|e| input_err(path, e))?;
+        let chunk = framer
+            .next_chunk(&mut reader)
+            .map_err(|e| input_err(path, e))?;
+        let header = chunk
+            .into_iter()
+            .flatten()
+            .find(|r| r.kind == RecordKind::Header);
+        if let Some(h) = header
+            && rows.last().is_none_or(|(_, last)| *last != h.data)
+        {
+            // A copy: the slice would keep the whole read buffer alive.
+            rows.push((i as u32, Bytes::copy_from_slice(&h.data)));
+        }
+    }
+    Ok(rows)
 }
 
 type ChunkTx = mpsc::Sender<Result<Vec<RawRecord>, StreamError>>;
@@ -820,6 +873,11 @@ impl Source for FileSource {
 
     fn bytes_total(&self) -> Option<u64> {
         self.bytes_total
+    }
+
+    /// The header row of every input but stdin, read when the source was opened.
+    fn header_rows(&self) -> Vec<(u32, Bytes)> {
+        self.header_rows.clone()
     }
 }
 
