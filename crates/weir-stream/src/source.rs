@@ -10,10 +10,11 @@
 //!   position is always the byte offset in the (decompressed) input.
 //! * CSV quoting (RFC 4180): a `"` opens a quoted field only at the start of a field (the
 //!   record's first byte, or right after a delimiter); inside a quoted field `""` stands for
-//!   a quote and newlines are data. A `"` in the middle of an unquoted field is an ordinary
-//!   byte for framing (the decoder rejects the record, which is then dead-lettered).
-//! * A closing quote must be followed by a delimiter or the line end. When it is not, the
-//!   quoting went wrong (a stray quote, usually):
+//!   a quote and newlines are data; a closing quote must be followed by a delimiter or the
+//!   line end.
+//! * A `"` in the middle of an unquoted field, or a closing quote followed by something else,
+//!   means the quoting went wrong (a stray quote, usually; the decoder rejects such records
+//!   too):
 //!   * on the record's first line, quotes are ignored to the end of that line, which ends the
 //!     record (the decoder dead-letters it);
 //!   * once the record spans lines (a newline inside quotes), the record is **broken**.
@@ -23,11 +24,18 @@
 //!   another number of fields than the header. Of a broken record only the **first line**
 //!   becomes a record (its quote is unterminated, so the decoder dead-letters it as bad
 //!   quoting), and framing starts again at the start of the next line, as if the input began
-//!   there. So one stray quote costs the one line it is on when the lines after it are
-//!   well-formed. A record that really is malformed across several lines costs one dead
-//!   letter for its first line plus one for each later line that does not frame and decode on
-//!   its own. Every byte is scanned at most twice, and the buffer never holds more than one
-//!   read plus `max_record_bytes`.
+//!   there. A record that spans lines is therefore kept whole only when it is well-formed
+//!   RFC 4180 with the header's field count.
+//!
+//!   So one stray quote costs the one line it is on, when the lines after it are
+//!   well-formed. The exception is inherent: when the text from the stray quote to a later
+//!   quote happens to be a well-formed record (the later quote must close a field right
+//!   before a delimiter or line end, i.e. open a legitimate quoted field whose text starts
+//!   with a delimiter or a line break, and the field count must come out right), that text
+//!   *is* a valid record and is read as one. A record that really is malformed across several
+//!   lines costs one dead letter for its first line plus one for each later line that does
+//!   not frame and decode on its own. Every byte is scanned at most twice, and the buffer
+//!   never holds more than one read plus `max_record_bytes`.
 //! * A record longer than `max_record_bytes` (on its first line) is cut: a prefix of
 //!   `dead_letter_raw_bytes` is kept for its dead letter, the rest is read and dropped up to
 //!   the next `\n` (quotes are not tracked there), and framing goes on after it.
@@ -276,10 +284,14 @@ impl Framer {
                 }
                 (_, b'\n') => return Scan::Line(j),
                 (Quote::Out, _) => {
-                    // A quote opens a quoted field only at a field start; elsewhere it is an
-                    // ordinary byte here (and a decode error later).
+                    // A quote opens a quoted field only at a field start; elsewhere the
+                    // quoting went wrong (the decoder rejects such a record).
                     if j == self.rec_start || self.buf[j - 1] == self.delim {
                         self.quote = Quote::In;
+                    } else if self.first_nl.is_some() {
+                        return Scan::Resync;
+                    } else {
+                        self.quote = Quote::Broken;
                     }
                 }
                 (_, _) => {
@@ -980,10 +992,18 @@ mod tests {
     }
 
     #[test]
-    fn a_quote_inside_an_unquoted_field_does_not_open_a_quoted_field() {
+    fn a_quote_inside_an_unquoted_field_ends_the_record_at_its_line() {
         let recs = frame_all(b"id,n\n1,Al\"ice\n2,b\n3,c\"\n4,d\n", &csv3(), 100);
         let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
         assert_eq!(data, ["id,n", "1,Al\"ice", "2,b", "3,c\"", "4,d"]);
+        // Quotes after it on that line are not tracked.
+        let recs = frame_all(b"id,n\n1,a\"b,\"x\n2,y\"z\n3,c\n", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["id,n", "1,a\"b,\"x", "2,y\"z", "3,c"]);
+        // In a record spanning lines, it breaks the record.
+        let recs = frame_all(b"a,b,c\n1,\"x\ny\",a\"b\n2,z,w\n", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["a,b,c", "1,\"x", "y\",a\"b", "2,z,w"]);
     }
 
     #[test]
