@@ -32,9 +32,11 @@
 //!   quote happens to be a well-formed record (the later quote must close a field right
 //!   before a delimiter or line end, i.e. open a legitimate quoted field whose text starts
 //!   with a delimiter or a line break, and the field count must come out right), that text
-//!   *is* a valid record and is read as one. A record that really is malformed across several
-//!   lines costs one dead letter for its first line plus one for each later line that does
-//!   not frame and decode on its own. Every byte is scanned at most twice, and the buffer
+//!   *is* a valid record and is read as one. Likewise, when the stray quote sits in a record
+//!   that legitimately spans lines (a quoted field holding a line break), that record's later
+//!   lines are framed on their own once it breaks, and one of them may read as a record. A
+//!   record that really is malformed across several lines costs one dead letter for its first
+//!   line plus one for each later line that does not frame and decode on its own. Every byte is scanned at most twice, and the buffer
 //!   never holds more than one read plus `max_record_bytes`.
 //! * A record longer than `max_record_bytes` (on its first line) is cut: a prefix of
 //!   `dead_letter_raw_bytes` is kept for its dead letter, the rest is read and dropped up to
@@ -508,6 +510,9 @@ impl Framer {
                     skip.last_cr
                 };
                 skip.len -= u64::from(cr);
+                // The kept prefix may have taken that `\r` in.
+                skip.prefix
+                    .truncate(skip.len.try_into().unwrap_or(usize::MAX));
                 let _ = self.buf.split_to(t + 1);
                 self.offset += (t + 1) as u64;
                 self.line = skip.start.line + skip.lines + 1;
@@ -1115,6 +1120,14 @@ mod tests {
             assert_eq!(recs[1].kind, RecordKind::Oversized { len: 1000 });
             assert_eq!(&recs[2].data[..], b"ok2");
         }
+        // Nor does its kept prefix, when the prefix holds all of it.
+        let l = FrameLimits {
+            dl_raw: 100,
+            ..lim(10)
+        };
+        let recs = frame_with(b"ok1\n0123456789abcdef\r\nok2\n", &Format::JsonLines, l);
+        assert_eq!(recs[1].kind, RecordKind::Oversized { len: 16 });
+        assert_eq!(&recs[1].data[..], b"0123456789abcdef");
     }
 
     #[test]
