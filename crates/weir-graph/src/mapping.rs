@@ -543,8 +543,20 @@ fn compile_type(cx: &Ctx<'_>, p: &RawProp, path: &str) -> Result<PropType, Mappi
         })
 }
 
+/// A TOML value as JSON; TOML dates and times become their text (serde would give them as
+/// a private `{"$__toml_private_datetime": ..}` object).
+fn toml_to_json(v: &toml::Value) -> Result<serde_json::Value, String> {
+    Ok(match v {
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => {
+            serde_json::Value::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?)
+        }
+        other => serde_json::to_value(other).map_err(|e| e.to_string())?,
+    })
+}
+
 fn toml_default(ty: &PropType, v: &toml::Value) -> Result<Value, String> {
-    let json = serde_json::to_value(v).map_err(|e| e.to_string())?;
+    let json = toml_to_json(v)?;
     match value::convert(ty, FieldRef::Json(&json)) {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err("default must not be empty".into()),
@@ -1160,6 +1172,26 @@ properties = [{ name = "since", type = "date" }]
         assert!(
             e.contains("\"c63\", ... (100 columns in all)") && !e.contains("c64"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn toml_dates_are_defaults_of_date_properties() {
+        let m = Mapping::parse(
+            "[[nodes]]\nlabel = \"P\"\nkey = [\"id\"]\nproperties = [{ name = \"id\" }, \
+             { name = \"born\", type = \"date\", default = 2020-01-02 }, \
+             { name = \"days\", type = \"list\", item = \"date\", default = [2021-03-04] }]\n",
+            "m.toml",
+        )
+        .unwrap();
+        let date = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        assert_eq!(
+            m.nodes[0].properties[1].default,
+            Some(Value::Date(date(2020, 1, 2)))
+        );
+        assert_eq!(
+            m.nodes[0].properties[2].default,
+            Some(Value::List(vec![Value::Date(date(2021, 3, 4))]))
         );
     }
 
