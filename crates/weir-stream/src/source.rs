@@ -667,7 +667,9 @@ impl FileSource {
     /// Reads `paths` in order (`-` is stdin); a directory stands for its files, sorted.
     /// With `resume`, inputs before the checkpoint's are skipped and its input continues at the
     /// checkpoint's offset (seeking when it can, else reading and dropping); the checkpoint
-    /// must name the same input at the same index.
+    /// must name the same input at the same index. For CSV with a header row, the header of
+    /// every input but stdin is read here, ahead ([`Source::header_rows`]; a copy of each
+    /// distinct header is kept), so the pipeline can check them all before it writes.
     pub fn open(
         paths: &[PathBuf],
         config: &PipelineConfig,
