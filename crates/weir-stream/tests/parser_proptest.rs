@@ -1,6 +1,18 @@
 //! Randomised tests of the parsers (framer + decoder), thousands of cases each in the default
 //! suite; `PROPTEST_CASES=N` sets the number of cases of every property here.
 //!
+//! An hour of it (and of the mapping loader's, in weir-graph), fresh random seeds each round,
+//! stopping at the first failure (its case is saved in the `.proptest-regressions` file next
+//! to the test and replayed first by every later run):
+//!
+//! ```sh
+//! export CARGO_BUILD_JOBS=1
+//! T="-p weir-stream --test parser_proptest -p weir-graph --test mapping_proptest"
+//! cargo test --release --no-run $T
+//! end=$((SECONDS + 3600))
+//! while [ $SECONDS -lt $end ]; do PROPTEST_CASES=50000 cargo test --release -q $T || break; done
+//! ```
+//!
 //! * CSV, differential against the `csv` crate: tables written by `csv::Writer` (quotes,
 //!   delimiters, CR, LF, CRLF, embedded newlines, a byte-order mark, any read size) read back
 //!   exactly, by Weir and by `csv`; and on hostile inputs (stray quotes, invalid UTF-8, ragged
