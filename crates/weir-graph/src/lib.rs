@@ -27,7 +27,9 @@ pub mod writer;
 
 pub use error::GraphError;
 pub use ident::{Ident, IdentError};
-pub use mapping::{InputFormat, MappedRecord, Mapping, MappingError, Record, RecordError};
+pub use mapping::{
+    HeaderError, InputFormat, MappedRecord, Mapping, MappingError, Record, RecordError,
+};
 pub use publish::{ChangePublisher, MemoryPublisher, NoopPublisher, PublishError};
 pub use sink::{GraphMapper, GraphSink};
 pub use value::{FieldRef, Value};

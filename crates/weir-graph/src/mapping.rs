@@ -328,6 +328,64 @@ impl Mapping {
         Ok(self)
     }
 
+    /// The record fields a CSV header must have, sorted: every field the mapping reads,
+    /// except those only read by properties with a `default` (which stand in for a missing
+    /// column by design). Keys and relationship end keys are always required.
+    pub fn required_fields(&self) -> Vec<&str> {
+        let needed = |p: &'_ PropertyMapping| p.default.is_none();
+        let mut out: Vec<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.properties
+                    .iter()
+                    .filter(|p| needed(p))
+                    .map(|p| p.field.as_str())
+            })
+            .chain(self.relationships.iter().flat_map(|r| {
+                r.properties
+                    .iter()
+                    .filter(|p| needed(p))
+                    .map(|p| p.field.as_str())
+                    .chain(r.start.key.iter().map(|k| k.1.as_str()))
+                    .chain(r.end.key.iter().map(|k| k.1.as_str()))
+            }))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Checks a CSV header's (trimmed) column names: every [`Mapping::required_fields`] is
+    /// there, and no name appears twice (blank names may repeat: spreadsheets export empty
+    /// trailing columns, and no mapping can read them).
+    pub fn check_header(&self, columns: &[&str]) -> Result<(), HeaderError> {
+        let owned = || columns.iter().map(|c| (*c).to_owned()).collect();
+        let mut seen = HashSet::with_capacity(columns.len());
+        for c in columns {
+            if !c.is_empty() && !seen.insert(*c) {
+                return Err(HeaderError::Duplicate {
+                    name: (*c).to_owned(),
+                    columns: owned(),
+                });
+            }
+        }
+        let missing: Vec<String> = self
+            .required_fields()
+            .into_iter()
+            .filter(|f| !seen.contains(f))
+            .map(str::to_owned)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(HeaderError::Missing {
+                missing,
+                columns: owned(),
+            })
+        }
+    }
+
     /// Every record field the mapping reads (for header checks), sorted.
     pub fn fields(&self) -> Vec<&str> {
         let mut out: Vec<&str> = self
@@ -346,6 +404,60 @@ impl Mapping {
         out.dedup();
         out
     }
+}
+
+/// Why a CSV header row does not fit a mapping ([`Mapping::check_header`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// Columns the mapping needs are not in the header.
+    #[error(
+        "{} read by the mapping {} missing from the header; the header's columns are: {}",
+        list_names("column", missing), if missing.len() == 1 { "is" } else { "are" },
+        list_columns(columns)
+    )]
+    Missing {
+        /// The missing columns, in mapping order (sorted).
+        missing: Vec<String>,
+        /// The header's columns.
+        columns: Vec<String>,
+    },
+    /// A column name appears more than once, so a field by that name is ambiguous.
+    #[error(
+        "column `{name}` appears more than once in the header; the header's columns are: {}",
+        list_columns(columns)
+    )]
+    Duplicate {
+        /// The repeated name.
+        name: String,
+        /// The header's columns.
+        columns: Vec<String>,
+    },
+}
+
+/// Longest list of header columns an error message spells out.
+const LISTED_COLUMNS: usize = 64;
+
+fn list_names(what: &str, names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    let s = if names.len() == 1 { "" } else { "s" };
+    format!("{what}{s} {}", quoted.join(", "))
+}
+
+/// The columns as quoted strings with escapes, so invisible characters (a byte-order mark,
+/// non-breaking spaces) show.
+fn list_columns(columns: &[String]) -> String {
+    let mut out: Vec<String> = columns
+        .iter()
+        .take(LISTED_COLUMNS)
+        .map(|c| format!("{c:?}"))
+        .collect();
+    if columns.len() > LISTED_COLUMNS {
+        out.push(format!("... ({} columns in all)", columns.len()));
+    }
+    if out.is_empty() {
+        return "(none)".into();
+    }
+    out.join(", ")
 }
 
 fn compile_input(cx: &Ctx<'_>, i: RawInput) -> Result<InputHints, MappingError> {
@@ -431,8 +543,20 @@ fn compile_type(cx: &Ctx<'_>, p: &RawProp, path: &str) -> Result<PropType, Mappi
         })
 }
 
+/// A TOML value as JSON; TOML dates and times become their text (serde would give them as
+/// a private `{"$__toml_private_datetime": ..}` object).
+fn toml_to_json(v: &toml::Value) -> Result<serde_json::Value, String> {
+    Ok(match v {
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => {
+            serde_json::Value::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?)
+        }
+        other => serde_json::to_value(other).map_err(|e| e.to_string())?,
+    })
+}
+
 fn toml_default(ty: &PropType, v: &toml::Value) -> Result<Value, String> {
-    let json = serde_json::to_value(v).map_err(|e| e.to_string())?;
+    let json = toml_to_json(v)?;
     match value::convert(ty, FieldRef::Json(&json)) {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err("default must not be empty".into()),
@@ -992,6 +1116,83 @@ properties = [{ name = "since", type = "date" }]
         );
         assert_eq!((e.line, e.field.as_str()), (Some(1), "version"));
         assert!(err("").message.contains("no nodes"));
+    }
+
+    #[test]
+    fn a_header_must_hold_every_required_column_once() {
+        let m = Mapping::parse(GOOD, "m.toml").unwrap();
+        // `active` has a default: a header may lack it.
+        assert_eq!(
+            m.required_fields(),
+            ["company_id", "name", "person_id", "since", "tags"]
+        );
+        let full = ["person_id", "name", "tags", "company_id", "since", "extra"];
+        m.check_header(&full).unwrap();
+        m.check_header(&[&full[..], &["active", "", ""]].concat())
+            .unwrap();
+
+        // A byte-order mark left in the first name (what Excel files did): named and shown.
+        let bom = ["\u{feff}person_id", "name", "tags", "company_id", "since"];
+        let e = m.check_header(&bom).unwrap_err();
+        assert_eq!(
+            e,
+            HeaderError::Missing {
+                missing: vec!["person_id".into()],
+                columns: bom.iter().map(|c| c.to_string()).collect(),
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "column `person_id` read by the mapping is missing from the header; the header's \
+             columns are: \"\\u{feff}person_id\", \"name\", \"tags\", \"company_id\", \"since\""
+        );
+        let e = m.check_header(&["name", "since"]).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "columns `company_id`, `person_id`, `tags` read by the mapping are missing"
+            ),
+            "{e}"
+        );
+
+        let dup = ["person_id", "name", "tags", "company_id", "since", "name"];
+        let e = m.check_header(&dup).unwrap_err();
+        assert!(
+            matches!(&e, HeaderError::Duplicate { name, .. } if name == "name"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("`name` appears more than once"),
+            "{e}"
+        );
+
+        // Long headers are listed in part.
+        let wide: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
+        let wide: Vec<&str> = wide.iter().map(String::as_str).collect();
+        let e = m.check_header(&wide).unwrap_err().to_string();
+        assert!(
+            e.contains("\"c63\", ... (100 columns in all)") && !e.contains("c64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn toml_dates_are_defaults_of_date_properties() {
+        let m = Mapping::parse(
+            "[[nodes]]\nlabel = \"P\"\nkey = [\"id\"]\nproperties = [{ name = \"id\" }, \
+             { name = \"born\", type = \"date\", default = 2020-01-02 }, \
+             { name = \"days\", type = \"list\", item = \"date\", default = [2021-03-04] }]\n",
+            "m.toml",
+        )
+        .unwrap();
+        let date = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        assert_eq!(
+            m.nodes[0].properties[1].default,
+            Some(Value::Date(date(2020, 1, 2)))
+        );
+        assert_eq!(
+            m.nodes[0].properties[2].default,
+            Some(Value::List(vec![Value::Date(date(2021, 3, 4))]))
+        );
     }
 
     #[test]

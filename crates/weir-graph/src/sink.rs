@@ -124,6 +124,14 @@ impl Mapper for GraphMapper {
         }
     }
 
+    /// A CSV header must hold every column the mapping needs, each once
+    /// ([`Mapping::check_header`]).
+    fn check_header(&self, columns: &[&str]) -> Result<(), MapError> {
+        self.mapping
+            .check_header(columns)
+            .map_err(|e| MapError::record(e.to_string()))
+    }
+
     fn item_bytes(&self, item: &MappedRecord, raw_len: usize) -> usize {
         // The sink encodes rows into Bolt values before their write (`Sink::prepare`, one batch
         // ahead of the writes in flight): count the item twice.

@@ -84,7 +84,9 @@ pub struct PipelineConfig {
     /// Longest record accepted, terminator excluded; longer ones are dead-lettered ("record
     /// exceeds N bytes") and never buffered beyond this. Default 1 MiB.
     pub max_record_bytes: usize,
-    /// Most raw bytes copied into a dead letter. Default 4 KiB.
+    /// Most raw bytes copied into a dead letter. Default 4 KiB. A letter also names the
+    /// record's exact byte range in the input (`offset`, `len`), so a longer record is found
+    /// whole there.
     pub dead_letter_raw_bytes: usize,
     /// Memory use over its limit above which intake pauses. Default 0.80.
     pub high_watermark: f64,

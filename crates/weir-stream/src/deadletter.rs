@@ -1,5 +1,13 @@
 //! Dead letters: records that could not be read, decoded, mapped or written, with enough to
 //! find and fix them.
+//!
+//! A dead letter names its record's exact byte range in the input: `offset` and `len`
+//! (bytes `offset .. offset + len`, line terminator excluded; offsets of gzip inputs are in
+//! the decompressed data). `raw` holds the record itself up to `dead_letter_raw_bytes`
+//! (default 4 KiB) and says whether it was cut (`raw_truncated`): a longer record is found
+//! whole in the input by its range, e.g. `tail -c +$((offset + 1)) FILE | head -c LEN`.
+//! The copy stays small so dead letters cost little memory and disk however large records
+//! are (records up to `max_record_bytes`, 1 MiB by default, are framed and can be dead-lettered).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -31,17 +39,23 @@ pub struct DeadLetter {
     pub line: u64,
     /// Byte offset of the record's start.
     pub offset: u64,
+    /// Bytes of the record in the input, its line terminator excluded: the record is exactly
+    /// bytes `offset .. offset + len` (0 in dead letters written before this field existed).
+    #[serde(default)]
+    pub len: u64,
     /// Where it failed.
     pub stage: Stage,
     /// Why.
     pub error: String,
-    /// The raw record, at most the configured number of bytes, lossily decoded as UTF-8.
+    /// The raw record, at most `dead_letter_raw_bytes` of it, lossily decoded as UTF-8.
     pub raw: String,
-    /// Whether `raw` was cut short.
+    /// Whether `raw` was cut short (it holds fewer than `len` bytes).
     pub raw_truncated: bool,
 }
 
 impl DeadLetter {
+    /// `raw` is what is at hand of the record (all of it, or a prefix of an oversized one)
+    /// and `len` its whole length in the input.
     pub(crate) fn new(
         source: &str,
         pos: crate::Position,
@@ -49,17 +63,18 @@ impl DeadLetter {
         error: String,
         raw: &[u8],
         max_raw: usize,
-        truncated: bool,
+        len: u64,
     ) -> Self {
         let cut = &raw[..raw.len().min(max_raw)];
         Self {
             source: source.to_owned(),
             line: pos.line,
             offset: pos.offset,
+            len,
             stage,
             error,
             raw: String::from_utf8_lossy(cut).into_owned(),
-            raw_truncated: truncated || cut.len() < raw.len(),
+            raw_truncated: (cut.len() as u64) < len,
         }
     }
 }
@@ -180,7 +195,7 @@ mod tests {
             "bad".into(),
             &raw,
             10,
-            false,
+            100,
         ))
         .unwrap();
         dl.flush().unwrap();
@@ -189,6 +204,7 @@ mod tests {
         assert_eq!(back.line, 7);
         assert_eq!(back.offset, 99);
         assert_eq!(back.raw.len(), 10);
+        assert_eq!(back.len, 100);
         assert!(back.raw_truncated);
         assert_eq!(back.stage, Stage::Decode);
     }
@@ -196,15 +212,7 @@ mod tests {
     #[test]
     fn memory_store_is_bounded() {
         let m = MemoryDeadLetters::new(1);
-        let l = DeadLetter::new(
-            "x",
-            Position::default(),
-            Stage::Map,
-            "e".into(),
-            b"r",
-            8,
-            false,
-        );
+        let l = DeadLetter::new("x", Position::default(), Stage::Map, "e".into(), b"r", 8, 1);
         m.write(&l).unwrap();
         assert!(m.write(&l).is_err());
         assert_eq!(m.letters().len(), 1);

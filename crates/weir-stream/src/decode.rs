@@ -167,11 +167,13 @@ impl Decoder {
         &self.headers
     }
 
-    /// Reads a header row: it names the columns of the records that follow.
+    /// Reads a header row: it names the columns of the records that follow. A UTF-8
+    /// byte-order mark before it is ignored, and names are trimmed.
     pub fn set_header(&mut self, raw: &[u8]) -> Result<(), DecodeError> {
         let Format::Csv { delimiter, .. } = self.format else {
             return Ok(());
         };
+        let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
         let (text, gap) = split_csv(raw, delimiter, &mut self.scratch, &mut self.ends)?;
         let row = CsvRow {
             headers: &[],

@@ -23,6 +23,15 @@ pub enum StreamError {
         #[source]
         source: std::io::Error,
     },
+    /// A CSV header row cannot be read, or its columns do not fit the mapping (see
+    /// [`crate::Mapper::check_header`]): the run stops before any record under it is mapped.
+    #[error("input {path}: header row: {reason}")]
+    Header {
+        /// The input.
+        path: PathBuf,
+        /// What is wrong, naming the columns.
+        reason: String,
+    },
     /// The checkpoint does not match the inputs (another file list or an offset past the end).
     #[error("checkpoint does not match the input: {0}")]
     CheckpointMismatch(String),

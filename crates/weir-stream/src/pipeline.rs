@@ -121,10 +121,10 @@ impl Errors {
         stage: Stage,
         error: String,
         raw: &[u8],
-        truncated: bool,
+        len: u64,
     ) -> Result<(), StreamError> {
         let name = self.names.get(pos.file as usize).map_or("", |n| &**n);
-        let letter = DeadLetter::new(name, pos, stage, error, raw, self.max_raw, truncated);
+        let letter = DeadLetter::new(name, pos, stage, error, raw, self.max_raw, len);
         self.sink
             .write(&letter)
             .map_err(StreamError::DeadLetterUnwritable)?;
@@ -436,6 +436,11 @@ impl<M: Mapper> Intake<M> {
 
     async fn run_inner(&mut self, mut source: impl Source) -> Result<(), StreamError> {
         let mut decoder = Decoder::new(self.cfg.format.clone());
+        // Every header the source can tell ahead is checked before anything is mapped.
+        for (file, raw) in source.header_rows() {
+            let input = self.errors.names.get(file as usize).map_or("", |n| &**n);
+            crate::map::take_header(&mut decoder, &*self.mapper, input, &raw)?;
+        }
         let mut b = Building {
             items: Vec::with_capacity(self.cfg.batch_records),
             bytes: 0,
@@ -582,20 +587,9 @@ impl<M: Mapper> Intake<M> {
             *bytes_read += rec.span_bytes();
             match rec.kind {
                 RecordKind::Header => {
-                    decoder
-                        .set_header(&rec.data)
-                        .map_err(|e| StreamError::Input {
-                            path: self
-                                .errors
-                                .names
-                                .get(rec.position.file as usize)
-                                .map_or("", |n| &**n)
-                                .into(),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                format!("header row: {e}"),
-                            ),
-                        })?;
+                    let input = self.errors.names.get(rec.position.file as usize);
+                    let input = input.map_or("", |n| &**n);
+                    crate::map::take_header(decoder, &*self.mapper, input, &rec.data)?;
                 }
                 RecordKind::Oversized { len } => {
                     *read += 1;
@@ -607,7 +601,7 @@ impl<M: Mapper> Intake<M> {
                             self.cfg.max_record_bytes
                         ),
                         &rec.data,
-                        true,
+                        len,
                     )?;
                 }
                 RecordKind::Data => {
@@ -628,8 +622,13 @@ impl<M: Mapper> Intake<M> {
                             });
                         }
                         Err((stage, msg)) => {
-                            self.errors
-                                .dead_letter(rec.position, stage, msg, &rec.data, false)?;
+                            self.errors.dead_letter(
+                                rec.position,
+                                stage,
+                                msg,
+                                &rec.data,
+                                rec.data.len() as u64,
+                            )?;
                         }
                     }
                 }
@@ -1168,7 +1167,7 @@ async fn write_parts<S: Sink>(
                                     Stage::Sink,
                                     message.clone(),
                                     &s.raw,
-                                    false,
+                                    s.raw.len() as u64,
                                 )?;
                             } else {
                                 good.push(s);

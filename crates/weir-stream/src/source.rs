@@ -1,5 +1,46 @@
 //! Sources: framing bytes into records with positions, from readers, files, directories and
 //! stdin (gzip detected by its magic bytes and decompressed as a stream).
+//!
+//! # Framing rules
+//!
+//! * A record ends at `\n`; a `\r` right before it is dropped, so CRLF files frame like LF
+//!   files (a lone `\r` is data). Blank lines are skipped but counted in line numbers.
+//! * A UTF-8 byte-order mark (`EF BB BF`, which Excel writes before its CSV) at the very start
+//!   of an input, CSV or JSON Lines, is dropped. Offsets still count its three bytes: a
+//!   position is always the byte offset in the (decompressed) input.
+//! * CSV quoting (RFC 4180): a `"` opens a quoted field only at the start of a field (the
+//!   record's first byte, or right after a delimiter); inside a quoted field `""` stands for
+//!   a quote and newlines are data; a closing quote must be followed by a delimiter or the
+//!   line end.
+//! * A `"` in the middle of an unquoted field, or a closing quote followed by something else,
+//!   means the quoting went wrong (a stray quote, usually; the decoder rejects such records
+//!   too):
+//!   * on the record's first line, quotes are ignored to the end of that line, which ends the
+//!     record (the decoder dead-letters it);
+//!   * once the record spans lines (a newline inside quotes), the record is **broken**.
+//!
+//!   A record spanning lines is also broken when its quoted field is still open after
+//!   `max_record_bytes` or at the end of the input, or when (with a header row) it ends with
+//!   another number of fields than the header. Of a broken record only the **first line**
+//!   becomes a record (its quote is unterminated, so the decoder dead-letters it as bad
+//!   quoting), and framing starts again at the start of the next line, as if the input began
+//!   there. A record that spans lines is therefore kept whole only when it is well-formed
+//!   RFC 4180 with the header's field count.
+//!
+//!   So one stray quote costs the one line it is on, when the lines after it are
+//!   well-formed. The exception is inherent: when the text from the stray quote to a later
+//!   quote happens to be a well-formed record (the later quote must close a field right
+//!   before a delimiter or line end, i.e. open a legitimate quoted field whose text starts
+//!   with a delimiter or a line break, and the field count must come out right), that text
+//!   *is* a valid record and is read as one. Likewise, when the stray quote sits in a record
+//!   that legitimately spans lines (a quoted field holding a line break), that record's later
+//!   lines are framed on their own once it breaks, and one of them may read as a record. A
+//!   record that really is malformed across several lines costs one dead letter for its first
+//!   line plus one for each later line that does not frame and decode on its own. Every byte is scanned at most twice, and the buffer
+//!   never holds more than one read plus `max_record_bytes`.
+//! * A record longer than `max_record_bytes` (on its first line) is cut: a prefix of
+//!   `dead_letter_raw_bytes` is kept for its dead letter, the rest is read and dropped up to
+//!   the next `\n` (quotes are not tracked there), and framing goes on after it.
 
 use std::fs::File;
 use std::future::Future;
@@ -30,6 +71,14 @@ pub trait Source: Send + 'static {
     fn bytes_total(&self) -> Option<u64> {
         None
     }
+
+    /// CSV header rows known before reading starts, as (input index, raw row): the pipeline
+    /// checks each one against the mapper ([`crate::Mapper::check_header`]) before it maps or
+    /// writes anything. A header row is checked again when it is read, so sources that cannot
+    /// look ahead (stdin, message streams) keep the default: none.
+    fn header_rows(&self) -> Vec<(u32, Bytes)> {
+        Vec::new()
+    }
 }
 
 /// Framing settings taken from the pipeline config.
@@ -52,29 +101,67 @@ impl From<&PipelineConfig> for FrameLimits {
     }
 }
 
+/// The UTF-8 byte-order mark some tools (Excel) write at the start of a text file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 #[derive(Debug)]
 struct Skip {
     start: Position,
     prefix: Bytes,
     len: u64,
     lines: u64,
+    /// The last byte skipped so far was `\r` (not part of the record if `\n` follows).
+    last_cr: bool,
+}
+
+/// Where the CSV scanner is within the current record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quote {
+    /// Outside a quoted field.
+    Out,
+    /// Inside a quoted field.
+    In,
+    /// A quoted field was closed by something other than a delimiter or the line end, on the
+    /// record's first line: quotes are ignored up to the end of that line.
+    Broken,
+}
+
+/// What the scanner found.
+enum Scan {
+    /// The record ends at this `\n` (an index into the buffer).
+    Line(usize),
+    /// The record spans lines and cannot be a well-formed record: cut it after its first line.
+    Resync,
+    /// More input is needed.
+    More,
 }
 
 /// Cuts a byte stream into records: newline-terminated (`\r\n` too), quote-aware for CSV so a
 /// quoted field may hold newlines, never buffering more than one read plus the maximum record
-/// size. Blank lines are skipped (but counted).
+/// size. Blank lines are skipped (but counted). See the module documentation for the rules.
 #[derive(Debug)]
 struct Framer {
     lim: FrameLimits,
     quoted: bool,
+    delim: u8,
     buf: BytesMut,
     file: u32,
     offset: u64,
     line: u64,
+    /// Next byte of `buf` to scan.
     scan: usize,
-    in_quote: bool,
+    /// Where the record being scanned starts in `buf`.
+    rec_start: usize,
+    quote: Quote,
+    /// Newlines inside quotes in the record being scanned.
     nl_in_rec: u64,
+    /// The first of them (an index into `buf`): where its first line ends.
+    first_nl: Option<usize>,
     header_pending: bool,
+    /// Fields in the header row, once framed: a record spanning lines must have as many.
+    header_fields: Option<usize>,
+    /// At the start of the input: a byte-order mark there is dropped.
+    bom_pending: bool,
     skip: Option<Skip>,
     skip_until: u64,
     eof: bool,
@@ -88,54 +175,155 @@ struct Span {
     next_line: u64,
 }
 
+/// Fields in a CSV record, with the framing rules (a `"` opens a quoted field only at a field
+/// start; `""` inside one is a quote).
+fn count_fields(data: &[u8], delim: u8) -> usize {
+    let mut fields = 1;
+    let mut in_quote = false;
+    let mut field_start = true;
+    let mut i = 0;
+    while i < data.len() {
+        let b = data[i];
+        if in_quote {
+            if b == b'"' {
+                if data.get(i + 1) == Some(&b'"') {
+                    i += 1;
+                } else {
+                    in_quote = false;
+                }
+            }
+            field_start = false;
+        } else if b == delim {
+            fields += 1;
+            field_start = true;
+        } else {
+            in_quote = b == b'"' && field_start;
+            field_start = false;
+        }
+        i += 1;
+    }
+    fields
+}
+
 impl Framer {
     fn new(lim: FrameLimits, format: &Format, file: u32) -> Self {
         Self {
             lim,
             quoted: format.quoted_newlines(),
+            delim: match format {
+                Format::Csv { delimiter, .. } => *delimiter,
+                Format::JsonLines => b',',
+            },
             buf: BytesMut::new(),
             file,
             offset: 0,
             line: 1,
             scan: 0,
-            in_quote: false,
+            rec_start: 0,
+            quote: Quote::Out,
             nl_in_rec: 0,
+            first_nl: None,
             header_pending: format.has_header(),
+            header_fields: None,
+            bom_pending: true,
             skip: None,
             skip_until: 0,
             eof: false,
         }
     }
 
-    /// Continues at a known position (after a seek): no header expected.
+    /// Continues at a known position (after a seek): no header expected, no byte-order mark.
     fn start_at(&mut self, pos: Position) {
         self.offset = pos.offset;
         self.line = pos.line;
         self.header_pending = false;
+        self.bom_pending = pos.offset == 0;
     }
 
-    fn find_terminator(&mut self) -> Option<usize> {
+    /// Drops a byte-order mark at the start of the input. `false` while too few bytes were
+    /// read to tell.
+    fn strip_bom(&mut self) -> bool {
+        let n = self.buf.len().min(BOM.len());
+        if self.buf[..n] != BOM[..n] {
+            self.bom_pending = false;
+            return true;
+        }
+        if n < BOM.len() {
+            if self.eof {
+                self.bom_pending = false;
+            }
+            return self.eof;
+        }
+        let _ = self.buf.split_to(BOM.len());
+        self.offset += BOM.len() as u64;
+        self.bom_pending = false;
+        true
+    }
+
+    fn find_terminator(&mut self) -> Scan {
         let len = self.buf.len();
         if !self.quoted {
             let found = memchr::memchr(b'\n', &self.buf[self.scan..]).map(|i| self.scan + i);
-            self.scan = found.unwrap_or(len);
-            return found;
+            self.scan = found.map_or(len, |t| t + 1);
+            return found.map_or(Scan::More, Scan::Line);
         }
         loop {
-            match memchr::memchr2(b'\n', b'"', &self.buf[self.scan..]) {
-                None => {
-                    self.scan = len;
-                    return None;
+            let rest = &self.buf[self.scan..];
+            let hit = match self.quote {
+                Quote::Broken => memchr::memchr(b'\n', rest),
+                Quote::Out | Quote::In => memchr::memchr2(b'\n', b'"', rest),
+            };
+            let Some(i) = hit else {
+                self.scan = len;
+                return Scan::More;
+            };
+            let j = self.scan + i;
+            self.scan = j + 1;
+            match (self.quote, self.buf[j]) {
+                (Quote::In, b'\n') => {
+                    self.nl_in_rec += 1;
+                    self.first_nl.get_or_insert(j);
                 }
-                Some(i) => {
-                    let j = self.scan + i;
-                    self.scan = j + 1;
-                    if self.buf[j] == b'"' {
-                        self.in_quote = !self.in_quote;
-                    } else if self.in_quote {
-                        self.nl_in_rec += 1;
+                (_, b'\n') => return Scan::Line(j),
+                (Quote::Out, _) => {
+                    // A quote opens a quoted field only at a field start; elsewhere the
+                    // quoting went wrong (the decoder rejects such a record).
+                    if j == self.rec_start || self.buf[j - 1] == self.delim {
+                        self.quote = Quote::In;
+                    } else if self.first_nl.is_some() {
+                        return Scan::Resync;
                     } else {
-                        return Some(j);
+                        self.quote = Quote::Broken;
+                    }
+                }
+                (_, _) => {
+                    // A quote inside a quoted field: escaped (`""`) or closing. What follows a
+                    // closing quote must end the field.
+                    let at = |k: usize| self.buf.get(k).copied();
+                    let ok = match at(j + 1) {
+                        Some(b'"') => {
+                            self.scan = j + 2;
+                            continue;
+                        }
+                        None if !self.eof => None,
+                        None => Some(true),
+                        Some(b) if b == self.delim || b == b'\n' => Some(true),
+                        Some(b'\r') => match at(j + 2) {
+                            None if !self.eof => None,
+                            None | Some(b'\n') => Some(true),
+                            Some(_) => Some(false),
+                        },
+                        Some(_) => Some(false),
+                    };
+                    match ok {
+                        None => {
+                            // Look at this quote again when more is read.
+                            self.scan = j;
+                            return Scan::More;
+                        }
+                        Some(true) => self.quote = Quote::Out,
+                        Some(false) if self.first_nl.is_some() => return Scan::Resync,
+                        Some(false) => self.quote = Quote::Broken,
                     }
                 }
             }
@@ -154,7 +342,9 @@ impl Framer {
     fn next_chunk(&mut self, r: &mut dyn Read) -> io::Result<Option<Vec<RawRecord>>> {
         let mut out = Vec::new();
         loop {
-            if self.skip.is_some() {
+            if self.bom_pending && !self.strip_bom() {
+                // Too few bytes to tell yet: read more.
+            } else if self.skip.is_some() {
                 self.continue_skip(&mut out);
             } else {
                 self.extract(&mut out);
@@ -186,40 +376,87 @@ impl Framer {
         }
     }
 
+    /// The end of a record's data at `t` (a `\n` or the end of the input): a `\r` before it is
+    /// dropped.
+    fn data_end(&self, start: usize, t: usize) -> usize {
+        if t > start && self.buf[t - 1] == b'\r' {
+            t - 1
+        } else {
+            t
+        }
+    }
+
+    /// Frames the complete records in the buffer (and, at the end of the input, the last one).
     fn extract(&mut self, out: &mut Vec<RawRecord>) {
         let mut spans: Vec<Span> = Vec::new();
         let mut start = 0usize;
+        self.rec_start = 0;
         let mut exhausted = false;
         while out.len() + spans.len() < self.lim.chunk_records {
-            let Some(t) = self.find_terminator() else {
-                exhausted = true;
-                break;
+            let len = self.buf.len();
+            let end = match self.find_terminator() {
+                Scan::Line(t) => Some((t, t + 1)),
+                Scan::More if self.quote == Quote::In && self.first_nl.is_some() => {
+                    // A quoted field left open across lines up to the size limit or the end.
+                    if self.eof || len - start > self.lim.max_record {
+                        None
+                    } else {
+                        exhausted = true;
+                        break;
+                    }
+                }
+                Scan::More if self.eof && len > start => Some((len, len)),
+                Scan::More => {
+                    exhausted = true;
+                    break;
+                }
+                Scan::Resync => None,
             };
-            let data_end = if t > start && self.buf[t - 1] == b'\r' {
-                t - 1
-            } else {
-                t
+            // A record spanning lines must also have the header's number of fields.
+            let end = end.filter(|&(t, _)| {
+                self.nl_in_rec == 0
+                    || self.header_fields.is_none_or(|n| {
+                        count_fields(&self.buf[start..self.data_end(start, t)], self.delim) == n
+                    })
+            });
+            let (t, next, next_line) = match end {
+                Some((t, next)) => (t, next, self.line + self.nl_in_rec + 1),
+                None => {
+                    // Broken across lines: its first line is a record of its own (with an
+                    // unterminated quote: a decode error), framing restarts on the next line.
+                    let t = self.first_nl.expect("only records spanning lines are cut");
+                    (t, t + 1, self.line + 1)
+                }
             };
-            let pos = self.pos(start);
-            let next_line = self.line + self.nl_in_rec + 1;
+            let data_end = self.data_end(start, t);
+            if self.header_pending && self.header_fields.is_none() {
+                let data = &self.buf[start..data_end];
+                if !data.iter().all(|&b| b == b'\r') {
+                    self.header_fields = Some(count_fields(data, self.delim));
+                }
+            }
             spans.push(Span {
                 start,
                 data_end,
-                next: t + 1,
-                pos,
+                next,
+                pos: self.pos(start),
                 next_line,
             });
             self.line = next_line;
-            start = t + 1;
+            start = next;
             self.scan = start;
-            self.in_quote = false;
+            self.rec_start = start;
+            self.quote = Quote::Out;
             self.nl_in_rec = 0;
+            self.first_nl = None;
         }
         let partial = self.buf.len() - start;
         let oversized_partial = exhausted && partial > self.lim.max_record + 1;
         let frozen = self.buf.split_to(start).freeze();
         self.offset += start as u64;
         self.scan -= start;
+        self.rec_start = 0;
+        self.first_nl = self.first_nl.map(|i| i - start);
         for s in spans {
             let next = Position {
                 file: self.file,
@@ -236,12 +473,14 @@ impl Framer {
                 prefix,
                 len: self.buf.len() as u64,
                 lines: self.nl_in_rec,
+                last_cr: self.buf.last() == Some(&b'\r'),
             });
             self.offset += self.buf.len() as u64;
             self.buf.clear();
             self.scan = 0;
-            self.in_quote = false;
+            self.quote = Quote::Out;
             self.nl_in_rec = 0;
+            self.first_nl = None;
             self.continue_skip(out);
         }
     }
@@ -256,11 +495,24 @@ impl Framer {
         match memchr::memchr(b'\n', &self.buf) {
             None => {
                 skip.len += self.buf.len() as u64;
+                if let Some(&b) = self.buf.last() {
+                    skip.last_cr = b == b'\r';
+                }
                 self.offset += self.buf.len() as u64;
                 self.buf.clear();
             }
             Some(t) => {
                 skip.len += t as u64;
+                // A `\r` before the `\n` ends the line; it is not part of the record.
+                let cr = if t > 0 {
+                    self.buf[t - 1] == b'\r'
+                } else {
+                    skip.last_cr
+                };
+                skip.len -= u64::from(cr);
+                // The kept prefix may have taken that `\r` in.
+                skip.prefix
+                    .truncate(skip.len.try_into().unwrap_or(usize::MAX));
                 let _ = self.buf.split_to(t + 1);
                 self.offset += (t + 1) as u64;
                 self.line = skip.start.line + skip.lines + 1;
@@ -286,7 +538,8 @@ impl Framer {
         }
     }
 
-    /// At end of input: the last record may lack its terminator.
+    /// At end of input: an oversized record still being skipped ends there (the last record
+    /// without a terminator is framed by `extract`).
     fn finish(&mut self, out: &mut Vec<RawRecord>) {
         if self.skip.is_some() {
             self.line = self
@@ -294,21 +547,7 @@ impl Framer {
                 .as_ref()
                 .map_or(self.line, |s| s.start.line + s.lines + 1);
             self.finish_skip(out);
-            return;
         }
-        if self.buf.is_empty() {
-            return;
-        }
-        let len = self.buf.len();
-        let data = self.buf.split().freeze();
-        let data_end = if data.ends_with(b"\r") { len - 1 } else { len };
-        let pos = self.pos(0);
-        self.offset += len as u64;
-        self.line += self.nl_in_rec + 1;
-        self.scan = 0;
-        self.nl_in_rec = 0;
-        let next = self.pos(0);
-        self.emit(out, pos, next, data.slice(..data_end));
     }
 
     fn emit(&mut self, out: &mut Vec<RawRecord>, pos: Position, next: Position, data: Bytes) {
@@ -392,6 +631,7 @@ pub struct FileSource {
     rx: mpsc::Receiver<Result<Vec<RawRecord>, StreamError>>,
     names: SourceNames,
     bytes_total: Option<u64>,
+    header_rows: Vec<(u32, Bytes)>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -427,7 +667,9 @@ impl FileSource {
     /// Reads `paths` in order (`-` is stdin); a directory stands for its files, sorted.
     /// With `resume`, inputs before the checkpoint's are skipped and its input continues at the
     /// checkpoint's offset (seeking when it can, else reading and dropping); the checkpoint
-    /// must name the same input at the same index.
+    /// must name the same input at the same index. For CSV with a header row, the header of
+    /// every input but stdin is read here, ahead ([`Source::header_rows`]; a copy of each
+    /// distinct header is kept), so the pipeline can check them all before it writes.
     pub fn open(
         paths: &[PathBuf],
         config: &PipelineConfig,
@@ -468,8 +710,14 @@ impl FileSource {
             let len = file.metadata().map_err(|e| input_err(f, e))?.len();
             total = total.filter(|_| !gz).map(|t| t + len);
         }
-        let (tx, rx) = mpsc::channel(config.chunk_queue);
         let lim = FrameLimits::from(config);
+        let header_rows = if format.has_header() {
+            let first = resume.map_or(0, |cp| cp.position.file as usize);
+            read_header_rows(&files, first, format, lim)?
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = mpsc::channel(config.chunk_queue);
         let format = format.clone();
         let start = resume.map(|cp| cp.position);
         let thread_files = files.clone();
@@ -481,8 +729,46 @@ impl FileSource {
             rx,
             names,
             bytes_total: total,
+            header_rows,
         })
     }
+}
+
+/// The header rows of `files[first..]` (stdin excluded), each one only where it differs from
+/// the one before: read ahead so that the pipeline can check them all before it writes.
+fn read_header_rows(
+    files: &[PathBuf],
+    first: usize,
+    format: &Format,
+    lim: FrameLimits,
+) -> Result<Vec<(u32, Bytes)>, StreamError> {
+    let lim = FrameLimits {
+        read_chunk: lim.read_chunk.min(16 << 10),
+        chunk_records: 1,
+        ..lim
+    };
+    let mut rows: Vec<(u32, Bytes)> = Vec::new();
+    for (i, path) in files.iter().enumerate().skip(first) {
+        if path.as_os_str() == "-" {
+            continue;
+        }
+        let mut framer = Framer::new(lim, format, i as u32);
+        let (mut reader, _) = open_input(path).map_err(|e| input_err(path, e))?;
+        let chunk = framer
+            .next_chunk(&mut reader)
+            .map_err(|e| input_err(path, e))?;
+        let header = chunk
+            .into_iter()
+            .flatten()
+            .find(|r| r.kind == RecordKind::Header);
+        if let Some(h) = header
+            && rows.last().is_none_or(|(_, last)| *last != h.data)
+        {
+            // A copy: the slice would keep the whole read buffer alive.
+            rows.push((i as u32, Bytes::copy_from_slice(&h.data)));
+        }
+    }
+    Ok(rows)
 }
 
 type ChunkTx = mpsc::Sender<Result<Vec<RawRecord>, StreamError>>;
@@ -568,6 +854,7 @@ fn read_one(
                     {
                         return Ok(false);
                     }
+                    framer.header_fields = hf.header_fields;
                 }
                 let len = f.metadata()?.len();
                 if pos.offset > len {
@@ -606,6 +893,11 @@ impl Source for FileSource {
     fn bytes_total(&self) -> Option<u64> {
         self.bytes_total
     }
+
+    /// The header row of every input but stdin, read when the source was opened.
+    fn header_rows(&self) -> Vec<(u32, Bytes)> {
+        self.header_rows.clone()
+    }
 }
 
 #[cfg(test)]
@@ -622,14 +914,222 @@ mod tests {
     }
 
     fn frame_all(input: &[u8], format: &Format, max_record: usize) -> Vec<RawRecord> {
-        let mut f = Framer::new(lim(max_record), format, 0);
+        frame_with(input, format, lim(max_record))
+    }
+
+    fn frame_with(input: &[u8], format: &Format, lim: FrameLimits) -> Vec<RawRecord> {
+        let mut f = Framer::new(lim, format, 0);
         let mut r = io::Cursor::new(input.to_vec());
         let mut all = Vec::new();
         while let Some(c) = f.next_chunk(&mut r).unwrap() {
-            assert!(c.len() <= 3);
+            assert!(c.len() <= lim.chunk_records);
             all.extend(c);
         }
         all
+    }
+
+    /// (line, offset, data) of each record; the header row too.
+    fn lines(recs: &[RawRecord]) -> Vec<(u64, u64, String)> {
+        recs.iter()
+            .map(|r| {
+                let text = String::from_utf8_lossy(&r.data).into_owned();
+                (r.position.line, r.position.offset, text)
+            })
+            .collect()
+    }
+
+    fn csv3() -> Format {
+        Format::csv()
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped_but_counted_in_offsets() {
+        for read_chunk in [1, 2, 7, 64] {
+            let l = FrameLimits {
+                read_chunk,
+                ..lim(100)
+            };
+            let recs = frame_with(b"\xEF\xBB\xBFid,name\r\n1,a\r\n", &Format::csv(), l);
+            assert_eq!(recs[0].kind, RecordKind::Header);
+            assert_eq!(
+                lines(&recs),
+                [(1, 3, "id,name".into()), (2, 12, "1,a".into())],
+                "read_chunk {read_chunk}"
+            );
+            assert_eq!(recs[1].next.offset, 17);
+            let recs = frame_with(b"\xEF\xBB\xBF{\"id\":1}\n", &Format::JsonLines, l);
+            assert_eq!(lines(&recs), [(1, 3, "{\"id\":1}".into())]);
+        }
+        // Only at the very start, and only the whole mark.
+        let recs = frame_all(b"a\n\xEF\xBB\xBFb\n", &Format::JsonLines, 100);
+        assert_eq!(&recs[1].data[..], b"\xEF\xBB\xBFb");
+        let recs = frame_all(b"\xEF\xBBx\n", &Format::JsonLines, 100);
+        assert_eq!(&recs[0].data[..], b"\xEF\xBBx");
+        let recs = frame_all(b"\xEF\xBB", &Format::JsonLines, 100);
+        assert_eq!(&recs[0].data[..], b"\xEF\xBB");
+        // A resumed input (seeked past the start) has no mark to drop.
+        let mut f = Framer::new(lim(100), &Format::JsonLines, 0);
+        f.start_at(Position {
+            file: 0,
+            line: 5,
+            offset: 40,
+        });
+        let mut r = io::Cursor::new(b"\xEF\xBB\xBFx\n".to_vec());
+        let c = f.next_chunk(&mut r).unwrap().unwrap();
+        assert_eq!(&c[0].data[..], b"\xEF\xBB\xBFx");
+    }
+
+    #[test]
+    fn crlf_ends_records_after_closing_quotes_and_stays_inside_quoted_fields() {
+        let recs = frame_all(
+            b"h1,h2\r\n\"a\",\"b\"\r\n\"x\r\ny\",z\r\nlast,\"q\"\r",
+            &Format::csv(),
+            100,
+        );
+        assert_eq!(
+            lines(&recs),
+            [
+                (1, 0, "h1,h2".into()),
+                (2, 7, "\"a\",\"b\"".into()),
+                (3, 16, "\"x\r\ny\",z".into()),
+                (5, 26, "last,\"q\"".into()),
+            ]
+        );
+        assert_eq!(recs[3].next.line, 6);
+    }
+
+    #[test]
+    fn a_quote_inside_an_unquoted_field_ends_the_record_at_its_line() {
+        let recs = frame_all(b"id,n\n1,Al\"ice\n2,b\n3,c\"\n4,d\n", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["id,n", "1,Al\"ice", "2,b", "3,c\"", "4,d"]);
+        // Quotes after it on that line are not tracked.
+        let recs = frame_all(b"id,n\n1,a\"b,\"x\n2,y\"z\n3,c\n", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["id,n", "1,a\"b,\"x", "2,y\"z", "3,c"]);
+        // In a record spanning lines, it breaks the record.
+        let recs = frame_all(b"a,b,c\n1,\"x\ny\",a\"b\n2,z,w\n", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["a,b,c", "1,\"x", "y\",a\"b", "2,z,w"]);
+    }
+
+    #[test]
+    fn text_after_a_closing_quote_on_the_first_line_ends_the_record_at_its_line() {
+        let recs = frame_all(b"id,n\n1,\"Al\"ice,\"x\n2,b\n", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["id,n", "1,\"Al\"ice,\"x", "2,b"]);
+    }
+
+    #[test]
+    fn a_stray_opening_quote_costs_its_line_only() {
+        // Closed later by a quote that is followed by text: broken, cut after line 2.
+        let input = b"id,n,x\n1,\"Alice,x\n2,b,c\n3,\"Carl\",z\n4,d,e\n";
+        let recs = frame_all(input, &csv3(), 100);
+        assert_eq!(
+            lines(&recs),
+            [
+                (1, 0, "id,n,x".into()),
+                (2, 7, "1,\"Alice,x".into()),
+                (3, 18, "2,b,c".into()),
+                (4, 24, "3,\"Carl\",z".into()),
+                (5, 35, "4,d,e".into()),
+            ]
+        );
+        assert_eq!(recs[1].next, recs[2].position);
+        // Never closed: broken at the end of the input.
+        let recs = frame_all(b"id,n\n1,\"open\n2,b\n3,c\n", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["id,n", "1,\"open", "2,b", "3,c"]);
+        // The same without a final newline, and in CRLF.
+        let recs = frame_all(b"id,n\r\n1,\"open\r\n2,b\r\n3,c", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["id,n", "1,\"open", "2,b", "3,c"]);
+        assert_eq!(recs[3].position.line, 4);
+    }
+
+    #[test]
+    fn a_record_spanning_lines_with_the_wrong_field_count_is_broken() {
+        // `1,"x\n2,y"` frames as two fields where the header has three.
+        let recs = frame_all(b"a,b,c\n1,\"x\n2,y\"\n3,q,r\n", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["a,b,c", "1,\"x", "2,y\"", "3,q,r"]);
+        // With the right count it is one record.
+        let recs = frame_all(b"a,b\n1,\"x\n2,y\"\n3,q\n", &csv3(), 100);
+        let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+        assert_eq!(data, ["a,b", "1,\"x\n2,y\"", "3,q"]);
+        // Without a header there is no count to check.
+        let fmt = Format::Csv {
+            delimiter: b',',
+            has_header: false,
+        };
+        let recs = frame_all(b"1,\"x\n2,y\"\n3,q,r\n", &fmt, 100);
+        assert_eq!(recs.len(), 2);
+    }
+
+    #[test]
+    fn a_quoted_field_open_past_the_record_limit_is_broken_without_buffering_more() {
+        let mut input = b"id,n\n1,\"open\n".to_vec();
+        for i in 2..200 {
+            input.extend(format!("{i},row\n").as_bytes());
+        }
+        let mut f = Framer::new(lim(40), &csv3(), 0);
+        let mut r = io::Cursor::new(input);
+        let mut all = Vec::new();
+        while let Some(c) = f.next_chunk(&mut r).unwrap() {
+            all.extend(c);
+            assert!(f.buf.len() <= 40 + 7 + 1, "buffer holds {}", f.buf.len());
+        }
+        assert_eq!(all.len(), 200);
+        assert_eq!(&all[1].data[..], b"1,\"open");
+        for (i, r) in all.iter().enumerate().skip(2) {
+            assert_eq!(r.data, format!("{i},row").into_bytes(), "record {i}");
+            assert_eq!(r.position.line, i as u64 + 1);
+        }
+    }
+
+    #[test]
+    fn escaped_quotes_and_quotes_at_read_boundaries() {
+        let input = b"a,b\n\"x\"\"y\",\"\"\n\"p\nq\"\"\",r\n";
+        for read_chunk in [1, 2, 3, 64] {
+            let l = FrameLimits {
+                read_chunk,
+                ..lim(100)
+            };
+            let recs = frame_with(input, &csv3(), l);
+            let data: Vec<_> = lines(&recs).into_iter().map(|l| l.2).collect();
+            assert_eq!(
+                data,
+                ["a,b", "\"x\"\"y\",\"\"", "\"p\nq\"\"\",r"],
+                "read_chunk {read_chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_record_length_leaves_out_its_crlf() {
+        let mut input = b"ok1\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 1000));
+        input.extend(b"\r\nok2\n");
+        let recs = frame_all(&input, &Format::JsonLines, 10);
+        assert_eq!(recs[1].kind, RecordKind::Oversized { len: 1000 });
+        // The `\r` may end a read and the `\n` start the next.
+        for read_chunk in [1, 2, 3, 5] {
+            let l = FrameLimits {
+                read_chunk,
+                ..lim(10)
+            };
+            let recs = frame_with(&input, &Format::JsonLines, l);
+            assert_eq!(recs[1].kind, RecordKind::Oversized { len: 1000 });
+            assert_eq!(&recs[2].data[..], b"ok2");
+        }
+        // Nor does its kept prefix, when the prefix holds all of it.
+        let l = FrameLimits {
+            dl_raw: 100,
+            ..lim(10)
+        };
+        let recs = frame_with(b"ok1\n0123456789abcdef\r\nok2\n", &Format::JsonLines, l);
+        assert_eq!(recs[1].kind, RecordKind::Oversized { len: 16 });
+        assert_eq!(&recs[1].data[..], b"0123456789abcdef");
     }
 
     #[test]

@@ -212,6 +212,43 @@ async fn ten_megabyte_field_is_dead_lettered_as_oversized() {
         format!("record exceeds {max} bytes ({} bytes)", (10 << 20) + 2)
     );
     assert!(l.raw_truncated && l.raw.len() <= 4096);
+    assert_eq!((l.offset, l.len), (12, (10 << 20) + 2));
     let ids: Vec<u64> = sink.committed.lock().unwrap().iter().map(|c| c.1).collect();
     assert_eq!(ids, [1, 3]);
+}
+
+#[tokio::test]
+async fn a_dead_letter_names_the_exact_byte_range_of_its_record() {
+    // A byte-order mark, CRLF, and a 10 KiB record (more than the raw copy keeps) that does
+    // not decode: its range in the file is the whole record, terminator excluded.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("range.csv");
+    let long = format!("2,{}", "y".repeat(10 << 10));
+    let bad = format!("{long},extra");
+    let text = format!("id,name\r\n1,a\r\n{bad}\r\nx3,\"two\r\nlines\"\r\n4,d\r\n");
+    let bytes = [b"\xEF\xBB\xBF".as_slice(), text.as_bytes()].concat();
+    std::fs::write(&p, &bytes).unwrap();
+    let cfg = cfg();
+    let source = FileSource::open(&[p], &cfg, None).unwrap();
+    let dl = Arc::new(MemoryDeadLetters::new(10));
+    let sink = Arc::new(CountingSink {
+        fail_after: u64::MAX,
+        done: AtomicU64::new(0),
+        committed: Mutex::new(Vec::new()),
+    });
+    let s = Pipeline::new(cfg, map_row, sink)
+        .with_dead_letters(dl.clone())
+        .run(source, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!((s.records_committed, s.records_dead_lettered), (2, 2));
+    let letters = dl.letters();
+    let wanted = [bad.as_str(), "x3,\"two\r\nlines\""];
+    for (l, want) in letters.iter().zip(wanted) {
+        let range = l.offset as usize..(l.offset + l.len) as usize;
+        assert_eq!(&bytes[range], want.as_bytes(), "line {}", l.line);
+        assert_eq!(l.raw_truncated, want.len() > 4096);
+        assert!(want.starts_with(&l.raw));
+    }
+    assert_eq!(letters[0].raw.len(), 4096);
 }
