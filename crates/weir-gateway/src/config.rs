@@ -142,7 +142,7 @@ pub struct WebSocketConfig {
     /// subscription cost ~150 KB); larger messages still arrive whole, in several reads, up
     /// to `limits.max_ws_message_bytes` (the buffer then keeps the size that message needed).
     /// Clients send only small control messages (`connection_init`, `subscribe`, `pong`), so
-    /// 1 KiB holds a typical one in a single read. Default 1 KiB.
+    /// 512 bytes hold a typical one in a single read. Default 512 B.
     pub read_buffer_bytes: usize,
 }
 
@@ -154,7 +154,7 @@ impl Default for WebSocketConfig {
             pong_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             outbound_queue: 64,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
         }
     }
 }

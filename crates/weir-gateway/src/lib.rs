@@ -112,7 +112,13 @@ pub(crate) struct StateInner {
     pub(crate) open_sockets: std::sync::atomic::AtomicUsize,
     /// `graphChanges` operations delivered by the fast path (`projection.rs`).
     pub(crate) fast_operations: Arc<std::sync::atomic::AtomicU64>,
+    /// Distinct fast-path plans, shared by the subscriptions with that selection (bounded by
+    /// [`MAX_PLANS`]).
+    pub(crate) plans: parking_lot::Mutex<std::collections::HashSet<Arc<projection::ChangePlan>>>,
 }
+
+/// Most distinct selection plans kept for sharing; past it, new plans are not shared.
+const MAX_PLANS: usize = 1024;
 
 impl std::fmt::Debug for GatewayState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,6 +163,7 @@ impl GatewayState {
                 sockets: TaskTracker::new(),
                 open_sockets: std::sync::atomic::AtomicUsize::new(0),
                 fast_operations: Arc::default(),
+                plans: parking_lot::Mutex::default(),
             }),
         })
     }
@@ -181,6 +188,19 @@ impl GatewayState {
         self.inner
             .open_sockets
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The shared copy of `plan` (subscriptions with one selection hold one plan).
+    pub(crate) fn intern_plan(&self, plan: projection::ChangePlan) -> Arc<projection::ChangePlan> {
+        let mut plans = self.inner.plans.lock();
+        if let Some(p) = plans.get(&plan) {
+            return p.clone();
+        }
+        let plan = Arc::new(plan);
+        if plans.len() < MAX_PLANS {
+            plans.insert(plan.clone());
+        }
+        plan
     }
 
     /// `graphChanges` operations moved to the fast path so far: their changes are rendered

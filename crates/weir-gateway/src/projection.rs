@@ -7,18 +7,26 @@
 //! aliases, `__typename`, the `start`/`end` sub-selections), read once from the resolver's
 //! look-ahead; it renders `{"data":{"<field>":{...}}}` for an event directly.
 //!
-//! Safety net: a subscription's first change still goes through async-graphql, and the plan is
-//! used from the second change on only if its rendering of that first change is equal to what
-//! async-graphql produced (see `ws::run_op`). Selections the plan does not cover (directives,
-//! a response key used twice, a field it does not know) keep the ordinary path throughout.
+//! Safety net: before anything is delivered, the resolver's stream yields one synthetic
+//! [`probe`] change (a relationship with both ends, properties of every JSON kind, text that
+//! needs escaping); the executor renders it, and the plan is used only if its rendering is
+//! equal (see `ws::run_op`; the probe itself is never sent). The executor's per-subscription
+//! state is then dropped, which is also what keeps an idle subscription small. Selections the
+//! plan does not cover (directives, a response key used twice, a field it does not know) keep
+//! the ordinary path throughout.
 
 use std::fmt::Write as _;
 
+use std::sync::Arc;
+
 use async_graphql::SelectionField;
-use weir_events::{ChangeEvent, EntityKind, NodeRef, Operation};
+use weir_events::{
+    ChangeBatch, ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, NodeRef, Operation, SourcePosition,
+};
+use weir_subscriptions::EventRef;
 
 /// One selected field of `GraphChange`, with the response key it is written under.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Field {
     Seq,
     Index,
@@ -37,15 +45,16 @@ enum Field {
 }
 
 /// One selected field of `NodeRef`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum RefField {
     Label,
     Key,
     Typename,
 }
 
-/// How to render a change for one selection set (see the module docs).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How to render a change for one selection set (see the module docs). Equal plans are
+/// shared between subscriptions (`GatewayState::intern_plan`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ChangePlan {
     /// `{"data":{"<root key>":` with the key escaped.
     head: String,
@@ -204,4 +213,59 @@ fn render_ref(out: &mut String, node: Option<&NodeRef>, sub: &[(String, RefField
         }
     }
     out.push('}');
+}
+
+/// The synthetic change a plan is checked against: every field set, both relationship ends,
+/// properties of every JSON kind, strings that need escaping.
+pub(crate) fn probe() -> EventRef {
+    let text = "probe \"quoted\" \\ back\nslash \u{e9}\u{1F600}\u{1}";
+    let event = ChangeEvent {
+        version: EVENT_FORMAT_VERSION,
+        seq: 18_446_744_073_709_551_000,
+        index: 4_294_967_000,
+        kind: EntityKind::Relationship,
+        label: "PROBE_TYPE".into(),
+        key: text.into(),
+        operation: Operation::Updated,
+        properties: [
+            ("s".to_owned(), serde_json::json!(text)),
+            (
+                "i".to_owned(),
+                serde_json::json!(-9_007_199_254_740_993_i64),
+            ),
+            ("f".to_owned(), serde_json::json!(1.25e-7)),
+            ("b".to_owned(), serde_json::json!(true)),
+            ("n".to_owned(), serde_json::Value::Null),
+            (
+                "l".to_owned(),
+                serde_json::json!([1, "two", [3.5], {"k": null}]),
+            ),
+            (
+                "o".to_owned(),
+                serde_json::json!({"z": 1, "a": {"b": [false]}}),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        start: Some(NodeRef {
+            label: "ProbeStart".into(),
+            key: "start \"key\"".into(),
+        }),
+        end: Some(NodeRef {
+            label: "ProbeEnd".into(),
+            key: "end\tkey".into(),
+        }),
+        job_id: "probe-job".into(),
+        batch_id: "probe-batch".into(),
+        source: SourcePosition::default(),
+        committed_at_ms: -1_700_000_000_123,
+    };
+    let batch = ChangeBatch {
+        version: EVENT_FORMAT_VERSION,
+        seq: event.seq,
+        job_id: event.job_id.clone(),
+        batch_id: event.batch_id.clone(),
+        events: vec![event],
+    };
+    EventRef::new(Arc::new(batch), 0).expect("one event")
 }

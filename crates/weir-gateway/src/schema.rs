@@ -75,10 +75,11 @@ pub(crate) struct OpContext {
     pub(crate) fast: FastPath,
 }
 
-/// How a `graphChanges` operation moves to the fast path: the resolver's stream renders its
-/// first change with the plan (`probe`), the connection compares that with what the executor
-/// produced (`verdict`), and on a match the stream hands its subscription and plan over
-/// (`handoff`) and the connection renders every later change itself.
+/// How a `graphChanges` operation moves to the fast path: the resolver's stream first yields
+/// the synthetic [`crate::projection::probe`] change and puts the plan's rendering of it in
+/// `probe`; the connection compares that with what the executor produced (`verdict`) and does
+/// not send it; on a match the stream hands its subscription and plan over (`handoff`) and the
+/// connection renders every change itself.
 #[derive(Default)]
 pub(crate) struct FastPath {
     /// Whether the operation may use it (its text has no directives).
@@ -125,6 +126,17 @@ impl Stream for Changes {
                 Err(h) => this.sub = Some(h.sub),
             }
         }
+        if !this.probed {
+            this.probed = true;
+            if let Some(plan) = &this.plan {
+                let probe = crate::projection::probe();
+                *this.op.fast.probe.lock() = plan.render_value(&probe);
+                return Poll::Ready(Some(GraphChange {
+                    event: probe,
+                    missed: 0,
+                }));
+            }
+        }
         let Some(sub) = this.sub.as_mut() else {
             return Poll::Pending;
         };
@@ -134,12 +146,6 @@ impl Stream for Changes {
                     let Item::Change(event) = d.item else {
                         continue;
                     };
-                    if !this.probed {
-                        this.probed = true;
-                        if let Some(plan) = &this.plan {
-                            *this.op.fast.probe.lock() = plan.render_value(&event);
-                        }
-                    }
                     return Poll::Ready(Some(GraphChange {
                         event,
                         missed: d.missed,

@@ -15,15 +15,19 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::Stream;
 use futures::stream::{BoxStream, SplitSink};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
-use tokio::time::{Instant, MissedTickBehavior};
-use weir_subscriptions::{Connection, EndReason, Item};
+use tokio::time::Instant;
+use tokio_stream::StreamMap;
+use weir_subscriptions::{Connection, EndReason, Item, Subscription};
+
+use crate::projection::ChangePlan;
 
 use crate::auth::{self, Principal};
 use crate::schema::{FastPath, Handoff, OpContext};
@@ -113,6 +117,125 @@ enum Out {
         code: u16,
         reason: &'static str,
     },
+    /// A `graphChanges` operation on the fast path, for the connection to deliver itself.
+    Adopt {
+        id: Arc<str>,
+        generation: u64,
+        handoff: Handoff,
+    },
+}
+
+/// A `graphChanges` subscription the connection delivers itself (the fast path): its changes
+/// are rendered from the plan and written by the connection task, with no task or channel of
+/// its own.
+struct FastSub {
+    sub: Subscription,
+    plan: Arc<ChangePlan>,
+    /// `{"type":"next","id":<id>,"payload":`
+    prefix: Box<str>,
+    ended: bool,
+}
+
+/// What a [`FastSub`] yields.
+enum FastOut {
+    Frame(String),
+    Ended {
+        reason: Option<EndReason>,
+        last: Option<(u64, u32)>,
+    },
+}
+
+impl Stream for FastSub {
+    type Item = FastOut;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<FastOut>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.sub.poll_next_unpin(cx) {
+                Poll::Ready(Some(d)) => {
+                    let Item::Change(event) = d.item else {
+                        continue;
+                    };
+                    let mut text = String::with_capacity(this.prefix.len() + 384);
+                    text.push_str(&this.prefix);
+                    this.plan.render(&event, &mut text);
+                    text.push('}');
+                    return Poll::Ready(Some(FastOut::Frame(text)));
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(FastOut::Ended {
+                        reason: this.sub.end_reason(),
+                        last: this.sub.last_delivered(),
+                    }));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// What an operation's end means for the client: an error frame to send, then `complete`, a
+/// close, or nothing more.
+enum EndAction {
+    Complete,
+    Nothing,
+    Close(u16, &'static str),
+}
+
+/// The frames that end operation `id`, ended for `reason` after delivering `last`.
+fn end_of(
+    reason: Option<EndReason>,
+    last: Option<(u64, u32)>,
+    id: &str,
+    complete: bool,
+) -> (Option<String>, EndAction) {
+    match reason {
+        Some(EndReason::Lagged) => {
+            // Where to resume: `graphChanges(since: lastSeq, sinceIndex: lastIndex)`.
+            let (message, extensions) = match last {
+                Some((seq, index)) => (
+                    format!(
+                        "slow consumer: too far behind, disconnecting; resume with since: {seq}, sinceIndex: {index}"
+                    ),
+                    json!({"code": "SLOW_CONSUMER", "lastSeq": seq, "lastIndex": index}),
+                ),
+                None => (
+                    "slow consumer: too far behind, disconnecting; nothing was delivered yet: resume with the last seq you had".to_owned(),
+                    json!({"code": "SLOW_CONSUMER"}),
+                ),
+            };
+            let payload = json!([{"message": message, "extensions": extensions}]);
+            (
+                Some(frame("error", id, Some(&payload))),
+                EndAction::Close(cc::SLOW_CONSUMER, "slow consumer"),
+            )
+        }
+        Some(EndReason::Gap) => {
+            // Changes were lost upstream of this gateway: say so, and where the client was.
+            let (resume, extensions) = match last {
+                Some((seq, index)) => (
+                    format!("; the last change you received was seq {seq}, index {index}"),
+                    json!({"code": "CHANGES_LOST", "lastSeq": seq, "lastIndex": index}),
+                ),
+                None => (String::new(), json!({"code": "CHANGES_LOST"})),
+            };
+            let message = format!(
+                "changes were lost before reaching this gateway (the bus stream was reset, or its retention dropped changes not yet read){resume}: reload your view, then subscribe again"
+            );
+            let payload = json!([{"message": message, "extensions": extensions}]);
+            (Some(frame("error", id, Some(&payload))), EndAction::Nothing)
+        }
+        _ if complete => (None, EndAction::Complete),
+        _ => (None, EndAction::Nothing),
+    }
 }
 
 /// The most frames written to a socket before one flush (one `sendto`).
@@ -136,7 +259,9 @@ enum Flow {
 
 struct Op {
     generation: u64,
-    abort: AbortHandle,
+    /// The operation's task; `None` once the connection delivers it itself (an abort handle
+    /// keeps a finished task's memory alive).
+    abort: Option<AbortHandle>,
     ctx: Arc<OpContext>,
 }
 
@@ -167,8 +292,13 @@ struct Conn {
     sink: SplitSink<WebSocket, Message>,
     conn: Arc<Connection>,
     ops: HashMap<Arc<str>, Op>,
+    /// Operations on the fast path, delivered by this task (see [`FastSub`]).
+    fast: StreamMap<Arc<str>, FastSub>,
     tasks: JoinSet<()>,
-    out_tx: mpsc::Sender<Box<Out>>,
+    /// The outbound channel of operations with tasks of their own, made on first use.
+    out_tx: Option<mpsc::Sender<Box<Out>>>,
+    /// Its receiver, just made, for the connection loop to take.
+    new_out_rx: Option<mpsc::Receiver<Box<Out>>>,
     next_gen: u64,
     init_received: bool,
     principal: Option<Principal>,
@@ -195,7 +325,7 @@ async fn run(
     let _count = SocketCount(state.clone());
     let cfg = state.inner.config.websocket.clone();
     let (sink, mut stream) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel(cfg.outbound_queue);
+    let mut out_rx: Option<mpsc::Receiver<Box<Out>>> = None;
     let rate = f64::from(state.inner.config.limits.subscription_starts_per_sec);
     let mut c = Conn {
         conn: Arc::new(state.manager().connect()),
@@ -203,8 +333,11 @@ async fn run(
         protocol,
         sink,
         ops: HashMap::new(),
+        // Most connections carry one subscription: room for exactly one, grown when needed.
+        fast: StreamMap::with_capacity(1),
         tasks: JoinSet::new(),
-        out_tx,
+        out_tx: None,
+        new_out_rx: None,
         next_gen: 0,
         init_received: false,
         principal: None,
@@ -217,16 +350,25 @@ async fn run(
     };
     let closing = state.inner.closing.clone();
     let force = state.inner.force.clone();
-    let init_deadline = tokio::time::sleep(cfg.connection_init_timeout);
-    tokio::pin!(init_deadline);
-    let pong_deadline = tokio::time::sleep(cfg.pong_timeout);
-    tokio::pin!(pong_deadline);
-    let mut awaiting_pong = false;
-    let mut pings = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
-    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // One timer for the three deadlines (connection_init, the next ping, the pong awaited):
+    // an idle connection holds one timer, not three.
+    let started = Instant::now();
+    let init_due = started + cfg.connection_init_timeout;
+    let mut next_ping = started + cfg.ping_interval;
+    let mut pong_due: Option<Instant> = None;
+    let timer = tokio::time::sleep_until(init_due.min(next_ping));
+    tokio::pin!(timer);
 
     loop {
         let acked = c.principal.is_some();
+        let due = match (acked, pong_due) {
+            (false, _) => init_due,
+            (true, Some(p)) => p.min(next_ping),
+            (true, None) => next_ping,
+        };
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
         let flow = tokio::select! {
             biased;
             _ = force.cancelled() => Flow::Drop,
@@ -234,29 +376,32 @@ async fn run(
                 Box::pin(c.complete_all_ops()).await;
                 Flow::Close(cc::GOING_AWAY, "server shutting down")
             }
-            _ = &mut init_deadline, if !acked => {
-                Flow::Close(cc::INIT_TIMEOUT, "Connection initialisation timeout")
-            }
-            _ = &mut pong_deadline, if awaiting_pong => Flow::Close(cc::PONG_TIMEOUT, "pong timeout"),
-            _ = pings.tick(), if acked => {
-                let sent = match c.protocol {
-                    Protocol::Transport => Box::pin(c.send_json(json!({"type": "ping"}))).await,
-                    Protocol::Legacy => match Box::pin(c.send(Message::Ping(Default::default()))).await {
-                        Flow::Continue => Box::pin(c.send_json(json!({"type": "ka"}))).await,
-                        other => other,
-                    },
-                };
-                if !awaiting_pong {
-                    awaiting_pong = true;
-                    pong_deadline.as_mut().reset(Instant::now() + cfg.pong_timeout);
+            _ = &mut timer => {
+                let now = Instant::now();
+                if !acked {
+                    Flow::Close(cc::INIT_TIMEOUT, "Connection initialisation timeout")
+                } else if pong_due.is_some_and(|p| now >= p) {
+                    Flow::Close(cc::PONG_TIMEOUT, "pong timeout")
+                } else {
+                    next_ping = now + cfg.ping_interval;
+                    pong_due.get_or_insert(now + cfg.pong_timeout);
+                    match c.protocol {
+                        Protocol::Transport => Box::pin(c.send_json(json!({"type": "ping"}))).await,
+                        Protocol::Legacy => match Box::pin(c.send(Message::Ping(Default::default()))).await {
+                            Flow::Continue => Box::pin(c.send_json(json!({"type": "ka"}))).await,
+                            other => other,
+                        },
+                    }
                 }
-                sent
             }
             // Boxed like every write below: the write's future (its timer, the sink's) lives only
             // while writing, instead of in the connection task for the socket's whole life.
-            Some(out) = out_rx.recv() => Box::pin(c.write_outs(out, &mut out_rx)).await,
+            Some(out) = recv_opt(&mut out_rx) => Box::pin(c.write_outs(out, out_rx.as_mut())).await,
+            Some((id, out)) = c.fast.next(), if !c.fast.is_empty() => Box::pin(c.write_fast(id, out)).await,
+            // A finished operation task is reaped at once (the set keeps its memory until then).
+            Some(_) = c.tasks.join_next(), if !c.tasks.is_empty() => Flow::Continue,
             msg = stream.next() => {
-                awaiting_pong = false;
+                pong_due = None;
                 match msg {
                     None => Flow::Drop,
                     Some(Err(e)) => {
@@ -278,6 +423,9 @@ async fn run(
                 }
             }
         };
+        if let Some(rx) = c.new_out_rx.take() {
+            out_rx = Some(rx);
+        }
         match flow {
             Flow::Continue => {}
             Flow::Close(code, reason) => {
@@ -332,7 +480,11 @@ impl Conn {
     /// Writes `first` and whatever else is already queued (up to [`MAX_BATCH_FRAMES`] /
     /// [`MAX_BATCH_BYTES`]), then flushes once: one syscall for a burst instead of one per frame.
     /// The whole batch is bounded by one write timeout.
-    async fn write_outs(&mut self, first: Box<Out>, rx: &mut mpsc::Receiver<Box<Out>>) -> Flow {
+    async fn write_outs(
+        &mut self,
+        first: Box<Out>,
+        mut rx: Option<&mut mpsc::Receiver<Box<Out>>>,
+    ) -> Flow {
         let deadline = Instant::now() + self.state.inner.config.websocket.write_timeout;
         let mut fed = false;
         let mut frames = 0;
@@ -358,7 +510,7 @@ impl Conn {
             }
             frames += 1;
             if frames < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
-                next = rx.try_recv().ok();
+                next = rx.as_mut().and_then(|r| r.try_recv().ok());
             }
         }
         if fed && let Flow::Drop = self.write(deadline, None).await {
@@ -372,10 +524,13 @@ impl Conn {
     }
 
     async fn complete_all_ops(&mut self) {
+        self.fast = StreamMap::new();
         let ids: Vec<Arc<str>> = self.ops.keys().cloned().collect();
         for id in ids {
             if let Some(op) = self.ops.remove(&id) {
-                op.abort.abort();
+                if let Some(a) = &op.abort {
+                    a.abort();
+                }
                 let text = frame("complete", &id, None::<&()>);
                 if let Flow::Drop = self.send(Message::Text(text.into())).await {
                     return;
@@ -417,7 +572,80 @@ impl Conn {
                 }
             }
             Out::Disconnect { code, reason } => Step::End(Flow::Close(code, reason)),
+            Out::Adopt {
+                id,
+                generation,
+                handoff,
+            } => {
+                if let Some(op) = self.ops.get_mut(&id)
+                    && op.generation == generation
+                {
+                    op.abort = None;
+                    self.adopt(id, handoff);
+                }
+                Step::Skip
+            }
         }
+    }
+
+    /// Writes what the fast-path operations have ready (starting with `first` of `id`), up
+    /// to [`MAX_BATCH_FRAMES`] / [`MAX_BATCH_BYTES`], then flushes once.
+    async fn write_fast(&mut self, id: Arc<str>, first: FastOut) -> Flow {
+        let deadline = Instant::now() + self.state.inner.config.websocket.write_timeout;
+        let (mut frames, mut bytes, mut fed) = (0, 0, false);
+        let mut next = Some((id, first));
+        while let Some((id, out)) = next.take() {
+            let flow = match out {
+                FastOut::Frame(text) => {
+                    bytes += text.len();
+                    let f = self.write(deadline, Some(Message::Text(text.into()))).await;
+                    fed = true;
+                    f
+                }
+                FastOut::Ended { reason, last } => {
+                    self.fast.remove(&id);
+                    if self.ops.remove(&id).is_none() {
+                        Flow::Continue
+                    } else {
+                        let (error, action) = end_of(reason, last, &id, true);
+                        let mut f = Flow::Continue;
+                        if let Some(text) = error {
+                            f = self.write(deadline, Some(Message::Text(text.into()))).await;
+                            fed = true;
+                        }
+                        match (f, action) {
+                            (Flow::Continue, EndAction::Close(code, reason)) => {
+                                Flow::Close(code, reason)
+                            }
+                            (Flow::Continue, EndAction::Complete) => {
+                                let text = frame("complete", &id, None::<&()>);
+                                fed = true;
+                                self.write(deadline, Some(Message::Text(text.into()))).await
+                            }
+                            (f, _) => f,
+                        }
+                    }
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Close(code, reason) => {
+                    if fed {
+                        let _ = self.write(deadline, None).await;
+                    }
+                    return Flow::Close(code, reason);
+                }
+                Flow::Drop => return Flow::Drop,
+            }
+            frames += 1;
+            if frames < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                next = self.fast.next().now_or_never().flatten();
+            }
+        }
+        if fed && let Flow::Drop = self.write(deadline, None).await {
+            return Flow::Drop;
+        }
+        Flow::Continue
     }
 
     async fn on_text(&mut self, text: &str) -> Flow {
@@ -439,11 +667,18 @@ impl Conn {
                 if let Some(id) = msg.get("id").and_then(Value::as_str)
                     && let Some(op) = self.ops.remove(id)
                 {
+                    // A fast-path operation's subscription is in `fast`: end it as the
+                    // client's, then drop it.
+                    if let Some(fast) = self.fast.remove(id) {
+                        self.state.manager().end(fast.sub.id(), EndReason::Client);
+                    }
                     let sub = *op.ctx.subscription.lock();
                     if let Some(sub) = sub {
                         self.state.manager().end(sub, EndReason::Client);
                     }
-                    op.abort.abort();
+                    if let Some(a) = &op.abort {
+                        a.abort();
+                    }
                 }
                 Flow::Continue
             }
@@ -546,21 +781,67 @@ impl Conn {
                 ..FastPath::default()
             },
         });
-        let responses = self
+        let mut responses = self
             .state
             .inner
             .schema
             .execute_stream(request.data(ctx.clone()).data(principal));
         let id: Arc<str> = id.into();
-        let abort = self.tasks.spawn(run_op(
+        let mut handoff_rx = handoff_rx;
+        // A `graphChanges` subscription without `since` resolves at once: check the fast path's
+        // probe here and, when it passes, deliver it from this task; no task or channel is
+        // made for it. Anything that has to wait (a `since` replay opening, a query) gets its
+        // own task below, which does the same once it can.
+        let mut first = None;
+        if ctx.fast.allowed {
+            match responses.next().now_or_never() {
+                Some(Some(resp)) => {
+                    let probe = ctx.fast.probe.lock().take();
+                    match probe {
+                        Some(probe) => {
+                            let same = check_probe(&resp, probe);
+                            *ctx.fast.verdict.lock() = Some(same);
+                            if same {
+                                // The stream hands its subscription over when polled again.
+                                let _ = responses.next().now_or_never();
+                                if let Ok(handoff) = handoff_rx.try_recv() {
+                                    drop(responses);
+                                    ctx.fast.moved.fetch_add(1, Ordering::Relaxed);
+                                    self.ops.insert(
+                                        id.clone(),
+                                        Op {
+                                            generation,
+                                            abort: None,
+                                            ctx,
+                                        },
+                                    );
+                                    self.adopt(id, handoff);
+                                    return Flow::Continue;
+                                }
+                            }
+                        }
+                        None => first = Some(resp),
+                    }
+                }
+                Some(None) => {
+                    let text = frame("complete", &id, None::<&()>);
+                    return self.send(Message::Text(text.into())).await;
+                }
+                None => {}
+            }
+        }
+        let out = self.out_sender();
+        let fut = run_op(
             responses,
+            first,
             handoff_rx,
-            self.out_tx.clone(),
+            out,
             ctx.clone(),
             id.clone(),
             generation,
             self.protocol,
-        ));
+        );
+        let abort = Some(self.tasks.spawn(fut));
         self.ops.insert(
             id,
             Op {
@@ -570,6 +851,58 @@ impl Conn {
             },
         );
         Flow::Continue
+    }
+
+    /// The sender of the outbound channel, made on first use (operations delivered by this
+    /// task need none).
+    fn out_sender(&mut self) -> mpsc::Sender<Box<Out>> {
+        if let Some(tx) = &self.out_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(self.state.inner.config.websocket.outbound_queue);
+        self.new_out_rx = Some(rx);
+        self.out_tx = Some(tx.clone());
+        tx
+    }
+
+    /// Takes a fast-path `graphChanges` operation over: this task delivers it from now on.
+    fn adopt(&mut self, id: Arc<str>, handoff: Handoff) {
+        let next = match self.protocol {
+            Protocol::Transport => "next",
+            Protocol::Legacy => "data",
+        };
+        let prefix = format!(
+            "{{\"type\":\"{next}\",\"id\":{},\"payload\":",
+            serde_json::to_string(&*id).unwrap_or_default()
+        );
+        self.fast.insert(
+            id,
+            FastSub {
+                sub: handoff.sub,
+                plan: self.state.intern_plan(handoff.plan),
+                prefix: prefix.into(),
+                ended: false,
+            },
+        );
+    }
+}
+
+/// Whether the executor's rendering of the probe equals the plan's.
+fn check_probe(resp: &async_graphql::Response, probe: serde_json::Value) -> bool {
+    let same = serde_json::to_value(resp).is_ok_and(|v| v == probe);
+    if !same {
+        tracing::warn!(
+            "the graphChanges fast path renders this selection differently from the executor: keeping the executor (please report the query)"
+        );
+    }
+    same
+}
+
+/// The next message of the outbound channel, once it exists.
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<Box<Out>>>) -> Option<Box<Out>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -604,6 +937,7 @@ fn frame<P: Serialize + ?Sized>(ty: &str, id: &str, payload: Option<&P>) -> Stri
 #[allow(clippy::too_many_arguments)]
 async fn run_op(
     mut responses: BoxStream<'static, async_graphql::Response>,
+    first: Option<async_graphql::Response>,
     handoff: tokio::sync::oneshot::Receiver<Handoff>,
     out: mpsc::Sender<Box<Out>>,
     ctx: Arc<OpContext>,
@@ -617,17 +951,27 @@ async fn run_op(
     };
     let mut complete = true;
     let mut handoff = Some(handoff);
+    let mut first = first;
     loop {
-        let resp = tokio::select! {
+        let resp = if let Some(r) = first.take() {
+            Some(r)
+        } else {
+            tokio::select! {
             biased;
             h = async { handoff.as_mut().expect("guarded").await }, if handoff.is_some() => {
                 match h {
-                    Ok(h) => {
+                    Ok(handoff) => {
+                        // The connection delivers it from here; this task ends.
                         drop(responses);
-                        if !fast_changes(h, &out, &ctx, &id, generation, next).await {
-                            return;
-                        }
-                        break;
+                        ctx.fast.moved.fetch_add(1, Ordering::Relaxed);
+                        let _ = out
+                            .send(Box::new(Out::Adopt {
+                                id,
+                                generation,
+                                handoff,
+                            }))
+                            .await;
+                        return;
                     }
                     Err(_) => {
                         handoff = None;
@@ -636,19 +980,17 @@ async fn run_op(
                 }
             }
             r = responses.next() => r,
+            }
         };
         let Some(resp) = resp else {
             drop(responses);
             break;
         };
-        if let Some(probe) = ctx.fast.probe.lock().take() {
-            let same = serde_json::to_value(&resp).is_ok_and(|v| v == probe);
-            if !same {
-                tracing::debug!(
-                    "the fast path renders this selection differently: keeping the executor"
-                );
-            }
-            *ctx.fast.verdict.lock() = Some(same);
+        // The first response of a fast-path candidate is the probe: compared, never sent.
+        let probe = ctx.fast.probe.lock().take();
+        if let Some(probe) = probe {
+            *ctx.fast.verdict.lock() = Some(check_probe(&resp, probe));
+            continue;
         }
         let text = if resp.is_err() && resp.data == async_graphql::Value::Null {
             complete = false;
@@ -672,46 +1014,8 @@ async fn run_op(
     finish_op(&out, &ctx, id, generation, complete).await;
 }
 
-/// Delivers a `graphChanges` subscription with its plan until it ends; `false` when the
-/// connection is gone.
-async fn fast_changes(
-    h: Handoff,
-    out: &mpsc::Sender<Box<Out>>,
-    ctx: &OpContext,
-    id: &Arc<str>,
-    generation: u64,
-    next: &str,
-) -> bool {
-    let Handoff { plan, mut sub } = h;
-    ctx.fast.moved.fetch_add(1, Ordering::Relaxed);
-    let prefix = format!(
-        "{{\"type\":\"{next}\",\"id\":{},\"payload\":",
-        serde_json::to_string(&**id).unwrap_or_default()
-    );
-    while let Some(d) = sub.next().await {
-        let Item::Change(event) = d.item else {
-            continue;
-        };
-        let mut text = String::with_capacity(prefix.len() + 384);
-        text.push_str(&prefix);
-        plan.render(&event, &mut text);
-        text.push('}');
-        let msg = Box::new(Out::Frame {
-            id: id.clone(),
-            generation,
-            text,
-        });
-        if out.send(msg).await.is_err() {
-            return false;
-        }
-    }
-    *ctx.ended.lock() = sub.end_reason();
-    *ctx.last_delivered.lock() = sub.last_delivered();
-    true
-}
-
-/// What an operation sends when its stream ended: the slow-consumer error and close, or
-/// `complete` (when `complete`).
+/// What an operation sends when its stream ended: the slow-consumer error and close, the
+/// changes-lost error, or `complete` (when `complete`).
 async fn finish_op(
     out: &mpsc::Sender<Box<Out>>,
     ctx: &OpContext,
@@ -720,71 +1024,29 @@ async fn finish_op(
     complete: bool,
 ) {
     let ended = *ctx.ended.lock();
-    if ended == Some(EndReason::Gap) {
-        // Changes were lost upstream of this gateway: say so, and where the client was.
-        let (resume, extensions) = match *ctx.last_delivered.lock() {
-            Some((seq, index)) => (
-                format!("; the last change you received was seq {seq}, index {index}"),
-                json!({"code": "CHANGES_LOST", "lastSeq": seq, "lastIndex": index}),
-            ),
-            None => (String::new(), json!({"code": "CHANGES_LOST"})),
-        };
-        let message = format!(
-            "changes were lost before reaching this gateway (the bus stream was reset, or its retention dropped changes not yet read){resume}: reload your view, then subscribe again"
-        );
-        let payload = json!([{"message": message, "extensions": extensions}]);
+    let last = *ctx.last_delivered.lock();
+    let (error, action) = end_of(ended, last, &id, complete);
+    if let Some(text) = error {
         let _ = out
             .send(Box::new(Out::Frame {
                 id: id.clone(),
                 generation,
-                text: frame("error", &id, Some(&payload)),
+                text,
             }))
             .await;
-        let _ = out
-            .send(Box::new(Out::Done {
-                id,
-                generation,
-                complete: false,
-            }))
-            .await;
-        return;
     }
-    let lagged = ended == Some(EndReason::Lagged);
-    if lagged {
-        // Where to resume: `graphChanges(since: lastSeq, sinceIndex: lastIndex)`.
-        let (message, extensions) = match *ctx.last_delivered.lock() {
-            Some((seq, index)) => (
-                format!(
-                    "slow consumer: too far behind, disconnecting; resume with since: {seq}, sinceIndex: {index}"
-                ),
-                json!({"code": "SLOW_CONSUMER", "lastSeq": seq, "lastIndex": index}),
-            ),
-            None => (
-                "slow consumer: too far behind, disconnecting; nothing was delivered yet: resume with the last seq you had".to_owned(),
-                json!({"code": "SLOW_CONSUMER"}),
-            ),
-        };
-        let payload = json!([{"message": message, "extensions": extensions}]);
-        let _ = out
-            .send(Box::new(Out::Frame {
-                id: id.clone(),
-                generation,
-                text: frame("error", &id, Some(&payload)),
-            }))
-            .await;
-        let _ = out
-            .send(Box::new(Out::Disconnect {
-                code: cc::SLOW_CONSUMER,
-                reason: "slow consumer",
-            }))
-            .await;
-        return;
-    }
-    let _ = out
-        .send(Box::new(Out::Done {
+    let last_out = match action {
+        EndAction::Close(code, reason) => Out::Disconnect { code, reason },
+        EndAction::Complete => Out::Done {
             id,
             generation,
-            complete,
-        }))
-        .await;
+            complete: true,
+        },
+        EndAction::Nothing => Out::Done {
+            id,
+            generation,
+            complete: false,
+        },
+    };
+    let _ = out.send(Box::new(last_out)).await;
 }

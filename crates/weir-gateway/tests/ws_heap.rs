@@ -193,16 +193,16 @@ fn an_idle_subscription_holds_few_server_heap_bytes() {
         for (size, n) in rows {
             eprintln!("  {size:>6} B x {n:.2}");
         }
-        // Measured 13,667 B (debug build, Rust 1.95), of which: async-graphql's stream for the
-        // operation ~7.1 KB (execute_stream 2.8 KB, field stream 1.2 KB, collect stream 0.9 KB,
-        // parsed query 1.5 KB, ...); the connection task 1.7 KB; the operation task 0.9 KB; the
-        // WebSocket read buffer 1 KiB (`websocket.read_buffer_bytes`); the outbound channel
-        // 0.8 KB (0.5 KB state + one 32-slot block of boxed messages); the socket halves 0.4 KB;
-        // the I/O registration 0.25 KB; registry entry, handles, ids: the rest. It was 19,805 B
-        // with a 4 KiB read buffer, 72-byte unboxed messages (a 2.3 KB block) and the write
-        // futures inline in the connection task (2.4 KB).
+        // Measured 4,047 B (debug build, Rust 1.95), of which: the connection task 1.7 KB; the
+        // WebSocket read buffer 512 B (`websocket.read_buffer_bytes`); the socket halves, the
+        // I/O registration, the subscription's registry entry and queue slot, its fast-path
+        // state (the plan is shared) and ids: the rest. It was 13,667 B while every
+        // subscription kept async-graphql's stream (~7.1 KB), a task of its own (0.9-1.4 KB)
+        // and an outbound channel (0.8 KB), with a 1 KiB read buffer and three timers; and
+        // 19,805 B before that, with a 4 KiB read buffer, 72-byte unboxed messages (a 2.3 KB
+        // block) and the write futures inline in the connection task (2.4 KB).
         assert!(
-            per_sub <= 15_000,
+            per_sub <= 4_400,
             "{per_sub} bytes of server heap per idle subscription"
         );
         drop(clients);
