@@ -28,6 +28,7 @@ const KEY = `console-e2e-${randomBytes(8).toString('hex')}`;
 const PREFIX = `e2e${randomBytes(4).toString('hex')}_`;
 const PEOPLE = Number(process.env.CONSOLE_E2E_PEOPLE || 20000);
 const WAIT = 90_000;
+const MEMORY_LIMIT = 1024 * 1024 * 1024;
 
 /** A free TCP port on 127.0.0.1. */
 function freePort() {
@@ -107,7 +108,8 @@ before(async () => {
   const config = join(server.dir, 'serve.toml');
   writeFileSync(
     config,
-    `[jobs]\njob_dir = ${JSON.stringify(join(server.dir, 'jobs'))}\nspool_dir = ${JSON.stringify(join(server.dir, 'spool'))}\n`,
+    // A memory limit, so the chart draws it and the page shows a pressure level.
+    `[jobs]\njob_dir = ${JSON.stringify(join(server.dir, 'jobs'))}\nspool_dir = ${JSON.stringify(join(server.dir, 'spool'))}\nmemory_limit = ${MEMORY_LIMIT}\n`,
   );
   server.log = join(ARTIFACTS, 'weir-serve.log');
   const log = createWriteStream(server.log);
@@ -235,6 +237,15 @@ describe('web console', { timeout: 170_000 }, () => {
     });
     const received = Number((await page.textContent('#tail-count')).replace(/,/g, ''));
     assert.ok(received > 0);
+    // Changes the server dropped for the tail (bursts beyond its per-subscription queue) are
+    // shown as missed, never silently.
+    const figures = (await call('/api/console/figures')).json;
+    if (figures.gateway.dropped_events > 0) {
+      await page.locator('#tail-missed').waitFor({ state: 'visible' });
+      assert.match(await page.textContent('#tail-missed'), /[1-9][\d,]* missed/);
+    } else {
+      assert.equal(await page.isVisible('#tail-missed'), false);
+    }
     await shot(page, 'console-done', true);
     assertNoProblems('console');
   });
@@ -272,8 +283,15 @@ describe('web console', { timeout: 170_000 }, () => {
     const stamps = json.samples.map((s) => s.timestamp_ms);
     assert.ok(stamps.includes(last), 'the newest point drawn is a sample of the endpoint');
     assert.ok(drawn <= json.total, `${drawn} points, ${json.total} samples`);
-    assert.match(await page.textContent('#memory-stats'), /pressure/);
-    assert.match(await page.textContent('#memory-stats'), /leak verdict/);
+    // The limit is drawn, and the level is one a limit allows (not `unknown`).
+    const limits = (await svg.locator('polyline.limit').getAttribute('points')).trim().split(/\s+/);
+    assert.equal(limits.length, drawn);
+    // The configured limit, or a lower cgroup limit of the machine.
+    assert.ok(json.samples.every((s) => s.limit_bytes > 0 && s.limit_bytes <= MEMORY_LIMIT));
+    const stats = await page.textContent('#memory-stats');
+    assert.match(stats, /used \/ limit[\d.]+ [KMG]iB \/ [\d.]+ [KMG]iB \(\d+\s%\)/);
+    assert.match(stats, /pressure(normal|warning|critical)/);
+    assert.match(stats, /leak verdict(insufficient data|stable|growing|leaking)/);
     await page.locator('#memory').scrollIntoViewIfNeeded();
     await shot(page, 'console-memory');
     assertNoProblems('console');
@@ -317,7 +335,7 @@ describe('GraphiQL', { timeout: 120_000 }, () => {
     await page.click('[aria-label="Show Documentation Explorer"]');
     await page.getByText('A GraphQL schema provides a root type').waitFor();
     await page.locator('.graphiql-doc-explorer').getByText('SubscriptionRoot').first().waitFor();
-    await setQuery(`{ counts(labels: ["${PREFIX}Person", "${PREFIX}Company"]) { label count } }`);
+    await setQuery(`query Counts {\n  counts(labels: ["${PREFIX}Person", "${PREFIX}Company"]) {\n    label count\n  }\n}`);
     await page.click('.graphiql-execute-button');
     const out = JSON.parse(await until('the query result', async () => {
       const text = await response();

@@ -27,6 +27,8 @@ const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 /** Timers and the WebSocket of the current session (stopped when the key is refused). */
 const session = { timers: [], ws: null, stopped: true };
 
+/** Runs `fn` now and every `ms` while the session lasts. Its failure shows in the banner until
+ * it succeeds again (a server restart clears itself). */
 function every(ms, fn) {
   let busy = false;
   const tick = async () => {
@@ -34,8 +36,10 @@ function every(ms, fn) {
     busy = true;
     try {
       await fn();
+      problem(fn.name, '');
     } catch (e) {
-      failed(e);
+      if (e instanceof AuthError) keyRefused();
+      else problem(fn.name, e.message || String(e));
     } finally {
       busy = false;
     }
@@ -46,27 +50,26 @@ function every(ms, fn) {
 
 function stopSession() {
   session.stopped = true;
+  problems.clear();
+  problem('console', '');
   session.timers.forEach(clearInterval);
   session.timers = [];
   if (session.ws) session.ws.dispose();
   session.ws = null;
 }
 
-/** A failed call: a refused key stops everything and asks for a key; anything else is shown
- * where it happened by the caller, or in the banner. */
-function failed(e) {
-  if (e instanceof AuthError) {
-    keyRefused();
-    return;
-  }
-  showFatal(e.message || String(e));
+/** What is failing now, by source; the banner shows all of it. */
+const problems = new Map();
+
+function problem(source, message) {
+  if (message) problems.set(source, message);
+  else problems.delete(source);
+  const el = $('fatal');
+  el.textContent = [...new Set(problems.values())].join(' · ');
+  el.hidden = problems.size === 0;
 }
 
-function showFatal(message) {
-  const el = $('fatal');
-  el.textContent = message;
-  el.hidden = !message;
-}
+const showFatal = (message) => problem('console', message);
 
 let asking = false;
 async function keyRefused(message = REFUSED) {
@@ -297,14 +300,20 @@ function upload() {
   xhr.send(file);
 }
 
+/** Whether the last list had a job still going (only then are rates and ETAs fetched). */
+let anyLive = true;
+
 async function refreshJobs() {
   const [list, gql] = await Promise.all([
     api('/jobs'),
-    graphql(JOBS_QUERY).catch((e) => {
-      if (e instanceof AuthError) throw e;
-      return { ingestJobs: [] }; // progress figures are extras; the list stands alone
-    }),
+    anyLive
+      ? graphql(JOBS_QUERY).catch((e) => {
+          if (e instanceof AuthError) throw e;
+          return { ingestJobs: [] }; // progress figures are extras; the list stands alone
+        })
+      : { ingestJobs: [] },
   ]);
+  anyLive = (list.jobs || []).some((j) => !TERMINAL.has(j.state));
   for (const p of gql.ingestJobs || []) {
     const prev = progress.get(p.jobId);
     progress.set(p.jobId, {
@@ -377,10 +386,13 @@ let memoryStats = null;
 let leak = null;
 let lastFetch = 0;
 
+let resizeBound = false;
+
 function startMemory() {
   $('memory').hidden = false;
   every(2000, refreshMemory);
-  window.addEventListener('resize', () => drawChart());
+  if (!resizeBound) window.addEventListener('resize', () => drawChart());
+  resizeBound = true;
 }
 
 async function refreshMemory() {
@@ -413,7 +425,7 @@ function renderMemoryStats() {
   const slope = a && a.verdict !== 'insufficient_data' ? `${a.slope_bytes_per_hour >= 0 ? '+' : '−'}${bytes(Math.abs(a.slope_bytes_per_hour))}/h, R² ${a.r_squared.toFixed(2)}` : 'not enough samples yet';
   const items = [
     ['RSS', bytes(rssOf(cur))],
-    ['used / limit', cur.limit_bytes ? `${bytes(cur.used_bytes)} / ${bytes(cur.limit_bytes)} (${(100 * cur.ratio).toFixed(0)} %)` : `${bytes(cur.used_bytes)} (no limit)`],
+    ['used / limit', cur.limit_bytes ? `${bytes(cur.used_bytes)} / ${bytes(cur.limit_bytes)} (${(100 * cur.ratio).toFixed(0)}\u00a0%)` : `${bytes(cur.used_bytes)} (no limit)`],
     ['pressure', `<span class="pill ${esc(s.level)}">${esc(s.level)}</span>`],
     ['leak verdict', `<span class="pill ${esc(s.leak_verdict)}">${esc(s.leak_verdict.replace('_', ' '))}</span>`],
     ['trend', esc(slope)],
@@ -658,13 +670,13 @@ function flushTail() {
   $('tail-count').textContent = count(tail.received);
   const m = $('tail-missed');
   m.hidden = tail.missed === 0;
-  m.textContent = ` · ${count(tail.missed)} missed (the tail read too slowly)`;
+  m.textContent = ` · ${count(tail.missed)} missed (dropped by the server while this tail's queue was full)`;
   const rows = tail.pending.splice(0).slice(-MAX_ROWS).reverse();
   if (!rows.length) return;
   const html = rows
     .map((c) => {
       if (c.note) return `<tr class="missed"><td colspan="6">${esc(c.note)}</td></tr>`;
-      if (c.missed) return `<tr class="missed" data-missed="${c.missed}"><td colspan="6">⚠ ${count(c.missed)} changes missed here: this tail read too slowly</td></tr>`;
+      if (c.missed) return `<tr class="missed" data-missed="${c.missed}"><td colspan="6">⚠ ${count(c.missed)} changes missed here: the server dropped them while this tail's queue was full</td></tr>`;
       const t = new Date(c.committedAtMs).toLocaleTimeString();
       const key = c.kind === 'RELATIONSHIP' && c.start && c.end ? `${c.start.label} ${c.start.key} → ${c.end.label} ${c.end.key}` : c.key;
       return `<tr><td>${esc(t)}</td><td>${esc(c.seq)}</td><td>${esc(c.operation.toLowerCase())} ${c.kind === 'NODE' ? 'node' : 'rel'}</td><td>${esc(c.label)}</td><td class="key" title="${esc(key)}">${esc(key)}</td><td title="${esc(c.jobId)}">${esc(c.jobId.slice(0, 8))}</td></tr>`;
