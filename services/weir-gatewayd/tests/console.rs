@@ -2,6 +2,8 @@
 //! is no job API here (the page hides its jobs section) but memory figures, and the memory
 //! history and figures behind the gateway's API keys.
 
+// This test binds its listener to port 0 and has no use for `common::free_port`.
+#[allow(unused_imports)]
 mod common;
 
 use common::*;
