@@ -325,15 +325,22 @@ disk_report() {
 
 CONSOLE_DIR=$REPO/crates/weir-console
 
+# Node.js with npm, at least version $1 (major.minor): playwright-core needs 20, vite 20.19.
+# Debian 12's own nodejs is 18: then this says what to install instead of failing later.
 ensure_node() {
-  command -v node >/dev/null && command -v npm >/dev/null && return
-  apt_install nodejs npm
+  local want=$1 have
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+  have=$(node -p 'process.versions.node')
+  if ! node -e 'const [a, b] = process.argv.slice(1).map((v) => v.split(".").map(Number));
+      process.exit(a[0] > b[0] || (a[0] === b[0] && a[1] >= b[1]) ? 0 : 1)' "$have" "$want"; then
+    die "the web console needs Node.js $want or newer (found $have): install one (Debian 13's nodejs, NodeSource's or nvm's) and run again"
+  fi
 }
 
 # The console's npm packages, exactly as the lockfile pins them (playwright-core for the
-# browser test; vite and the page's libraries for console-build).
+# browser test; vite and the page's libraries for console-build). $1: the Node.js needed.
 console_npm_ci() {
-  ensure_node
+  ensure_node "$1"
   log "npm ci (crates/weir-console)"
   (cd "$CONSOLE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 }
@@ -341,7 +348,7 @@ console_npm_ci() {
 # Rebuilds crates/weir-console/assets/ (committed; `cargo build` embeds them and needs no npm).
 # A unit test of weir-console fails while the assets do not match the sources.
 cmd_console_build() {
-  console_npm_ci
+  console_npm_ci 20.19
   log "npm run build (crates/weir-console: vite, then assets/manifest.json)"
   (cd "$CONSOLE_DIR" && npm run build)
 }
@@ -351,7 +358,7 @@ cmd_console_build() {
 # and subscription, a wrong key. Screenshots and the server log go to target/console-artifacts/.
 console_e2e() {
   if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
-  console_npm_ci
+  console_npm_ci 20.0
   log "cargo build -p weir-cli (the binary the browser test starts)"
   cargo build --locked -p weir-cli
   local target=${CARGO_TARGET_DIR:-$REPO/target}
