@@ -6,7 +6,9 @@
 #   scripts/dev.sh status   say what runs where
 #   scripts/dev.sh env      print the settings `up` resolved (password masked)
 #   scripts/dev.sh demo     the main job: services up, ingest the example dataset, serve
-#   scripts/dev.sh test     services up, then fmt check, clippy -D warnings, nextest, doctests
+#   scripts/dev.sh test     services up, then fmt check, clippy -D warnings, nextest, doctests,
+#                           and the web console in a real browser (Debian chromium, installed if missing)
+#   scripts/dev.sh console-build   rebuild the web console's assets from the lockfile (npm ci, vite)
 #
 # Settings (environment):
 #   NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD   use your own Bolt server instead of a local ArcadeDB
@@ -321,6 +323,50 @@ disk_report() {
   log "disk: ${free:-?} MiB free, target dir ${used:-0} MiB ($1)"
 }
 
+CONSOLE_DIR=$REPO/crates/weir-console
+
+# Node.js with npm, at least version $1 (major.minor): playwright-core needs 20, vite 20.19.
+# Debian 12's own nodejs is 18: then this says what to install instead of failing later.
+ensure_node() {
+  local want=$1 have
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+  have=$(node -p 'process.versions.node')
+  if ! node -e 'const [a, b] = process.argv.slice(1).map((v) => v.split(".").map(Number));
+      process.exit(a[0] > b[0] || (a[0] === b[0] && a[1] >= b[1]) ? 0 : 1)' "$have" "$want"; then
+    die "the web console needs Node.js $want or newer (found $have): install one (Debian 13's nodejs, NodeSource's or nvm's) and run again"
+  fi
+}
+
+# The console's npm packages, exactly as the lockfile pins them (playwright-core for the
+# browser test; vite and the page's libraries for console-build). $1: the Node.js needed.
+console_npm_ci() {
+  ensure_node "$1"
+  log "npm ci (crates/weir-console)"
+  (cd "$CONSOLE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+# Rebuilds crates/weir-console/assets/ (committed; `cargo build` embeds them and needs no npm).
+# A unit test of weir-console fails while the assets do not match the sources.
+cmd_console_build() {
+  console_npm_ci 20.19
+  log "npm run build (crates/weir-console: vite, then assets/manifest.json)"
+  (cd "$CONSOLE_DIR" && npm run build)
+}
+
+# The console and GraphiQL in Debian's chromium against a real `weir serve` and the real graph
+# server: the page's requests, an upload through the page, the memory chart, GraphiQL's query
+# and subscription, a wrong key. Screenshots and the server log go to target/console-artifacts/.
+console_e2e() {
+  if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
+  console_npm_ci 20.0
+  log "cargo build -p weir-cli (the binary the browser test starts)"
+  cargo build --locked -p weir-cli
+  local target=${CARGO_TARGET_DIR:-$REPO/target}
+  log "browser test: node --test crates/weir-console/e2e/"
+  WEIR_BIN=$target/debug/weir CHROMIUM=/usr/bin/chromium CONSOLE_ARTIFACTS=$target/console-artifacts \
+    node --test --test-concurrency=1 "$CONSOLE_DIR/e2e/"
+}
+
 cmd_test() {
   ensure_rust_tools
   # Incremental caches only help rebuilds during development; in a one-shot test run they
@@ -345,6 +391,7 @@ cmd_test() {
   log "cargo nextest"
   cargo nextest run --workspace --locked --profile ci
   disk_report "after nextest"
+  console_e2e
 }
 
 cmd_demo() {
@@ -374,6 +421,9 @@ cmd_demo() {
   local bind=${WEIR_DEMO_BIND:-127.0.0.1:8080} admin=${WEIR_DEMO_ADMIN_BIND:-127.0.0.1:9464}
   cat >&2 <<EOF
 [dev] serving the gateway; where to look:
+    console      http://$bind/#key=$key
+                 (the key goes to this tab's sessionStorage and leaves the address bar; or open
+                 http://$bind/ and paste it)   GraphiQL: http://$bind/graphiql
     GraphQL      http://$bind/graphql   (WebSocket ws://$bind/graphql/ws)
     API key      $key   (header "Authorization: Bearer $key", or {"authorization": "Bearer $key"} in connection_init)
     try          curl -s -H "Authorization: Bearer $key" -H 'content-type: application/json' \\
@@ -399,5 +449,6 @@ case "${1:-}" in
   env) [ -f "$STATE_DIR/env" ] && { load_env; RESOLVED_NATS_URL=$NATS_URL; print_env; } || die "not up" ;;
   test) cmd_test ;;
   demo) cmd_demo ;;
+  console-build) cmd_console_build ;;
   *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

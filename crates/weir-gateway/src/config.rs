@@ -24,7 +24,10 @@ pub struct GatewayConfig {
     pub subscriptions: ManagerConfig,
     /// WebSocket keep-alive and handshake timing.
     pub websocket: WebSocketConfig,
-    /// Whether introspection queries are answered. Default `false`.
+    /// Whether introspection queries are answered. Default `true`: only authenticated callers
+    /// can send any operation (introspection included), the schema is no secret (it is
+    /// committed as `schemas/gateway.graphql`), and GraphiQL needs it for completion and docs.
+    /// Set `false` to answer `__schema` / `__type` with null.
     pub introspection: bool,
     /// How long shutdown waits for subscriptions to complete and sockets to close before it
     /// drops them. Default 10 s.
@@ -40,7 +43,7 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             subscriptions: ManagerConfig::default(),
             websocket: WebSocketConfig::default(),
-            introspection: false,
+            introspection: true,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -82,7 +85,10 @@ impl Default for AuthConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Maximum query depth. Default 12.
+    /// Maximum query depth. Default 15: the standard introspection query (graphql-js
+    /// `getIntrospectionQuery`, what GraphiQL and other tools send) is 15 deep. The schema's own
+    /// types have no cycles, so no other query comes near it; the complexity limit bounds
+    /// what a deep introspection query can cost.
     pub max_depth: usize,
     /// Maximum query complexity (async-graphql's count of fields, lists weighted). Default 500.
     pub max_complexity: usize,
@@ -105,7 +111,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            max_depth: 12,
+            max_depth: 15,
             max_complexity: 500,
             max_body_bytes: 64 * 1024,
             max_ws_message_bytes: 64 * 1024,
@@ -220,7 +226,10 @@ mod tests {
         let c = GatewayConfig::default();
         c.validate().unwrap();
         assert!(c.bind.ip().is_loopback());
-        assert!(!c.introspection);
+        assert!(
+            c.introspection,
+            "introspection is on for authenticated callers"
+        );
         assert_eq!(c.auth, AuthConfig::ApiKeys { keys: vec![] });
     }
 

@@ -109,16 +109,36 @@ async fn depth_complexity_and_body_limits() {
 #[tokio::test]
 async fn introspection_is_switchable() {
     let query = q("{ __schema { queryType { name } } }");
-    let off = serve(config()).await;
+    let mut cfg = config();
+    cfg.introspection = false;
+    let off = serve(cfg).await;
     let (_, body) = post(off.addr, Some(TOKEN), query.clone()).await;
     // async-graphql answers a disabled introspection with null, not an error.
     assert_eq!(body, json!({"data": {"__schema": null}}));
-    let mut cfg = config();
-    cfg.introspection = true;
-    let on = serve(cfg).await;
+    // On by default, for authenticated callers only.
+    let on = serve(config()).await;
+    let (status, _) = post(on.addr, None, query.clone()).await;
+    assert_eq!(status, 401);
+    let (status, _) = post(on.addr, Some("wrong"), query.clone()).await;
+    assert_eq!(status, 401);
     let (_, body) = post(on.addr, Some(TOKEN), query).await;
     assert_eq!(body["data"]["__schema"]["queryType"]["name"], "QueryRoot");
 }
+
+/// GraphiQL's own introspection query (graphql-js `getIntrospectionQuery`, as GraphiQL sends
+/// it) passes the default depth and complexity limits: the console's GraphiQL needs it.
+#[tokio::test]
+async fn graphiql_introspection_passes_the_default_limits() {
+    let server = serve(config()).await;
+    let (status, body) = post(server.addr, Some(TOKEN), q(GRAPHIQL_INTROSPECTION)).await;
+    assert_eq!(status, 200);
+    assert!(body.get("errors").is_none(), "{body}");
+    let types = body["data"]["__schema"]["types"].as_array().unwrap();
+    assert!(types.iter().any(|t| t["name"] == "GraphChange"), "{body}");
+}
+
+/// graphql-js 16 `getIntrospectionQuery({ inputValueDeprecation: true, schemaDescription: true })`.
+const GRAPHIQL_INTROSPECTION: &str = include_str!("graphiql_introspection.graphql");
 
 #[tokio::test]
 async fn identifiers_are_checked_before_any_graph_read() {

@@ -174,11 +174,7 @@ impl AdminState {
 
 /// The router with every endpoint; merge it into the binary's own router or serve it alone.
 pub fn admin_router(state: AdminState) -> Router {
-    let protected = Router::new()
-        .route("/api/memory/stats", get(stats))
-        .route("/api/memory/history", get(history))
-        .route("/api/memory/leak-detection", get(leak_detection))
-        .route("/api/memory/report", get(report))
+    let protected = memory_routes()
         .route("/api/memory/snapshot", post(snapshot))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
@@ -187,6 +183,22 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/health/memory", get(health_memory))
         .merge(protected)
         .with_state(state)
+}
+
+/// Only the read-only memory routes (`/api/memory/stats`, `/history`, `/leak-detection`,
+/// `/report`), with no authentication of their own: for a listener that authenticates its
+/// callers itself (the web console mounts them on the main listener behind the API keys).
+/// The heap snapshot and `/metrics` stay on the admin listener.
+pub fn memory_router(state: AdminState) -> Router {
+    memory_routes().with_state(state)
+}
+
+fn memory_routes() -> Router<AdminState> {
+    Router::new()
+        .route("/api/memory/stats", get(stats))
+        .route("/api/memory/history", get(history))
+        .route("/api/memory/leak-detection", get(leak_detection))
+        .route("/api/memory/report", get(report))
 }
 
 /// An error answer: `{"error": code, "message": ...}`.

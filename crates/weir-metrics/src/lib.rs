@@ -8,7 +8,8 @@
 //! - [`MemorySource`]: the memory watcher's figures as metrics; [`adapters`]: the graph pool,
 //!   bus, subscriptions and stream processor's status as metrics.
 //! - [`admin_router`]: `/health`, `/health/memory`, `/api/memory/*`, `/metrics` over an
-//!   [`AdminState`], with optional bearer-token admin auth.
+//!   [`AdminState`], with optional bearer-token admin auth; [`memory_router`]: the read-only
+//!   memory routes alone, for a listener with its own authentication.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -34,7 +35,9 @@ pub mod names;
 pub mod registry;
 
 pub use adapters::{StreamMetrics, TimedSink, bus_source, pool_source, subscriptions_source};
-pub use admin::{AdminState, ComponentHealth, HealthCheck, HealthStatus, admin_router};
+pub use admin::{
+    AdminState, ComponentHealth, HealthCheck, HealthStatus, admin_router, memory_router,
+};
 pub use encode::{CONTENT_TYPE, Encoder};
 pub use error::MetricsError;
 pub use histogram::{DURATION_BUCKETS, Histogram, HistogramSnapshot};

@@ -13,7 +13,7 @@ use tower::ServiceExt;
 use weir_config::Secret;
 use weir_memwatch::{MemoryGauge, MemoryUsage, MemoryWatcher, UsageSource, WatcherConfig};
 use weir_metrics::{
-    AdminState, ComponentHealth, HealthCheck, MemorySource, Registry, admin_router,
+    AdminState, ComponentHealth, HealthCheck, MemorySource, Registry, admin_router, memory_router,
 };
 
 const MIB: u64 = 1 << 20;
@@ -190,6 +190,33 @@ async fn admin_routes_need_the_token_and_health_stays_open() {
     for uri in ["/health", "/health/memory"] {
         let (s, _) = call(&r, "GET", uri, None).await;
         assert_eq!(s, StatusCode::OK, "{uri} is open");
+    }
+}
+
+#[tokio::test]
+async fn memory_router_serves_the_read_only_memory_routes_alone() {
+    let w = watcher(Arc::new(AtomicU64::new(100)), 3);
+    let r = memory_router(AdminState::new("weir-test", w, Arc::new(Registry::new())));
+    for (uri, def) in [
+        ("/api/memory/stats", "stats"),
+        ("/api/memory/history?limit=2", "history"),
+        ("/api/memory/leak-detection", "leak_detection"),
+        ("/api/memory/report", "report"),
+    ] {
+        let (s, v) = json(&r, "GET", uri).await;
+        assert_eq!(s, StatusCode::OK, "{uri}");
+        assert_valid(def, &v);
+    }
+    let (_, v) = json(&r, "GET", "/api/memory/history?limit=2").await;
+    assert_eq!(v["samples"].as_array().unwrap().len(), 2);
+    // Writes, metrics and health are the admin listener's (and the binary's) own.
+    for (method, uri) in [
+        ("POST", "/api/memory/snapshot"),
+        ("GET", "/metrics"),
+        ("GET", "/health"),
+    ] {
+        let (s, _) = call(&r, method, uri, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {uri}");
     }
 }
 

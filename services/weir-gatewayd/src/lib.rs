@@ -7,7 +7,8 @@
 //! ([`weir_service::BusReplay`]), then goes on live; `GET /changes?since=` ([`replay`]) pages
 //! through the same history over HTTP. `/health` and `/ready` reflect the graph and the bus
 //! ([`weir_service::health`]); the GraphQL routes are the gateway's own
-//! ([`weir_gateway::router`]).
+//! ([`weir_gateway::router`]). The web console is at `/` and GraphiQL at `/graphiql`
+//! (weir-console).
 //!
 //! [`run`] is the whole service; `main.rs` only parses flags and calls it, so tests start it
 //! in-process with [`run_on`]. [`serve_gateway`] is shared with `weir serve`.
@@ -189,11 +190,25 @@ pub async fn run_on(
         ),
         None => None,
     };
+    // The web console (`/`, `/graphiql`) and its read-only data routes, behind the API keys.
+    let console = weir_console::Console::new("weir-gatewayd", auth.clone())
+        .with_memory(
+            weir_console::spawn_memory_watcher(None, shutdown.clone()).map_err(|e| {
+                ServiceError::Invalid {
+                    field: "console",
+                    reason: e.to_string(),
+                }
+            })?,
+        )
+        .with_figure("bus", weir_console::figures::bus(bus.clone()))
+        .with_figure("gateway", weir_console::figures::gateway(state.clone()))
+        .router();
     let extra = replay_router(ReplayApi {
         bus,
         auth,
         config: config.replay.clone(),
-    });
+    })
+    .merge(console);
     let served = serve_gateway(listener, state, extra, health, shutdown).await;
     feeds.cancel();
     let _ = changes.await;

@@ -6,6 +6,8 @@
 //!   the (streamed) request body: spooled to `jobs.spool_dir` (at most
 //!   `jobs.max_upload_bytes`), then run like a file.
 //! - `GET /jobs`, `GET /jobs/{id}`: status. `DELETE /jobs/{id}`: stop (checkpoint kept).
+//! - `POST /api/mapping/validate` with JSON `{"mapping": "<TOML>", "label_prefix": "..."}`:
+//!   the verdict on a mapping, errors with line and field (see [`crate::validate`]).
 //!
 //! Every route needs `Authorization: Bearer <token>` unless auth is disabled. Answers:
 //! 202 accepted, 400 bad request/mapping, 401, 403 path outside the roots, 404, 409 a job
@@ -114,6 +116,10 @@ pub fn jobs_router(api: JobsApi) -> Router {
             post(submit_upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/jobs/{id}", get(status).delete(cancel))
+        .route(
+            "/api/mapping/validate",
+            post(crate::validate::validate_mapping),
+        )
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(api)
 }

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod http;
 pub mod jobs;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `weir-ingestd` in-process against the real graph server and NATS (a stream per test):
 //! auth, input roots, streamed uploads, upload bound, changes published after commit,
-//! readiness gating, the job bound (429) and graceful shutdown writing a checkpoint that a
-//! resubmitted job resumes from.
+//! readiness gating, the job bound (429), graceful shutdown writing a checkpoint that a
+//! resubmitted job resumes from, and mapping validation before an upload.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -278,6 +278,51 @@ async fn not_ready_without_the_bus_and_jobs_are_refused() {
     let (s, body) = http(svc.addr, "POST", "/jobs", Some(KEY), job.as_bytes()).await;
     assert_eq!(s, 503, "{body}");
     assert_eq!(body["error"]["code"], "NOT_READY");
+    svc.shutdown.cancel();
+    svc.task.await.unwrap().unwrap();
+}
+
+/// `POST /api/mapping/validate` needs the key, gives the verdict with line and field, and needs
+/// neither the graph nor the bus (it runs before anything is uploaded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mappings_are_validated_before_upload_with_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config("UNUSED", dir.path());
+    c.bus = BusConfig::Nats(NatsBusConfig {
+        url: "nats://127.0.0.1:9".into(),
+        connect_timeout: Duration::from_millis(300),
+        ..NatsBusConfig::default()
+    });
+    c.jobs.max_mapping_bytes = 1024;
+    let svc = start(c).await;
+    let path = "/api/mapping/validate";
+    let good = json!({"mapping": MAPPING, "label_prefix": "t_"}).to_string();
+    assert_eq!(
+        http(svc.addr, "POST", path, None, good.as_bytes()).await.0,
+        401
+    );
+    assert_eq!(
+        http(svc.addr, "POST", path, Some("wrong"), good.as_bytes())
+            .await
+            .0,
+        401
+    );
+    let (s, body) = http(svc.addr, "POST", path, Some(KEY), good.as_bytes()).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["valid"], true, "{body}");
+    assert_eq!(body["nodes"][0]["label"], "t_Person");
+    let bad = json!({"mapping": MAPPING.replace("\"int\"", "\"integer\"")}).to_string();
+    let (s, body) = http(svc.addr, "POST", path, Some(KEY), bad.as_bytes()).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["valid"], false, "{body}");
+    assert_eq!(body["errors"][0]["line"], 5, "{body}");
+    assert_eq!(body["errors"][0]["field"], "nodes[0].properties[0].type");
+    let (s, body) = http(svc.addr, "POST", path, Some(KEY), b"[[nodes]]").await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error"]["code"], "BAD_REQUEST");
+    let big = json!({"mapping": "#".repeat(2000)}).to_string();
+    let (s, _) = http(svc.addr, "POST", path, Some(KEY), big.as_bytes()).await;
+    assert_eq!(s, 400);
     svc.shutdown.cancel();
     svc.task.await.unwrap().unwrap();
 }

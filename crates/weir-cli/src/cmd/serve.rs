@@ -4,7 +4,8 @@
 //! `weir-ingestd` (`/jobs`, `/jobs/upload`, `/jobs/{id}`), the `since` replay
 //! (`GET /changes?since=`) and `/health` / `/ready` (ready once the graph pool has connected;
 //! the in-process bus is always there). With `--ingest FILE --mapping M` it also ingests that
-//! file once the graph is reachable, so clients watch the changes arrive live.
+//! file once the graph is reachable, so clients watch the changes arrive live. The web console
+//! is at `/` and GraphiQL at `/graphiql` (weir-console).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -253,6 +254,17 @@ pub(crate) async fn serve(
         ),
         None => None,
     };
+    // The web console (`/`, `/graphiql`) and its read-only data routes, behind the API keys.
+    let console = weir_console::Console::new("weir serve", auth.clone())
+        .with_jobs()
+        .with_memory(weir_console::spawn_memory_watcher(
+            config.jobs.memory_limit,
+            shutdown.clone(),
+        )?)
+        .with_figure("pool", weir_console::figures::pool(pool.clone()))
+        .with_figure("bus", weir_console::figures::bus(bus.clone()))
+        .with_figure("gateway", weir_console::figures::gateway(state.clone()))
+        .router();
     let extra = replay_router(ReplayApi {
         bus,
         auth: auth.clone(),
@@ -261,7 +273,8 @@ pub(crate) async fn serve(
     .merge(jobs_router(JobsApi {
         jobs: jobs.clone(),
         auth,
-    }));
+    }))
+    .merge(console);
     if let Some(spec) = startup {
         let jobs = jobs.clone();
         let pool = pool.clone();
