@@ -532,6 +532,12 @@ impl<E: CypherExecutor> GraphWriter<E> {
             publish_error: None,
         };
         if self.publisher.wants_events() {
+            // The events were built ahead (`prepare`); they carry the commit's time.
+            let committed_at = chrono::Utc::now().timestamp_millis();
+            let mut events = events;
+            for e in &mut events {
+                e.committed_at_ms = committed_at;
+            }
             let mut cb = ChangeBatch {
                 version: EVENT_FORMAT_VERSION,
                 seq: 0,

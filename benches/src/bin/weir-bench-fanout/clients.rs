@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::gateway::API_KEY;
-use crate::hist::Histogram;
+use weir_benches::hist::Histogram;
 
 /// The client's WebSocket read buffer.
 const CLIENT_READ_BUFFER: usize = 8 * 1024;

@@ -18,7 +18,6 @@ mod churn;
 mod clients;
 mod fanout;
 mod gateway;
-mod hist;
 mod publisher;
 mod report;
 

@@ -1,4 +1,4 @@
-//! A fixed-size, lock-free latency histogram shared by every client task.
+//! A fixed-size, lock-free latency histogram shared by every client task of a load generator.
 //!
 //! Log-linear buckets over microseconds: exact below 64 µs, then 32 buckets per power of two
 //! (≤ 3.2 % relative error), up to 2^36 µs. Memory is fixed (about 1,000 counters) whatever
@@ -13,7 +13,7 @@ const MAX_EXP: u64 = 36;
 const BUCKETS: usize = (LINEAR + (MAX_EXP - 6 + 1) * SUB) as usize;
 
 /// Counts latencies in microsecond buckets.
-pub(crate) struct Histogram {
+pub struct Histogram {
     counts: Vec<AtomicU64>,
     total: AtomicU64,
     max_us: AtomicU64,
@@ -43,7 +43,7 @@ fn upper(idx: usize) -> u64 {
 
 impl Histogram {
     /// An empty histogram.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             total: AtomicU64::new(0),
@@ -52,14 +52,14 @@ impl Histogram {
     }
 
     /// Records one latency.
-    pub(crate) fn record(&self, us: u64) {
+    pub fn record(&self, us: u64) {
         self.counts[index(us)].fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
     }
 
     /// Forgets everything recorded.
-    pub(crate) fn reset(&self) {
+    pub fn reset(&self) {
         for c in &self.counts {
             c.store(0, Ordering::Relaxed);
         }
@@ -68,17 +68,17 @@ impl Histogram {
     }
 
     /// Latencies recorded.
-    pub(crate) fn count(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
 
     /// The exact largest latency recorded.
-    pub(crate) fn max(&self) -> Duration {
+    pub fn max(&self) -> Duration {
         Duration::from_micros(self.max_us.load(Ordering::Relaxed))
     }
 
     /// The `q`-quantile (nearest rank, bucket upper bound capped at the maximum).
-    pub(crate) fn quantile(&self, q: f64) -> Option<Duration> {
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
         let total = self.count();
         if total == 0 {
             return None;
