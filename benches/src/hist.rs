@@ -41,6 +41,12 @@ fn upper(idx: usize) -> u64 {
     ((SUB + sub + 1) << shift) - 1
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Histogram {
     /// An empty histogram.
     pub fn new() -> Self {
