@@ -541,14 +541,15 @@ async function refreshFigures() {
 
 // ---- change tail ----------------------------------------------------------------------------
 
-const TAIL_QUERY = `subscription Tail($labels: [String!], $types: [String!], $since: Int) {
-  graphChanges(labels: $labels, types: $types, since: $since) {
+const TAIL_QUERY = `subscription Tail($labels: [String!], $types: [String!], $since: Int, $sinceIndex: Int) {
+  graphChanges(labels: $labels, types: $types, since: $since, sinceIndex: $sinceIndex) {
     seq index kind label key operation jobId committedAtMs missed
     start { label key } end { label key }
   }
 }`;
 const MAX_ROWS = 200;
-const tail = { unsubscribe: null, paused: false, received: 0, missed: 0, lastSeq: null, pending: [], flush: null };
+// `lastSeq`/`lastIndex`: the last change received, where a resumed subscription continues.
+const tail = { unsubscribe: null, paused: false, received: 0, missed: 0, lastSeq: null, lastIndex: null, pending: [], flush: null };
 
 function tailStatus(text, cls) {
   const el = $('tail-status');
@@ -587,6 +588,7 @@ function startTail() {
   $('tail-form').onsubmit = (e) => {
     e.preventDefault();
     tail.lastSeq = null;
+    tail.lastIndex = null;
     subscribeTail();
   };
   $('tail-pause').onclick = () => {
@@ -606,8 +608,10 @@ function subscribeTail() {
   const variables = {
     labels: listOf($('tail-labels').value),
     types: listOf($('tail-types').value),
-    // After the subscription's TTL ran out, catch up from the last change seen.
+    // After the subscription ended (its TTL ran out, the server found this tail too slow),
+    // catch up from the last change received, the rest of its batch included.
     since: tail.lastSeq,
+    sinceIndex: tail.lastSeq === null ? null : tail.lastIndex,
   };
   let ended = false;
   tail.unsubscribe = client.subscribe(
@@ -618,6 +622,7 @@ function subscribeTail() {
           const code = errors[0].extensions && errors[0].extensions.code;
           if (code === 'SINCE_TOO_OLD' || code === 'SINCE_AHEAD') {
             tail.lastSeq = null;
+            tail.lastIndex = null;
             addRow(`Resumed without catch-up: ${errors[0].message}`);
           } else {
             tailStatus('error', 'error');
@@ -630,6 +635,25 @@ function subscribeTail() {
       error: (e) => {
         if (session.stopped || ended) return;
         if (isAuthClose(e)) return; // `closed` handles it
+        const first = Array.isArray(e) ? e[0] : null;
+        const code = first && first.extensions ? first.extensions.code : null;
+        if (code === 'SLOW_CONSUMER') {
+          // The server let this tail go for falling behind; nothing was skipped: resume from
+          // the last change received.
+          tail.missed += 1;
+          addRow(`The server disconnected this tail for falling behind; resuming from seq ${tail.lastSeq}…`);
+          setTimeout(() => !session.stopped && !ended && subscribeTail(), 500);
+          return;
+        }
+        if (code === 'CHANGES_LOST') {
+          // Changes were lost before they reached the gateway: start again from now.
+          tail.missed += 1;
+          tail.lastSeq = null;
+          tail.lastIndex = null;
+          addRow(`Changes were lost before reaching the gateway (${first.message}); following live changes again.`);
+          setTimeout(() => !session.stopped && !ended && subscribeTail(), 500);
+          return;
+        }
         tailStatus('error', 'error');
         const m = e && e.message ? e.message : Array.isArray(e) ? e.map((x) => x.message).join('; ') : 'connection lost';
         addRow(`Subscription ended: ${m}. Retrying…`);
@@ -651,7 +675,10 @@ function subscribeTail() {
 
 function receive(c) {
   tail.received += 1;
-  if (c.seq) tail.lastSeq = c.seq;
+  if (c.seq) {
+    tail.lastSeq = c.seq;
+    tail.lastIndex = c.index;
+  }
   if (c.missed) {
     tail.missed += c.missed;
     tail.pending.push({ missed: c.missed });
@@ -670,13 +697,13 @@ function flushTail() {
   $('tail-count').textContent = count(tail.received);
   const m = $('tail-missed');
   m.hidden = tail.missed === 0;
-  m.textContent = ` · ${count(tail.missed)} missed (dropped by the server while this tail's queue was full)`;
+  m.textContent = ` · ${count(tail.missed)} interruption${tail.missed === 1 ? '' : 's'} (see the notes below)`;
   const rows = tail.pending.splice(0).slice(-MAX_ROWS).reverse();
   if (!rows.length) return;
   const html = rows
     .map((c) => {
       if (c.note) return `<tr class="missed"><td colspan="6">${esc(c.note)}</td></tr>`;
-      if (c.missed) return `<tr class="missed" data-missed="${c.missed}"><td colspan="6">⚠ ${count(c.missed)} changes missed here: the server dropped them while this tail's queue was full</td></tr>`;
+      if (c.missed) return `<tr class="missed" data-missed="${c.missed}"><td colspan="6">⚠ ${count(c.missed)} changes missed here (reported by an older server)</td></tr>`;
       const t = new Date(c.committedAtMs).toLocaleTimeString();
       const key = c.kind === 'RELATIONSHIP' && c.start && c.end ? `${c.start.label} ${c.start.key} → ${c.end.label} ${c.end.key}` : c.key;
       return `<tr><td>${esc(t)}</td><td>${esc(c.seq)}</td><td>${esc(c.operation.toLowerCase())} ${c.kind === 'NODE' ? 'node' : 'rel'}</td><td>${esc(c.label)}</td><td class="key" title="${esc(key)}">${esc(key)}</td><td title="${esc(c.jobId)}">${esc(c.jobId.slice(0, 8))}</td></tr>`;
