@@ -17,24 +17,26 @@
 //!   graph and the bus both are.
 
 pub mod admin;
-mod auth;
 mod bus;
 pub mod cli;
 pub mod config;
 mod error;
+pub mod figures;
+pub mod gateway;
 pub mod health;
+pub mod jobs;
 mod publisher;
 mod reader;
 mod replay;
 mod signal;
 
-pub use auth::{Authenticator, bearer};
 pub use bus::BusSlot;
 pub use error::ServiceError;
 pub use publisher::{BusPublisher, EventsConfig, EventsPolicy};
 pub use reader::GatedGraphReader;
 pub use replay::BusReplay;
 pub use signal::cancel_on_signal;
+pub use weir_gateway::{Authenticator, bearer};
 
 /// Sets up logging to stderr: `text` or `json`, filtered by `WEIR_LOG` (default `info`).
 pub fn init_logging(format: &str) {

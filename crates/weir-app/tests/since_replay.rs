@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+use weir_app::{BusReplay, BusSlot};
 use weir_bus::{Bus, InProcessBus, InProcessConfig};
 use weir_config::Secret;
 use weir_events::{
@@ -24,7 +25,6 @@ use weir_gateway::{
     AuthConfig, ChangeReplay, GatewayConfig, GatewayError, GatewayState, GraphNode, GraphReader,
     Ident, Neighbour, NeighbourQuery, NodeKey, Replay, ReplayError,
 };
-use weir_service::{BusReplay, BusSlot};
 
 const TOKEN: &str = "replay-test-key-0123456789";
 const WAIT: Duration = Duration::from_secs(15);

@@ -22,7 +22,6 @@
 //! [`Console::with_jobs`] and the page shows its jobs section.
 
 mod assets;
-pub mod figures;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +34,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use weir_gateway::Authenticator;
 use weir_memwatch::{MemoryWatcher, WatcherConfig};
 use weir_metrics::{AdminState, Registry};
-use weir_service::Authenticator;
-use weir_service::health::Detail;
+
+/// A figure: reads a status snapshot (no I/O) and returns it as JSON.
+pub type Detail = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Errors of the console.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +123,7 @@ impl Console {
         self
     }
 
-    /// Adds a figure to `/api/console/figures` under `name` (see [`figures`]).
+    /// Adds a figure to `/api/console/figures` under `name`.
     pub fn with_figure(mut self, name: &'static str, figure: Detail) -> Self {
         self.figures.push((name, figure));
         self
@@ -135,7 +136,7 @@ impl Console {
             "version": env!("CARGO_PKG_VERSION"),
             "jobs": self.jobs,
             "memory": self.memory.is_some(),
-            "auth_required": !self.auth.is_disabled(),
+            "auth_required": self.auth.required(),
         });
         let figures = Arc::new(self.figures);
         let mut protected = Router::new().route(
@@ -183,7 +184,7 @@ fn no_store(mut r: Response) -> Response {
 /// API's error shape: `{"error": {"code": "UNAUTHENTICATED", "message": ...}}`.
 async fn require_key(State(auth): State<Arc<Authenticator>>, req: Request, next: Next) -> Response {
     match auth.check_headers(req.headers()) {
-        Ok(()) => no_store(next.run(req).await),
+        Ok(_) => no_store(next.run(req).await),
         Err(e) => {
             let mut r = (
                 StatusCode::UNAUTHORIZED,
@@ -212,8 +213,7 @@ mod tests {
     fn console() -> Console {
         let auth = Authenticator::new(&AuthConfig::ApiKeys {
             keys: vec![Secret::new(KEY)],
-        })
-        .unwrap();
+        });
         Console::new("test", Arc::new(auth))
     }
 

@@ -23,6 +23,14 @@ pub struct Authenticator {
     mode: Mode,
 }
 
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("required", &self.required())
+            .finish()
+    }
+}
+
 enum Mode {
     Disabled,
     Keys(Vec<Vec<u8>>),
@@ -86,6 +94,15 @@ impl Authenticator {
             }
         };
         Self { mode }
+    }
+
+    /// Checks the `Authorization: Bearer <token>` header of a request.
+    pub fn check_headers(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer);
+        self.check(token)
     }
 
     /// Whether a token is needed at all.

@@ -165,6 +165,21 @@ impl Default for WebSocketConfig {
     }
 }
 
+impl AuthConfig {
+    /// Checks the settings: an HS256 secret needs at least 16 bytes.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        if let AuthConfig::Jwt { secret, .. } = self
+            && secret.expose().len() < 16
+        {
+            return Err(GatewayError::InvalidConfig {
+                field: "auth.secret",
+                reason: "an HS256 secret needs at least 16 bytes",
+            });
+        }
+        Ok(())
+    }
+}
+
 impl GatewayConfig {
     /// Checks the settings, naming the first wrong field.
     pub fn validate(&self) -> Result<(), GatewayError> {
@@ -172,11 +187,7 @@ impl GatewayConfig {
             Err(GatewayError::InvalidConfig { field, reason })
         };
         self.subscriptions.validate()?;
-        if let AuthConfig::Jwt { secret, .. } = &self.auth
-            && secret.expose().len() < 16
-        {
-            return bad("auth.secret", "an HS256 secret needs at least 16 bytes");
-        }
+        self.auth.validate()?;
         let l = &self.limits;
         if l.max_depth == 0 || l.max_complexity == 0 {
             return bad(

@@ -55,7 +55,7 @@ impl std::fmt::Debug for Replay {
 }
 
 /// Where `graphChanges(since:)` reads what a client missed: the bus (see
-/// `weir_service::BusReplay`), or anything that keeps change batches by seq.
+/// `weir_app::BusReplay`), or anything that keeps change batches by seq.
 pub trait ChangeReplay: Send + Sync + 'static {
     /// Opens a replay of every retained batch with `seq > since`, in seq order. Fails with
     /// [`ReplayError::SinceTooOld`] when retention already dropped a batch after `since`, and

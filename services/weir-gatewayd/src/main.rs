@@ -1,12 +1,12 @@
-//! `weir-gatewayd`: parses flags and runs [`weir_gatewayd::run`] through the shared service `main`.
+//! `weir-gatewayd`: parses flags and runs [`weir_app::gateway::run`] through the shared service `main`.
 //!
 //! With the default `jemalloc` feature, jemalloc is the global allocator (its statistics are in
 //! `/metrics` and `/api/memory/*`); with the default `heap-profiling` feature its heap profiler
 //! is built in, set up inactive through the exported `malloc_conf`, and turned on by
 //! `--heap-profiling` / `WEIR_HEAP_PROFILING=1` (see `weir_memwatch::profile`).
 
-use weir_gatewayd::Cli;
-use weir_service::cli::{parse_with_process_args, service_main};
+use weir_app::cli::{parse_with_process_args, service_main};
+use weir_app::gateway::Cli;
 
 // jemalloc (`jemalloc` feature) and its inactive heap profiler (`heap-profiling` feature).
 weir_memwatch::binary_allocator!();
@@ -18,6 +18,6 @@ fn main() -> std::process::ExitCode {
         &process,
         cli.command.as_ref(),
         |env| cli.resolve(env),
-        weir_gatewayd::run,
+        weir_app::gateway::run,
     )
 }

@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use weir_app::gateway::GatewaydConfig;
 use weir_bus::{BusConfig, InProcessConfig};
 use weir_config::Secret;
 use weir_gateway::AuthConfig;
-use weir_gatewayd::GatewaydConfig;
 
 async fn raw_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -45,7 +45,11 @@ async fn ready_health_and_admin_metrics() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(weir_gatewayd::run_on(config, listener, shutdown.clone()));
+    let task = tokio::spawn(weir_app::gateway::run_on(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
     wait_ready(addr).await;
     let (_, health) = http(addr, "GET", "/health", None).await;
     assert_eq!(health["components"]["bus"]["status"], "up", "{health}");

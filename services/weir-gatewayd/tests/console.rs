@@ -9,10 +9,10 @@ mod common;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use weir_app::gateway::GatewaydConfig;
 use weir_bus::{BusConfig, InProcessConfig};
 use weir_config::Secret;
 use weir_gateway::AuthConfig;
-use weir_gatewayd::GatewaydConfig;
 
 /// `GET path` with the key or none; status and the whole answer (head and body).
 async fn get(addr: std::net::SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
@@ -48,7 +48,11 @@ async fn gatewayd_serves_the_console_without_jobs() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(weir_gatewayd::run_on(config, listener, shutdown.clone()));
+    let task = tokio::spawn(weir_app::gateway::run_on(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
     wait_ready(addr).await;
 
     for page in ["/", "/graphiql"] {

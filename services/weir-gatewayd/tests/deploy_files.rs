@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 use serde_yaml::Value;
-use weir_service::config::{COMMON_ENV, Env};
+use weir_app::config::{COMMON_ENV, Env};
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
@@ -50,7 +50,7 @@ fn service_of(command: &str) -> (&'static str, Vec<&'static str>) {
             "weir-ingestd",
             common
                 .into_iter()
-                .chain(weir_ingestd::config::ENV_VARS.iter().copied())
+                .chain(weir_app::jobs::config::ENV_VARS.iter().copied())
                 .collect(),
         ),
         "weir-gatewayd" => ("weir-gatewayd", common),
@@ -74,13 +74,13 @@ fn check_service(
     match name {
         "weir-ingestd" => {
             let cli =
-                weir_ingestd::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{name}: {e}"));
+                weir_app::jobs::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{name}: {e}"));
             let c = cli.resolve(&env).unwrap_or_else(|e| panic!("{name}: {e}"));
             (c.bind.port(), c.jobs.memory_limit)
         }
         _ => {
-            let cli =
-                weir_gatewayd::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let cli = weir_app::gateway::Cli::try_parse_from(argv)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             let c = cli.resolve(&env).unwrap_or_else(|e| panic!("{name}: {e}"));
             (c.gateway.bind.port(), None)
         }

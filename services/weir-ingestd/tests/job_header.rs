@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use weir_app::jobs::IngestdConfig;
 use weir_bus::{BusConfig, NatsBusConfig};
 use weir_config::Secret;
 use weir_gateway::AuthConfig;
-use weir_ingestd::IngestdConfig;
 
 const KEY: &str = "ingestd-header-test-key";
 const WAIT: Duration = Duration::from_secs(45);
@@ -80,7 +80,7 @@ async fn a_job_with_a_header_missing_a_mapped_column_fails_with_that_error() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(weir_ingestd::run_on(c, listener, shutdown.clone()));
+    let task = tokio::spawn(weir_app::jobs::run_on(c, listener, shutdown.clone()));
     let deadline = tokio::time::Instant::now() + WAIT;
     while http(addr, "GET", "/ready", b"").await.0 != 200 {
         assert!(tokio::time::Instant::now() < deadline, "never ready");

@@ -10,10 +10,10 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use weir_app::jobs::IngestdConfig;
 use weir_bus::{Bus, BusConfig, NatsBusConfig};
 use weir_config::Secret;
 use weir_gateway::AuthConfig;
-use weir_ingestd::IngestdConfig;
 
 const KEY: &str = "ingestd-test-key-123";
 const WAIT: Duration = Duration::from_secs(45);
@@ -94,14 +94,14 @@ fn config(stream: &str, dir: &std::path::Path) -> IngestdConfig {
 struct Running {
     addr: SocketAddr,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), weir_ingestd::IngestdError>>,
+    task: tokio::task::JoinHandle<Result<(), weir_app::jobs::IngestdError>>,
 }
 
 async fn start(c: IngestdConfig) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(weir_ingestd::run_on(c, listener, shutdown.clone()));
+    let task = tokio::spawn(weir_app::jobs::run_on(c, listener, shutdown.clone()));
     Running {
         addr,
         shutdown,

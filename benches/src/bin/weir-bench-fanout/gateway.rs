@@ -339,7 +339,7 @@ mod tests {
             &l,
         );
         // The gateway's own config type (unknown fields are refused) and its validation.
-        let c: weir_gatewayd::GatewaydConfig = toml::from_str(&text).unwrap();
+        let c: weir_app::gateway::GatewaydConfig = toml::from_str(&text).unwrap();
         c.validate().unwrap();
         assert_eq!(c.gateway.subscriptions.max_total, 20_000);
         assert_eq!(c.gateway.websocket.outbound_queue, 128);

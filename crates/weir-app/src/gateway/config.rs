@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
+use crate::ServiceError;
+use crate::config::Env;
 use serde::{Deserialize, Serialize};
 use weir_bus::{BusConfig, NatsBusConfig};
 use weir_config::GraphSettings;
 use weir_gateway::{AuthConfig, GatewayConfig};
-use weir_service::ServiceError;
-use weir_service::config::Env;
 
 /// Everything `weir-gatewayd` can be told.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

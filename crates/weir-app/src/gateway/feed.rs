@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use crate::BusSlot;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weir_bus::BusError;
-use weir_service::BusSlot;
 use weir_subscriptions::SubscriptionManager;
 
 /// Reads change batches from the bus (this replica's own consumer) and publishes each to

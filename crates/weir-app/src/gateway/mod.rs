@@ -4,9 +4,9 @@
 //! them to its subscription manager, so every replica delivers every matching change to its
 //! clients, in seq order, once. A client that reconnects subscribes again with
 //! `graphChanges(since: <last seq it saw>)` and first receives what it missed, read from the bus
-//! ([`weir_service::BusReplay`]), then goes on live; `GET /changes?since=` ([`replay`]) pages
+//! ([`crate::BusReplay`]), then goes on live; `GET /changes?since=` ([`replay`]) pages
 //! through the same history over HTTP. `/health` and `/ready` reflect the graph and the bus
-//! ([`weir_service::health`]); the GraphQL routes are the gateway's own
+//! ([`crate::health`]); the GraphQL routes are the gateway's own
 //! ([`weir_gateway::router`]). The web console is at `/` and GraphiQL at `/graphiql`
 //! (weir-console).
 //!
@@ -22,15 +22,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::cli::{Command, ConfigAction};
+use crate::config::Env;
+use crate::health::{self, BusProbe, Health, ReaderProbe};
+use crate::{Authenticator, BusSlot, GatedGraphReader, ServiceError};
 use axum::Router;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_gateway::{GatewayError, GatewayState};
-pub use weir_service::cli::{Command, ConfigAction};
-use weir_service::config::Env;
-use weir_service::health::{self, BusProbe, Health, ReaderProbe};
-use weir_service::{Authenticator, BusSlot, GatedGraphReader, ServiceError};
 
 pub use config::{GatewaydConfig, ReplayConfig};
 pub use replay::{ReplayApi, replay_router};
@@ -74,7 +74,7 @@ pub struct Cli {
 impl Cli {
     /// Resolves the settings: defaults, the file, `env`, then the flags; validated.
     pub fn resolve(&self, env: &Env) -> Result<GatewaydConfig, ServiceError> {
-        let mut c: GatewaydConfig = weir_service::config::load_file(self.config.as_deref())?;
+        let mut c: GatewaydConfig = crate::config::load_file(self.config.as_deref())?;
         c.apply_env(env)?;
         if let Some(b) = self.bind {
             c.gateway.bind = b;
@@ -142,7 +142,7 @@ pub async fn run_on(
     shutdown: CancellationToken,
 ) -> Result<(), GatewaydError> {
     config.validate()?;
-    let auth = Arc::new(Authenticator::new(&config.gateway.auth)?);
+    let auth = Arc::new(Authenticator::new(&config.gateway.auth));
     let bus = BusSlot::connect_in_background(config.bus.clone(), shutdown.clone());
     let reader = Arc::new(GatedGraphReader::new(
         &config.graph,
@@ -153,7 +153,7 @@ pub async fn run_on(
     let state = GatewayState::with_replay(
         config.gateway.clone(),
         reader.clone(),
-        Some(Arc::new(weir_service::BusReplay(bus.clone()))),
+        Some(Arc::new(crate::BusReplay(bus.clone()))),
     )?;
     let feeds = CancellationToken::new();
     let changes = feed::spawn_changes(bus.clone(), state.manager().clone(), feeds.clone());
@@ -171,7 +171,7 @@ pub async fn run_on(
         });
     let admin = match config.admin_bind {
         Some(bind) => Some(
-            weir_service::admin::spawn_admin(
+            crate::admin::spawn_admin(
                 "weir-gatewayd",
                 bind,
                 config.admin_token.clone(),
@@ -181,7 +181,7 @@ pub async fn run_on(
                         let m = state.manager().clone();
                         Arc::new(weir_metrics::subscriptions_source(move || m.stats())) as _
                     }),
-                    ("bus", weir_service::admin::bus_metrics(bus.clone())),
+                    ("bus", crate::admin::bus_metrics(bus.clone())),
                 ],
                 shutdown.clone(),
             )
@@ -200,8 +200,8 @@ pub async fn run_on(
                 }
             })?,
         )
-        .with_figure("bus", weir_console::figures::bus(bus.clone()))
-        .with_figure("gateway", weir_console::figures::gateway(state.clone()))
+        .with_figure("bus", crate::figures::bus(bus.clone()))
+        .with_figure("gateway", crate::figures::gateway(state.clone()))
         .router();
     let extra = replay_router(ReplayApi {
         bus,

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use crate::{Authenticator, BusSlot};
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -20,10 +21,9 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use weir_bus::BusError;
-use weir_service::{Authenticator, BusSlot};
 use weir_subscriptions::ChangeFilter;
 
-use crate::config::ReplayConfig;
+use crate::gateway::config::ReplayConfig;
 
 /// State of the replay route.
 #[derive(Clone, Debug)]
@@ -223,12 +223,9 @@ mod tests {
         .unwrap();
         let router = replay_router(ReplayApi {
             bus: BusSlot::ready(bus.clone()),
-            auth: Arc::new(
-                Authenticator::new(&AuthConfig::ApiKeys {
-                    keys: vec![Secret::new("k")],
-                })
-                .unwrap(),
-            ),
+            auth: Arc::new(Authenticator::new(&AuthConfig::ApiKeys {
+                keys: vec![Secret::new("k")],
+            })),
             config: ReplayConfig {
                 max_batches,
                 ..Default::default()

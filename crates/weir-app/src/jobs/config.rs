@@ -4,13 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ServiceError;
+use crate::config::Env;
 use serde::{Deserialize, Serialize};
 use weir_bus::{BusConfig, NatsBusConfig};
 use weir_config::GraphSettings;
 use weir_gateway::AuthConfig;
 use weir_pool::PoolConfig;
-use weir_service::ServiceError;
-use weir_service::config::Env;
 
 /// Everything `weir-ingestd` can be told.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ pub struct JobsConfig {
     pub memory_limit: Option<u64>,
     /// What jobs do with their change events when the bus cannot take them (`[jobs.events]`:
     /// `policy = "required" | "best_effort" | "off"`, `max_wait`). Default `required`, 10 min.
-    pub events: weir_service::EventsConfig,
+    pub events: crate::EventsConfig,
 }
 
 impl Default for JobsConfig {
@@ -115,7 +115,7 @@ impl Default for JobsConfig {
             concurrency: 1,
             adaptive_concurrency: true,
             memory_limit: None,
-            events: weir_service::EventsConfig::default(),
+            events: crate::EventsConfig::default(),
         }
     }
 }
@@ -196,7 +196,10 @@ impl IngestdConfig {
             field: "bus",
             reason: e.to_string(),
         })?;
-        weir_service::Authenticator::new(&self.auth)?;
+        self.auth.validate().map_err(|e| ServiceError::Invalid {
+            field: "auth",
+            reason: e.to_string(),
+        })?;
         Ok(())
     }
 }
@@ -248,7 +251,7 @@ mod tests {
     fn file_round_trips() {
         let text = "bind = \"127.0.0.1:7000\"\n[jobs]\nmax_concurrent = 3\n[bus]\nkind = \"nats\"\nstream = \"S1\"\n";
         let c: IngestdConfig =
-            weir_service::config::parse_toml(text, std::path::Path::new("t.toml")).unwrap();
+            crate::config::parse_toml(text, std::path::Path::new("t.toml")).unwrap();
         assert_eq!(c.jobs.max_concurrent, 3);
         assert!(matches!(c.bus, BusConfig::Nats(ref n) if n.stream == "S1"));
     }

@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 
+use crate::Authenticator;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -27,10 +28,9 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use weir_service::Authenticator;
 
-use crate::IngestdError;
-use crate::jobs::{InputFormat, JobInput, JobManager, JobSpec};
+use crate::jobs::IngestdError;
+use crate::jobs::manager::{InputFormat, JobInput, JobManager, JobSpec};
 
 /// State of the job API.
 #[derive(Clone, Debug)]
@@ -103,6 +103,7 @@ impl IntoResponse for IngestdError {
 fn authorize(api: &JobsApi, headers: &HeaderMap) -> Result<(), IngestdError> {
     api.auth
         .check_headers(headers)
+        .map(|_| ())
         .map_err(|e| IngestdError::Unauthenticated(e.to_string()))
 }
 
@@ -118,7 +119,7 @@ pub fn jobs_router(api: JobsApi) -> Router {
         .route("/jobs/{id}", get(status).delete(cancel))
         .route(
             "/api/mapping/validate",
-            post(crate::validate::validate_mapping),
+            post(crate::jobs::validate::validate_mapping),
         )
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(api)

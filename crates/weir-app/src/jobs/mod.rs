@@ -14,7 +14,7 @@
 
 pub mod config;
 pub mod http;
-pub mod jobs;
+pub mod manager;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -22,18 +22,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::cli::{Command, ConfigAction};
+use crate::config::Env;
+use crate::health::{self, BusProbe, Health, PoolProbe};
+use crate::{Authenticator, BusPublisher, BusSlot, ServiceError};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_pool::Pool;
-pub use weir_service::cli::{Command, ConfigAction};
-use weir_service::config::Env;
-use weir_service::health::{self, BusProbe, Health, PoolProbe};
-use weir_service::{Authenticator, BusPublisher, BusSlot, ServiceError};
 
 pub use config::{IngestdConfig, JobsConfig};
 pub use http::{JobsApi, jobs_router};
-pub use jobs::{InputFormat, JobInput, JobManager, JobSpec, JobStatus};
+pub use manager::{InputFormat, JobInput, JobManager, JobSpec, JobStatus};
 
 /// Errors of the ingest service.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +116,7 @@ pub struct Cli {
 impl Cli {
     /// Resolves the settings: defaults, the file, `env`, then the flags; validated.
     pub fn resolve(&self, env: &Env) -> Result<IngestdConfig, ServiceError> {
-        let mut c: IngestdConfig = weir_service::config::load_file(self.config.as_deref())?;
+        let mut c: IngestdConfig = crate::config::load_file(self.config.as_deref())?;
         c.apply_env(env)?;
         if let Some(b) = self.bind {
             c.bind = b;
@@ -143,7 +143,7 @@ pub async fn run_on(
     shutdown: CancellationToken,
 ) -> Result<(), IngestdError> {
     config.validate()?;
-    let auth = Arc::new(Authenticator::new(&config.auth)?);
+    let auth = Arc::new(Authenticator::new(&config.auth));
     let pool = Pool::new(config.graph.clone(), config.pool.clone())
         .map_err(|e| IngestdError::Internal(format!("graph pool: {e}")))?;
     let bus = BusSlot::connect_in_background(config.bus.clone(), shutdown.clone());
@@ -169,7 +169,7 @@ pub async fn run_on(
     );
     let admin = match config.admin_bind {
         Some(bind) => Some(
-            weir_service::admin::spawn_admin(
+            crate::admin::spawn_admin(
                 "weir-ingestd",
                 bind,
                 config.admin_token.clone(),
@@ -179,7 +179,7 @@ pub async fn run_on(
                         let p = pool.clone();
                         Arc::new(weir_metrics::pool_source(move || p.status())) as _
                     }),
-                    ("bus", weir_service::admin::bus_metrics(bus_for_metrics)),
+                    ("bus", crate::admin::bus_metrics(bus_for_metrics)),
                 ],
                 shutdown.clone(),
             )

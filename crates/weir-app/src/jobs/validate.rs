@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use weir_graph::{InputFormat, Mapping, MappingError};
 
-use crate::IngestdError;
-use crate::http::JobsApi;
+use crate::jobs::IngestdError;
+use crate::jobs::http::JobsApi;
 
 /// Body of `POST /api/mapping/validate`.
 #[derive(Debug, Deserialize)]

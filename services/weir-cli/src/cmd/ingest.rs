@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use weir_app::{BusPublisher, BusSlot, EventsConfig, EventsPolicy};
 use weir_config::{START_HINT, ServiceSettings};
 use weir_events::{PressureState, ProgressEvent};
 use weir_graph::{
     ChangePublisher, GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig,
 };
 use weir_pool::{Pool, PoolConfig};
-use weir_service::{BusPublisher, BusSlot, EventsConfig, EventsPolicy};
 use weir_stream::{
     CancellationToken, CheckpointFile, DeadLetter, DeadLetterSink, FileSource, Format,
     JsonlDeadLetters, NullSink, Pipeline, PipelineConfig, ProcessGauge, RunOutcome, RunSummary,
@@ -429,7 +429,7 @@ async fn connect_bus(
     if policy == EventsPolicy::Off {
         return Ok(None);
     }
-    let env = weir_service::config::Env::load().context("reading settings")?;
+    let env = weir_app::config::Env::load().context("reading settings")?;
     let mut bus = weir_bus::BusConfig::Nats(weir_bus::NatsBusConfig::default());
     env.apply_bus(&mut bus);
     let connected = weir_bus::Bus::connect(&bus)

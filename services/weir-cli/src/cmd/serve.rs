@@ -16,15 +16,15 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use weir_app::config::Env;
+use weir_app::gateway::{ReplayApi, ReplayConfig, replay_router};
+use weir_app::health::{BusProbe, Health, PoolProbe};
+use weir_app::jobs::{JobInput, JobManager, JobSpec, JobsApi, JobsConfig, jobs_router};
+use weir_app::{Authenticator, BusPublisher, BusSlot, GatedGraphReader};
 use weir_bus::{Bus, BusConfig, InProcessConfig};
 use weir_config::{GraphSettings, START_HINT, Secret};
 use weir_gateway::{AuthConfig, GatewayConfig, GatewayState};
-use weir_gatewayd::{ReplayApi, ReplayConfig, replay_router};
-use weir_ingestd::{JobInput, JobManager, JobSpec, JobsApi, JobsConfig, jobs_router};
 use weir_pool::{Pool, PoolConfig};
-use weir_service::config::Env;
-use weir_service::health::{BusProbe, Health, PoolProbe};
-use weir_service::{Authenticator, BusPublisher, BusSlot, GatedGraphReader};
 
 use super::EXIT_FATAL;
 
@@ -106,7 +106,7 @@ pub(crate) struct ServeArgs {
 
 /// Resolves the settings: defaults, the file, the environment, then the flags.
 pub(crate) fn resolve(args: &ServeArgs, env: &Env) -> anyhow::Result<ServeConfig> {
-    let mut c: ServeConfig = weir_service::config::load_file(args.config.as_deref())?;
+    let mut c: ServeConfig = weir_app::config::load_file(args.config.as_deref())?;
     env.apply_graph(&mut c.graph);
     if let Some(b) = env.parse("WEIR_BIND")? {
         c.gateway.bind = b;
@@ -156,7 +156,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let env = Env::load()?;
     let config = resolve(&args, &env)?;
     if args.show_config {
-        print!("{}", weir_service::config::show(&config));
+        print!("{}", weir_app::config::show(&config));
         return Ok(0);
     }
     let startup = match (&args.ingest, &args.mapping) {
@@ -171,7 +171,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         _ => None,
     };
     let shutdown = CancellationToken::new();
-    weir_service::cancel_on_signal(shutdown.clone());
+    weir_app::cancel_on_signal(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(config.gateway.bind)
         .await
         .with_context(|| format!("listening on {}", config.gateway.bind))?;
@@ -191,7 +191,7 @@ pub(crate) async fn serve(
     startup: Option<JobSpec>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let auth = Arc::new(Authenticator::new(&config.gateway.auth)?);
+    let auth = Arc::new(Authenticator::new(&config.gateway.auth));
     let bus = BusSlot::ready(Bus::connect(&BusConfig::InProcess(config.bus.clone())).await?);
     let pool = Pool::new(config.graph.clone(), config.pool.clone()).context("graph pool")?;
     let reader = Arc::new(GatedGraphReader::new(
@@ -203,13 +203,16 @@ pub(crate) async fn serve(
     let state = GatewayState::with_replay(
         config.gateway.clone(),
         reader,
-        Some(Arc::new(weir_service::BusReplay(bus.clone()))),
+        Some(Arc::new(weir_app::BusReplay(bus.clone()))),
     )?;
     let feeds = CancellationToken::new();
     let changes =
-        weir_gatewayd::feed::spawn_changes(bus.clone(), state.manager().clone(), feeds.clone());
-    let progress =
-        weir_gatewayd::feed::spawn_progress(bus.clone(), state.manager().clone(), feeds.clone());
+        weir_app::gateway::feed::spawn_changes(bus.clone(), state.manager().clone(), feeds.clone());
+    let progress = weir_app::gateway::feed::spawn_progress(
+        bus.clone(),
+        state.manager().clone(),
+        feeds.clone(),
+    );
     let hard_stop = CancellationToken::new();
     let jobs = JobManager::new(
         config.jobs.clone(),
@@ -231,7 +234,7 @@ pub(crate) async fn serve(
         });
     let admin = match config.admin_bind {
         Some(bind) => Some(
-            weir_service::admin::spawn_admin(
+            weir_app::admin::spawn_admin(
                 "weir-serve",
                 bind,
                 config.admin_token.clone(),
@@ -245,7 +248,7 @@ pub(crate) async fn serve(
                         let m = state.manager().clone();
                         Arc::new(weir_metrics::subscriptions_source(move || m.stats())) as _
                     }),
-                    ("bus", weir_service::admin::bus_metrics(bus.clone())),
+                    ("bus", weir_app::admin::bus_metrics(bus.clone())),
                 ],
                 shutdown.clone(),
             )
@@ -261,9 +264,9 @@ pub(crate) async fn serve(
             config.jobs.memory_limit,
             shutdown.clone(),
         )?)
-        .with_figure("pool", weir_console::figures::pool(pool.clone()))
-        .with_figure("bus", weir_console::figures::bus(bus.clone()))
-        .with_figure("gateway", weir_console::figures::gateway(state.clone()))
+        .with_figure("pool", weir_app::figures::pool(pool.clone()))
+        .with_figure("bus", weir_app::figures::bus(bus.clone()))
+        .with_figure("gateway", weir_app::figures::gateway(state.clone()))
         .router();
     let extra = replay_router(ReplayApi {
         bus,
@@ -295,7 +298,7 @@ pub(crate) async fn serve(
         });
     }
     let served =
-        weir_gatewayd::serve_gateway(listener, state, extra, health, shutdown.clone()).await;
+        weir_app::gateway::serve_gateway(listener, state, extra, health, shutdown.clone()).await;
     jobs.wait_stopped(config.shutdown_grace).await;
     hard_stop.cancel();
     feeds.cancel();
@@ -332,7 +335,7 @@ mod tests {
         ]);
         let c = resolve(&args(&[]), &env).unwrap();
         assert_eq!(c.gateway.bind.port(), 9001);
-        let shown = weir_service::config::show(&c);
+        let shown = weir_app::config::show(&c);
         assert!(!shown.contains("env-key-123"), "{shown}");
         let c = resolve(&args(&["--bind", "127.0.0.1:9002", "--no-auth"]), &env).unwrap();
         assert_eq!(c.gateway.bind.port(), 9002);

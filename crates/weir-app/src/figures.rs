@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use crate::BusSlot;
+use crate::health::Detail;
 use serde_json::json;
 use weir_gateway::GatewayState;
 use weir_pool::Pool;
-use weir_service::BusSlot;
-use weir_service::health::Detail;
 
 /// The graph session pool: sizes, waiters, circuit state and counters
 /// ([`weir_pool::PoolStatus`]).

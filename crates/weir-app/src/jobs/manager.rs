@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{BusPublisher, BusSlot};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -14,14 +15,13 @@ use tokio_util::task::TaskTracker;
 use weir_events::{JobState, ProgressEvent};
 use weir_graph::{GraphMapper, GraphSink, GraphWriter, Mapping, WriterConfig};
 use weir_pool::Pool;
-use weir_service::{BusPublisher, BusSlot};
 use weir_stream::{
     CheckpointFile, FileSource, Format, JsonlDeadLetters, Pipeline, PipelineConfig, ProcessGauge,
     RunOutcome, StreamError,
 };
 
-use crate::IngestdError;
-use crate::config::JobsConfig;
+use crate::jobs::IngestdError;
+use crate::jobs::config::JobsConfig;
 
 /// Input format of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
