@@ -1,20 +1,26 @@
-//! What both service binaries share on the command line: the `run` / `config show`
-//! subcommands, the process flags (`--memory-log-interval`, `--heap-profiling`) and the `main`
-//! that resolves settings, prints them, or runs the service until a signal.
+//! The command line every long-running Weir process shares, and the `main` behind
+//! `weir-ingestd`, `weir-gatewayd` and `weir serve`: resolve the settings (defaults < file <
+//! environment < flags: [`crate::settings`]), then print them (`config show`), print the
+//! file's JSON Schema (`config schema`), or run the process ([`crate::app::run`]) until
+//! SIGINT/SIGTERM, with logging, the heap profiler and the memory log line set up from the
+//! same settings.
 
-use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, FromArgMatches, Subcommand};
-use serde::Serialize;
+use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
+use weir_config::ByteSize;
 
 use crate::ServiceError;
 use crate::config::Env;
+use crate::jobs::JobSpec;
+use crate::settings::{LogFormat, Role, Settings, config_path};
 
 /// Subcommands of a service binary.
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default).
     Run,
@@ -27,119 +33,175 @@ pub enum Command {
 }
 
 /// `config` subcommands.
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
 pub enum ConfigAction {
     /// Print the resolved settings (file, environment, flags) as TOML, secrets masked.
     Show,
+    /// Print the JSON Schema of the settings file.
+    Schema,
 }
 
-/// Flags every Weir process takes besides its own settings: the periodic memory log line and
-/// the heap profiler.
-#[derive(Clone, Debug, PartialEq, Eq, Args)]
-pub struct ProcessArgs {
-    /// Log a `memory` line (target `weir::memory`: used, limit, ratio, level, RSS, jemalloc
-    /// allocated/resident, leak verdict) this often, e.g. `60s`, `500ms`; `0` turns it off.
-    #[arg(
-        long,
-        env = "WEIR_MEMORY_LOG_INTERVAL",
-        default_value = "60s",
-        value_parser = humantime::parse_duration
-    )]
-    pub memory_log_interval: Duration,
-    /// Turn jemalloc's heap profiler on at start so `POST /api/memory/snapshot` on the admin
-    /// listener returns pprof heap profiles (also `WEIR_HEAP_PROFILING=1`). Off by default: the
-    /// profiler is built in but records nothing until turned on.
+/// The settings flags of a long-running Weir process (each overrides the file and the
+/// environment), and its subcommands.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ServiceArgs {
+    /// Settings file (TOML; `config schema` prints its JSON Schema). Env `WEIR_CONFIG`.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (`bind`). Env `WEIR_BIND`.
     #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Serve `/metrics` and `/api/memory/*` on this address (`admin.bind`). Env
+    /// `WEIR_ADMIN_BIND`.
+    #[arg(long)]
+    pub admin_bind: Option<SocketAddr>,
+    /// Memory limit, e.g. `1GiB` (`memory.limit`). Env `WEIR_MEMORY_LIMIT`.
+    #[arg(long)]
+    pub memory_limit: Option<ByteSize>,
+    /// What to do; default `run`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The process flags every Weir binary takes (`weir` has them before its subcommand).
+#[derive(Clone, Debug, Default, Args)]
+pub struct ProcessFlags {
+    /// Log format, `text` or `json` (`log.format`). Env `WEIR_LOG_FORMAT`.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Write the `memory` log line (target `weir::memory`: used, limit, ratio, level, RSS,
+    /// jemalloc allocated/resident, leak verdict) this often, e.g. `60s`; `0` turns it off
+    /// (`memory.log_interval`; default 60 s for the long-running processes, off for `weir
+    /// ingest`). Env `WEIR_MEMORY_LOG_INTERVAL`.
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    pub memory_log_interval: Option<Duration>,
+    /// Turn jemalloc's heap profiler on at start, so `POST /api/memory/snapshot` on the admin
+    /// listener returns pprof heap profiles. Env `WEIR_HEAP_PROFILING=1`.
+    #[arg(long, global = true)]
     pub heap_profiling: bool,
 }
 
-impl Default for ProcessArgs {
-    fn default() -> Self {
-        Self {
-            memory_log_interval: Duration::from_secs(60),
-            heap_profiling: false,
+impl ProcessFlags {
+    /// Applies the flags given.
+    pub fn apply(&self, s: &mut Settings) {
+        match self.log_format.as_deref() {
+            Some("json") => s.log.format = LogFormat::Json,
+            Some("text") => s.log.format = LogFormat::Text,
+            _ => {}
+        }
+        if let Some(d) = self.memory_log_interval {
+            s.memory.log_interval = d;
+        }
+    }
+
+    /// Whether the heap profiler is asked for: the flag, or `WEIR_HEAP_PROFILING` set to
+    /// `1`/`true`/`yes`/`on`.
+    pub fn heap_profiling_requested(&self, env: &Env) -> bool {
+        self.heap_profiling
+            || env
+                .get(weir_memwatch::HEAP_PROFILING_ENV)
+                .is_some_and(weir_memwatch::env_requests_profiling)
+    }
+
+    /// Turns the heap profiler on when asked for; logs why not when it cannot.
+    pub fn start_heap_profiling(&self, env: &Env) {
+        if self.heap_profiling_requested(env)
+            && let Err(e) = weir_memwatch::activate_heap_profiling()
+        {
+            tracing::warn!(error = %e, "heap profiling was asked for but cannot be turned on");
         }
     }
 }
 
-impl ProcessArgs {
-    /// Whether heap profiling is asked for: the flag, or `WEIR_HEAP_PROFILING` set to
-    /// `1`/`true`/`yes`/`on`.
-    pub fn heap_profiling_requested(&self) -> bool {
-        self.heap_profiling
-            || std::env::var(weir_memwatch::HEAP_PROFILING_ENV)
-                .is_ok_and(|v| weir_memwatch::env_requests_profiling(&v))
+impl ServiceArgs {
+    /// `role`'s settings: defaults, the file, `env`, then these flags and `process`'s; not
+    /// yet validated (the caller may adjust them first).
+    pub fn resolve(
+        &self,
+        role: Role,
+        process: &ProcessFlags,
+        env: &Env,
+    ) -> Result<Settings, ServiceError> {
+        let mut s = Settings::load(role, config_path(self.config.clone(), env).as_deref(), env)?;
+        self.apply(&mut s);
+        process.apply(&mut s);
+        Ok(s)
+    }
+
+    /// Applies the flags given.
+    pub fn apply(&self, s: &mut Settings) {
+        if let Some(b) = self.bind {
+            s.bind = b;
+        }
+        if let Some(b) = self.admin_bind {
+            s.admin.bind = Some(b);
+        }
+        if let Some(l) = self.memory_limit {
+            s.memory.limit = Some(l);
+        }
     }
 }
 
-/// Parses the command line of a service: `P`'s own flags and subcommands (its name, version
-/// and help text unchanged) plus the [`ProcessArgs`]. Exits with clap's message on bad input.
-pub fn parse_with_process_args<P: clap::Parser>() -> (P, ProcessArgs) {
-    let command = ProcessArgs::augment_args(P::command());
-    let matches = command.get_matches();
-    let parsed = P::from_arg_matches(&matches)
-        .and_then(|cli| ProcessArgs::from_arg_matches(&matches).map(|process| (cli, process)));
-    match parsed {
-        Ok(both) => both,
-        Err(e) => e.exit(),
-    }
+/// Sets up logging from `log`: to stderr, filtered by `log.filter`, text or JSON.
+pub fn init_logging(log: &crate::settings::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|e| {
+        eprintln!(
+            "warning: log filter `{}` is not valid ({e}); using `info`",
+            log.filter
+        );
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }
 
-/// Turns the heap profiler on when `process` asks for it; logs why not when it cannot. Call it
-/// before the work to be profiled, outside async code.
-pub fn start_heap_profiling(process: &ProcessArgs) {
-    if !process.heap_profiling_requested() {
-        return;
-    }
-    if let Err(e) = weir_memwatch::activate_heap_profiling() {
-        tracing::warn!(error = %e, "heap profiling was asked for but cannot be turned on");
-    }
-}
-
-/// Starts the periodic memory log of `process` (nothing when its interval is 0), on the current
-/// runtime, until `cancel` fires.
-pub fn start_memory_log(
-    process: &ProcessArgs,
-    memory_limit: Option<u64>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    match weir_memwatch::spawn_process_memory_log(process.memory_log_interval, memory_limit, cancel)
-    {
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "memory log not started"),
-    }
-}
-
-/// The body of a service's `main`: sets up logging, resolves the settings with `resolve`
-/// (defaults, file, `.weir/env` + environment, flags), then either prints them (`config show`,
-/// secrets masked) or, with heap profiling turned on when `process` asks for it, runs `run` on
-/// a multi-threaded runtime until SIGINT/SIGTERM, writing the periodic memory log line at
-/// `process.memory_log_interval`.
-pub fn service_main<C, E, Fut>(
-    log_format: &str,
-    process: &ProcessArgs,
-    command: Option<&Command>,
-    resolve: impl FnOnce(&Env) -> Result<C, ServiceError>,
-    run: impl FnOnce(C, CancellationToken) -> Fut,
-) -> ExitCode
-where
-    C: Serialize,
-    E: std::fmt::Display,
-    Fut: Future<Output = Result<(), E>>,
-{
-    crate::init_logging(log_format);
-    let config = match Env::load().and_then(|env| resolve(&env)) {
-        Ok(c) => c,
+/// The whole `main` of a long-running process: resolve `role`'s settings from `args`,
+/// `process` and the environment, then `config show` / `config schema`, or run until a signal.
+/// `adjust` changes the settings after the flags (the role's own flags, e.g. `weir serve
+/// --api-key`); `startup`: a job to submit once the graph answers (`weir serve --ingest`).
+pub fn main(
+    role: Role,
+    args: &ServiceArgs,
+    process: &ProcessFlags,
+    adjust: impl FnOnce(&mut Settings),
+    startup: Option<JobSpec>,
+) -> ExitCode {
+    let env = match Env::load() {
+        Ok(env) => env,
         Err(e) => return fail(e),
     };
-    if let Some(Command::Config {
-        action: ConfigAction::Show,
-    }) = command
-    {
-        print!("{}", crate::config::show(&config));
-        return ExitCode::SUCCESS;
+    let settings = args.resolve(role, process, &env).and_then(|mut s| {
+        adjust(&mut s);
+        s.validate(role)?;
+        Ok(s)
+    });
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match &args.command {
+        Some(Command::Config {
+            action: ConfigAction::Show,
+        }) => {
+            print!("{}", settings.show(role));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Config {
+            action: ConfigAction::Schema,
+        }) => {
+            print!("{}", Settings::json_schema());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Run) | None => {}
     }
-    start_heap_profiling(process);
+    init_logging(&settings.log);
+    process.start_heap_profiling(&env);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,9 +212,15 @@ where
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         crate::cancel_on_signal(shutdown.clone());
-        let memory_log = tokio_util::sync::CancellationToken::new();
-        start_memory_log(process, None, memory_log.clone());
-        let code = match run(config, shutdown).await {
+        let memory_log = CancellationToken::new();
+        if let Err(e) = weir_memwatch::spawn_process_memory_log(
+            settings.memory.log_interval,
+            settings.memory_limit(),
+            memory_log.clone(),
+        ) {
+            tracing::warn!(error = %e, "memory log not started");
+        }
+        let code = match crate::app::run(role, settings, startup, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         };
@@ -173,29 +241,77 @@ mod tests {
     #[derive(Debug, clap::Parser)]
     struct T {
         #[command(flatten)]
-        p: ProcessArgs,
+        a: ServiceArgs,
+        #[command(flatten)]
+        p: ProcessFlags,
     }
 
-    fn parse(args: &[&str]) -> Result<ProcessArgs, clap::Error> {
+    fn parse(args: &[&str]) -> ServiceArgs {
         use clap::Parser;
         let mut v = vec!["svc"];
         v.extend_from_slice(args);
-        T::try_parse_from(v).map(|t| t.p)
+        T::try_parse_from(v).unwrap().a
+    }
+
+    fn resolve(args: &[&str], env: &Env) -> Settings {
+        use clap::Parser;
+        let mut v = vec!["svc"];
+        v.extend_from_slice(args);
+        let t = T::try_parse_from(v).unwrap();
+        let s = t.a.resolve(Role::Gatewayd, &t.p, env).unwrap();
+        s.validate(Role::Gatewayd).unwrap();
+        s
     }
 
     #[test]
-    fn memory_log_interval_defaults_to_a_minute_and_zero_turns_it_off() {
-        // (WEIR_MEMORY_LOG_INTERVAL is not set in the test environment.)
-        assert_eq!(parse(&[]).unwrap(), ProcessArgs::default());
-        let p = parse(&["--memory-log-interval", "250ms", "--heap-profiling"]).unwrap();
-        assert_eq!(p.memory_log_interval, Duration::from_millis(250));
-        assert!(p.heap_profiling && p.heap_profiling_requested());
-        assert_eq!(
-            parse(&["--memory-log-interval", "0"])
-                .unwrap()
-                .memory_log_interval,
-            Duration::ZERO
+    fn flags_beat_environment_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weir.toml");
+        std::fs::write(
+            &file,
+            "bind = \"127.0.0.1:9001\"\n[memory]\nlimit = \"256MiB\"\n[log]\nfilter = \"warn\"\n",
+        )
+        .unwrap();
+        let env = Env::from_pairs([
+            ("WEIR_CONFIG", file.to_str().unwrap()),
+            ("WEIR_BIND", "127.0.0.1:9002"),
+            ("WEIR_LOG", "debug"),
+        ]);
+        let s = resolve(&[], &env);
+        assert_eq!(s.bind.port(), 9002, "environment over file");
+        assert_eq!(s.memory_limit(), Some(256 << 20), "file over defaults");
+        assert_eq!(s.log.filter, "debug");
+        let s = resolve(
+            &[
+                "--bind",
+                "127.0.0.1:9003",
+                "--memory-limit",
+                "1GiB",
+                "--log-format",
+                "json",
+            ],
+            &env,
         );
-        assert!(parse(&["--memory-log-interval", "soon"]).is_err());
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.bind.port(), 9003, "flag over environment");
+        assert_eq!(s.memory_limit(), Some(1 << 30));
+        use clap::Parser;
+        assert!(T::try_parse_from(["svc", "--memory-limit", "lots"]).is_err());
+    }
+
+    #[test]
+    fn config_subcommands_parse() {
+        assert!(matches!(
+            parse(&["config", "show"]).command,
+            Some(Command::Config {
+                action: ConfigAction::Show
+            })
+        ));
+        assert!(matches!(
+            parse(&["config", "schema"]).command,
+            Some(Command::Config {
+                action: ConfigAction::Schema
+            })
+        ));
     }
 }

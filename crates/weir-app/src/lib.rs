@@ -17,6 +17,7 @@
 //!   graph and the bus both are.
 
 pub mod admin;
+pub mod app;
 mod bus;
 pub mod cli;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod jobs;
 mod publisher;
 mod reader;
 mod replay;
+pub mod settings;
 mod signal;
 
 pub use bus::BusSlot;

@@ -15,7 +15,9 @@ use weir_graph::{ChangePublisher, PublishError};
 use crate::BusSlot;
 
 /// What happens to a job's change events when they cannot be published.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventsPolicy {
     /// Every committed batch's changes must reach the bus (the default wherever a bus is
@@ -44,7 +46,7 @@ impl std::fmt::Display for EventsPolicy {
 }
 
 /// Change-event publishing settings of ingest jobs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
     /// See [`EventsPolicy`]. Default `required`.
@@ -53,12 +55,15 @@ pub struct EventsConfig {
     /// (bus unreachable, timeouts) before the job fails. The job is paused meanwhile. Default
     /// 10 min.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_wait: Duration,
     /// Wait before the first retry, doubled each time. Default 100 ms.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub initial_backoff: Duration,
     /// Longest wait between retries. Default 2 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_backoff: Duration,
 }
 

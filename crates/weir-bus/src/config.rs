@@ -15,7 +15,7 @@ use crate::BusError;
 /// stream = "WEIR_EVENTS"
 /// max_age = "24h"
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BusConfig {
     /// The in-process bus: a bounded ring buffer inside this process (the single `weir` binary).
@@ -42,7 +42,7 @@ impl BusConfig {
 }
 
 /// Settings of the in-process bus.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct InProcessConfig {
     /// Most change batches retained for replay (`since`) and for slow subscribers; the oldest
@@ -95,7 +95,7 @@ impl InProcessConfig {
 }
 
 /// Where JetStream keeps the stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageKind {
     /// On disk (survives a NATS restart).
@@ -109,7 +109,7 @@ pub enum StorageKind {
 /// Change batches go to the stream `stream` on the subject `<subject_prefix>.changes` (one
 /// message per batch, `Nats-Msg-Id` = batch id); the stream sequence is the batch's `seq`.
 /// Progress events go to `<subject_prefix>.progress` on core NATS (live only, not stored).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsBusConfig {
     /// NATS URL. Default `nats://127.0.0.1:4222`.
@@ -120,28 +120,34 @@ pub struct NatsBusConfig {
     pub subject_prefix: String,
     /// Retention by age: changes older than this are dropped. Default 24 h.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_age: Duration,
     /// Retention by size: the oldest changes are dropped above this many bytes. Default 1 GiB.
     pub max_bytes: u64,
     /// Window in which a re-published batch id is recognised as a duplicate. Must cover the
     /// longest outage plus retry you want deduplicated. Default 10 min.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub duplicate_window: Duration,
     /// Stream storage. Default `file`.
     pub storage: StorageKind,
     /// How long a publish may wait (for the client buffer and for the server's ack) before it
     /// fails with [`BusError::PublishTimeout`]. Default 5 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub publish_timeout: Duration,
     /// How long `connect` and readiness checks wait. Default 5 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Longest pause between reconnect attempts (back-off grows to it). Default 2 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub reconnect_max_delay: Duration,
     /// Idle heartbeat of each subscription's consumer. A consumer that misses two (e.g. after a
     /// NATS restart) is recreated from the last seq it delivered. Default 2 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub consumer_heartbeat: Duration,
     /// Most change batches one subscription's consumer pulls at once (the consumer's
     /// `max_batch`). With `subscription_capacity` it bounds a subscriber's client-side buffer

@@ -30,7 +30,7 @@ pub const START_HINT: &str = "start the local services with `./scripts/dev.sh up
 or point Weir at your own with NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD / NATS_URL";
 
 /// A secret string (password, token). Never printed: `Debug`, `Display` and `Serialize` show `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema, Default)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -70,7 +70,7 @@ impl Serialize for Secret {
 }
 
 /// Where the graph server is and how to log in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct GraphSettings {
     /// Bolt URI. Default `bolt://127.0.0.1:17687`. Env `NEO4J_URI`.
@@ -95,7 +95,7 @@ impl Default for GraphSettings {
 }
 
 /// Where NATS is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsSettings {
     /// NATS URL. Default `nats://127.0.0.1:4222`. Env `NATS_URL`.
@@ -111,7 +111,7 @@ impl Default for NatsSettings {
 }
 
 /// Graph and NATS settings together, as resolved from defaults, `.weir/env` and the environment.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceSettings {
     /// The graph server.
@@ -182,12 +182,107 @@ impl ServiceSettings {
     }
 }
 
-/// Finds `.weir/env` in `start` or one of its ancestors.
+/// Finds `.weir/env` in `start`, or else in the project root above it: the nearest ancestor
+/// holding a `.git` (where `scripts/dev.sh up` writes it). Directories above the project root
+/// are never looked at, so a `.weir/env` planted higher up (in a shared `/tmp`, say) is not
+/// picked up.
 pub fn find_env_file(start: &Path) -> Option<PathBuf> {
-    start
-        .ancestors()
-        .map(|d| d.join(".weir").join("env"))
-        .find(|p| p.is_file())
+    let here = start.join(".weir").join("env");
+    if here.is_file() {
+        return Some(here);
+    }
+    let root = start.ancestors().find(|d| d.join(".git").exists())?;
+    Some(root.join(".weir").join("env")).filter(|p| p.is_file())
+}
+
+/// A size in bytes, written as a number of bytes or with a unit: `64MiB`, `512M`, `1GiB`,
+/// `1048576` (K/M/G and KiB/MiB/GiB are all powers of 1024).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_size(s).map(ByteSize)
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if b >= 1 << shift && b % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", b >> shift);
+            }
+        }
+        write!(f, "{b}")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(0) => Err(serde::de::Error::custom("a size must be above 0")),
+            Raw::Bytes(b) => Ok(ByteSize(b)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size: bytes, or a number with a unit (KiB, MiB, GiB; K, M, G), e.g. \"64MiB\".",
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": "^\\s*[0-9]+\\s*([KkMmGg]([Ii]?[Bb])?|[Bb])?\\s*$"}
+            ]
+        })
+    }
+}
+
+/// Parses sizes like `64MiB`, `512M`, `1GiB`, `1048576` (bytes); 0 is refused.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{s}`: unknown unit; use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("`{s}` is out of range"))
 }
 
 /// Parses a file of `KEY=VALUE` lines (blank lines and `#` comments allowed, an optional
@@ -252,5 +347,50 @@ mod tests {
     #[test]
     fn bad_line_is_reported_with_its_number() {
         assert_eq!(parse_env_text("A=1\nnot a pair\n"), Err(2));
+    }
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+        assert_eq!("1GiB".parse::<ByteSize>().unwrap().to_string(), "1GiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+        #[derive(Deserialize)]
+        struct T {
+            a: ByteSize,
+            b: ByteSize,
+        }
+        let t: T = serde_json::from_str(r#"{"a": 1073741824, "b": "512MiB"}"#).unwrap();
+        assert_eq!((t.a.bytes(), t.b.bytes()), (1 << 30, 512 << 20));
+    }
+
+    #[test]
+    fn the_env_file_is_read_from_here_or_the_project_root_only() {
+        let top = tempfile::tempdir().unwrap();
+        // A .weir/env above the project root is never read.
+        std::fs::create_dir_all(top.path().join(".weir")).unwrap();
+        std::fs::write(top.path().join(".weir/env"), "NEO4J_URI=bolt://planted:1\n").unwrap();
+        let project = top.path().join("project");
+        let sub = project.join("crates/x");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert_eq!(
+            find_env_file(&sub),
+            None,
+            "no project root: nothing above is read"
+        );
+        std::fs::create_dir_all(project.join(".git")).unwrap();
+        assert_eq!(
+            find_env_file(&sub),
+            None,
+            "the project root has no .weir/env"
+        );
+        std::fs::create_dir_all(project.join(".weir")).unwrap();
+        std::fs::write(project.join(".weir/env"), "NEO4J_URI=bolt://mine:1\n").unwrap();
+        assert_eq!(find_env_file(&sub), Some(project.join(".weir/env")));
+        assert_eq!(find_env_file(&project), Some(project.join(".weir/env")));
     }
 }

@@ -10,13 +10,17 @@ use weir_subscriptions::ManagerConfig;
 use crate::GatewayError;
 
 /// Everything the gateway can be told.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Address to listen on. Default `127.0.0.1:8080` (loopback only).
+    /// Address to listen on. Default `127.0.0.1:8080` (loopback only). Not read from a
+    /// `[gateway]` section: a Weir process's listener is its top-level `bind`.
+    #[serde(skip)]
     pub bind: SocketAddr,
     /// Who may call. Default: API keys, with none configured (every request refused) — auth is
-    /// off only with `mode = "disabled"`.
+    /// off only with `mode = "disabled"`. Not read from a `[gateway]` section: one `[auth]`
+    /// guards every API of a Weir process.
+    #[serde(skip)]
     pub auth: AuthConfig,
     /// Request and operation limits.
     pub limits: LimitsConfig,
@@ -32,6 +36,7 @@ pub struct GatewayConfig {
     /// How long shutdown waits for subscriptions to complete and sockets to close before it
     /// drops them. Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
 }
 
@@ -52,7 +57,7 @@ impl Default for GatewayConfig {
 /// How callers prove who they are: `Authorization: Bearer <token>` on HTTP and the upgrade
 /// request, or in the `connection_init` payload (`Authorization`, `authorization`,
 /// `authToken` or `token`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthConfig {
     /// No authentication. Only when explicitly configured.
@@ -82,7 +87,7 @@ impl Default for AuthConfig {
 }
 
 /// Request and operation limits.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Maximum query depth. Default 15: the standard introspection query (graphql-js
@@ -124,21 +129,25 @@ impl Default for LimitsConfig {
 }
 
 /// WebSocket timing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocketConfig {
     /// How long a client has to send `connection_init` (else close 4408). Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connection_init_timeout: Duration,
     /// How often the server pings. Default 15 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub ping_interval: Duration,
     /// How long after a ping the client has to send anything (a pong) before it is closed with
     /// 4499. Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub pong_timeout: Duration,
     /// How long one frame may take to write before the client is dropped. Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub write_timeout: Duration,
     /// Outgoing messages queued per connection (beyond this the subscriptions' own queues and
     /// slow-consumer policy take over). Default 64.

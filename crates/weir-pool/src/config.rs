@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::PoolError;
 
 /// Settings of a [`crate::Pool`]. Durations are written like `30s` or `5m` in files.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
     /// Most live sessions (checked out plus idle). Default 20. Never exceeded.
@@ -16,37 +16,46 @@ pub struct PoolConfig {
     pub min_idle: usize,
     /// A session idle longer than this is closed (on checkout or by the reaper). Default 30 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle_ttl: Duration,
     /// No session lives longer than this (minus its jitter). Default 30 min.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_lifetime: Duration,
     /// Each session's lifetime is shortened by a random amount up to this, so sessions made
     /// together do not all expire together. Default 3 min. Must be below `max_lifetime`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_lifetime_jitter: Duration,
     /// Longest wait for a session, including making a new one. Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub acquire_timeout: Duration,
     /// Longest wait to open and prove one Bolt connection (`RETURN 1`). Default 5 s.
     /// Must not exceed `acquire_timeout`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Client-side deadline of every query and transaction, and of each fetch of a stream.
     /// Default 30 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub query_timeout: Duration,
     /// A checkout of a session idle longer than this first runs `RETURN 1`. Default 10 s.
     /// Must not exceed `idle_ttl`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub health_check_after_idle: Duration,
     /// How often the reaper closes expired idle sessions (and, before the pool is ready,
     /// how often at most it retries the first connection). Default 5 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub reaper_interval: Duration,
     /// Consecutive connection failures that open the circuit. Default 5.
     pub circuit_failure_threshold: u32,
     /// How long an open circuit fails calls fast before one probe may try. Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub circuit_cool_down: Duration,
     /// Rows fetched from the server per round trip by streams and `execute`. Default 500.
     pub fetch_size: usize,
@@ -58,9 +67,11 @@ pub struct PoolConfig {
     /// Back-off before the first retry of a transaction; doubled each retry, with jitter.
     /// Default 100 ms.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub txn_backoff_min: Duration,
     /// Longest back-off between transaction attempts. Default 2 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub txn_backoff_max: Duration,
     /// Switch Nagle's algorithm off (`TCP_NODELAY`) on each new Bolt connection. neo4rs
     /// leaves it on, and then every statement larger than 8 KiB waits for the server's

@@ -7,14 +7,16 @@ use serde::{Deserialize, Serialize};
 use crate::SubscriptionError;
 
 /// Settings of a [`SubscriptionManager`](crate::SubscriptionManager).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ManagerConfig {
     /// TTL of a subscription that asks for none. Default 30 min.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub default_ttl: Duration,
     /// The longest TTL a subscription may have; longer requests are cut to it. Default 30 min.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_ttl: Duration,
     /// Live subscriptions one connection may hold. Default 100.
     pub max_per_connection: usize,
@@ -25,6 +27,7 @@ pub struct ManagerConfig {
     /// gateway sends `SLOW_CONSUMER` with the last change delivered and closes with 1008; the
     /// client resumes with `since`). Default 30 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_lag: Duration,
     /// A subscriber is too slow when more than this many bytes of change batches (estimated
     /// heap size) were published after the batch it is reading. One batch never counts

@@ -1,17 +1,25 @@
-//! Log setup: human output on a terminal, JSON with `--log-format json`; level from `RUST_LOG`.
+//! Log setup of the one-shot commands (`ingest`, `ping`, ...): to stderr (stdout stays for
+//! command output), filtered by `WEIR_LOG` like every Weir binary (default `warn,weir=info`;
+//! `weir ingest --quiet`: errors only), text or JSON (`--log-format`, `WEIR_LOG_FORMAT`).
 
-use tracing_subscriber::EnvFilter;
+use weir_app::cli::ProcessFlags;
+use weir_app::config::Env;
+use weir_app::settings::{LogConfig, LogFormat};
 
-/// Installs the global subscriber. Logs go to stderr so stdout stays for command output.
-pub(crate) fn init(format: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,weir=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
+/// Installs the global subscriber.
+pub(crate) fn init(process: &ProcessFlags, env: &Env, quiet: bool) {
+    let filter = if quiet {
+        "error".to_owned()
     } else {
-        builder.init();
-    }
+        env.get("WEIR_LOG").unwrap_or("warn,weir=info").to_owned()
+    };
+    let format = match process
+        .log_format
+        .as_deref()
+        .or_else(|| env.get("WEIR_LOG_FORMAT"))
+    {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    weir_app::cli::init_logging(&LogConfig { filter, format });
 }

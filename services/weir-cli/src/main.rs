@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use weir_app::cli::ProcessFlags;
 
 mod cmd;
 mod logging;
@@ -16,30 +17,17 @@ mod logging;
 // jemalloc (`jemalloc` feature) and its inactive heap profiler (`heap-profiling` feature).
 weir_memwatch::binary_allocator!();
 
-/// The memory log interval of `weir serve` when `--memory-log-interval` is not given.
-const SERVE_MEMORY_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
 /// Weir: load large datasets and live streams into a Neo4j-compatible graph without running out
 /// of memory, and watch the graph change through GraphQL subscriptions.
 ///
-/// Connection settings come from `.weir/env` (written by `scripts/dev.sh up`), then the
-/// environment (NEO4J_URI, NEO4J_USER, NEO4J_PASSWORD, NEO4J_DATABASE, NATS_URL), then flags.
+/// Settings come from defaults, a settings file (`--config`), `.weir/env` (written by
+/// `scripts/dev.sh up`) and the environment (NEO4J_URI, NEO4J_USER, NEO4J_PASSWORD,
+/// NEO4J_DATABASE, NATS_URL, WEIR_*), then flags; the log filter is `WEIR_LOG`.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about, long_about)]
 struct Cli {
-    /// Log format: `text` (default) or `json`.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-    /// Log a `memory` line (target `weir::memory`: used, limit, ratio, level, RSS, jemalloc
-    /// allocated/resident, leak verdict) this often, e.g. `60s`, `500ms`; `0` turns it off.
-    /// Default: 60s for `serve`, off for `ingest` (which prints its own progress) and the rest.
-    #[arg(long, global = true, env = "WEIR_MEMORY_LOG_INTERVAL", value_parser = humantime::parse_duration)]
-    memory_log_interval: Option<Duration>,
-    /// Turn jemalloc's heap profiler on at start so `POST /api/memory/snapshot` on the admin
-    /// listener returns pprof heap profiles (also `WEIR_HEAP_PROFILING=1`). Off by default: the
-    /// profiler is built in but records nothing until turned on.
-    #[arg(long, global = true)]
-    heap_profiling: bool,
+    #[command(flatten)]
+    process: ProcessFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,20 +48,25 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init(&cli.log_format);
-    let heap_profiling = cli.heap_profiling
-        || std::env::var(weir_memwatch::HEAP_PROFILING_ENV)
-            .is_ok_and(|v| weir_memwatch::env_requests_profiling(&v));
-    if heap_profiling && let Err(e) = weir_memwatch::activate_heap_profiling() {
-        tracing::warn!(error = %e, "heap profiling was asked for but cannot be turned on");
-    }
-    let (memory_log_interval, memory_limit) = match &cli.command {
-        Command::Serve(_) => (
-            cli.memory_log_interval.unwrap_or(SERVE_MEMORY_LOG_INTERVAL),
-            None,
-        ),
+    let command = match cli.command {
+        // The long-running process: the same `main` as weir-ingestd and weir-gatewayd.
+        Command::Serve(args) => return cmd::serve::main(args, &cli.process),
+        other => other,
+    };
+    let env = match weir_app::config::Env::load() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(cmd::EXIT_FATAL);
+        }
+    };
+    let quiet = matches!(&command, Command::Ingest(a) if a.quiet());
+    logging::init(&cli.process, &env, quiet);
+    cli.process.start_heap_profiling(&env);
+    // The memory log line: off unless asked for (`weir ingest` prints its own progress).
+    let (memory_log_interval, memory_limit) = match &command {
         Command::Ingest(args) => (
-            cli.memory_log_interval.unwrap_or(Duration::ZERO),
+            cli.process.memory_log_interval.unwrap_or(Duration::ZERO),
             args.memory_limit(),
         ),
         _ => (Duration::ZERO, None),
@@ -98,12 +91,12 @@ fn main() -> std::process::ExitCode {
             tracing::warn!(error = %e, "memory log not started");
         }
         let _stop_memory_log = memory_log.drop_guard();
-        match cli.command {
+        match command {
             Command::Ping(args) => cmd::ping::run(args).await,
             Command::Ingest(args) => cmd::ingest::run(args).await,
             Command::Validate(args) => cmd::validate::run(args),
             Command::Generate(args) => cmd::generate::run(args),
-            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Serve(_) => unreachable!("served above"),
         }
     });
     match code {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use weir_app::gateway::GatewaydConfig;
+use weir_app::settings::{Role, Settings};
 use weir_bus::{BusConfig, InProcessConfig};
 use weir_config::Secret;
 use weir_gateway::AuthConfig;
@@ -32,22 +32,22 @@ async fn raw_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, Str
 async fn ready_health_and_admin_metrics() {
     let settings = weir_test_support::settings();
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut config = GatewaydConfig {
-        graph: settings.graph,
-        bus: BusConfig::InProcess(InProcessConfig::default()),
-        admin_bind: Some(admin),
-        admin_token: Some(Secret::new("admin-token-123")),
-        ..GatewaydConfig::default()
-    };
-    config.gateway.auth = AuthConfig::ApiKeys {
+    let mut config = Settings::defaults(Role::Gatewayd);
+    config.graph = settings.graph;
+    config.bus = BusConfig::InProcess(InProcessConfig::default());
+    config.admin.bind = Some(admin);
+    config.admin.token = Some(Secret::new("admin-token-123"));
+    config.auth = AuthConfig::ApiKeys {
         keys: vec![Secret::new(KEY)],
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(weir_app::gateway::run_on(
+    let task = tokio::spawn(weir_app::app::run_on(
+        Role::Gatewayd,
         config,
         listener,
+        None,
         shutdown.clone(),
     ));
     wait_ready(addr).await;

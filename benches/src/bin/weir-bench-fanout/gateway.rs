@@ -50,10 +50,10 @@ pub(crate) fn locate(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// The gateway's config file: bind, bus (same NATS settings as the bench's publisher), limits.
 fn config_toml(bind: SocketAddr, admin: SocketAddr, bus: &NatsBusConfig, l: &Limits) -> String {
     format!(
-        r#"admin_bind = "{admin}"
+        r#"bind = "{bind}"
 
-[gateway]
-bind = "{bind}"
+[admin]
+bind = "{admin}"
 
 [gateway.subscriptions]
 max_total = {max_total}
@@ -339,11 +339,14 @@ mod tests {
             &l,
         );
         // The gateway's own config type (unknown fields are refused) and its validation.
-        let c: weir_app::gateway::GatewaydConfig = toml::from_str(&text).unwrap();
-        c.validate().unwrap();
+        use weir_app::settings::{Role, Settings};
+        let c =
+            Settings::from_toml(Role::Gatewayd, &text, std::path::Path::new("bench.toml")).unwrap();
+        c.validate(Role::Gatewayd).unwrap();
         assert_eq!(c.gateway.subscriptions.max_total, 20_000);
         assert_eq!(c.gateway.websocket.outbound_queue, 128);
-        assert_eq!(c.admin_bind, Some("127.0.0.1:2".parse().unwrap()));
+        assert_eq!(c.bind, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(c.admin.bind, Some("127.0.0.1:2".parse().unwrap()));
         match c.bus {
             weir_bus::BusConfig::Nats(n) => assert_eq!(n, bus),
             other => panic!("not NATS: {other:?}"),

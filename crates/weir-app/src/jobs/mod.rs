@@ -1,4 +1,4 @@
-//! `weir-ingestd`: Weir's long-running ingest service.
+//! Ingest jobs behind an HTTP API (`weir-ingestd`, `weir serve`).
 //!
 //! An HTTP job API ([`http`]) over the stream pipeline: jobs name a server-side file (inside
 //! the configured input roots) or stream their records in the request body, with the
@@ -9,29 +9,16 @@
 //! bus are reachable; `/ready` says the same. On shutdown running jobs finish their in-flight
 //! batches and write their checkpoints; a job submitted again with the same id resumes.
 //!
-//! [`run`] is the whole service; `main.rs` only parses flags and calls it, so tests start it
-//! in-process with [`run_on`].
+//! The process around it is put together by [`crate::app`].
 
 pub mod config;
 pub mod http;
 pub mod manager;
 pub mod validate;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use crate::ServiceError;
 
-pub use crate::cli::{Command, ConfigAction};
-use crate::config::Env;
-use crate::health::{self, BusProbe, Health, PoolProbe};
-use crate::{Authenticator, BusPublisher, BusSlot, ServiceError};
-use clap::Parser;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use weir_pool::Pool;
-
-pub use config::{IngestdConfig, JobsConfig};
+pub use config::JobsConfig;
 pub use http::{JobsApi, jobs_router};
 pub use manager::{InputFormat, JobInput, JobManager, JobSpec, JobStatus};
 
@@ -86,120 +73,4 @@ pub enum IngestdError {
     /// Something else failed (the cause is logged; clients see a correlation id).
     #[error("{0}")]
     Internal(String),
-}
-
-/// Command line of `weir-ingestd`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "weir-ingestd",
-    version,
-    about = "Weir's ingest service: an HTTP job API publishing graph changes to the bus."
-)]
-pub struct Cli {
-    /// TOML config file (see `weir-ingestd config show` for every setting). Env `WEIR_CONFIG`.
-    #[arg(long, short, env = "WEIR_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Address of the job API (overrides the file and `WEIR_BIND`).
-    #[arg(long)]
-    pub bind: Option<SocketAddr>,
-    /// Jobs running at once (overrides the file and `WEIR_MAX_JOBS`).
-    #[arg(long)]
-    pub max_jobs: Option<usize>,
-    /// Log format: `text` or `json`.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
-    /// What to do; default `run`.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-impl Cli {
-    /// Resolves the settings: defaults, the file, `env`, then the flags; validated.
-    pub fn resolve(&self, env: &Env) -> Result<IngestdConfig, ServiceError> {
-        let mut c: IngestdConfig = crate::config::load_file(self.config.as_deref())?;
-        c.apply_env(env)?;
-        if let Some(b) = self.bind {
-            c.bind = b;
-        }
-        if let Some(n) = self.max_jobs {
-            c.jobs.max_concurrent = n;
-        }
-        c.validate()?;
-        Ok(c)
-    }
-}
-
-/// Binds `config.bind` and runs the service until `shutdown` fires.
-pub async fn run(config: IngestdConfig, shutdown: CancellationToken) -> Result<(), IngestdError> {
-    let listener = TcpListener::bind(config.bind).await?;
-    run_on(config, listener, shutdown).await
-}
-
-/// Runs the service on `listener` until `shutdown` fires: stops accepting, lets running jobs
-/// write their checkpoints (within `shutdown_grace`), then closes the pool.
-pub async fn run_on(
-    config: IngestdConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), IngestdError> {
-    config.validate()?;
-    let auth = Arc::new(Authenticator::new(&config.auth));
-    let pool = Pool::new(config.graph.clone(), config.pool.clone())
-        .map_err(|e| IngestdError::Internal(format!("graph pool: {e}")))?;
-    let bus = BusSlot::connect_in_background(config.bus.clone(), shutdown.clone());
-    let hard_stop = CancellationToken::new();
-    let publisher = BusPublisher::new(bus.clone(), config.jobs.events.clone(), hard_stop.clone());
-    let jobs = JobManager::new(
-        config.jobs.clone(),
-        pool.clone(),
-        bus.clone(),
-        publisher,
-        shutdown.clone(),
-    );
-    let health = Health::new("weir-ingestd", shutdown.clone(), Duration::from_secs(5))
-        .with("graph", Arc::new(PoolProbe(pool.clone())))
-        .with("bus", Arc::new(BusProbe(bus.clone())));
-    let bus_for_metrics = bus;
-    let app = health::layer(
-        jobs_router(JobsApi {
-            jobs: jobs.clone(),
-            auth,
-        }),
-        health,
-    );
-    let admin = match config.admin_bind {
-        Some(bind) => Some(
-            crate::admin::spawn_admin(
-                "weir-ingestd",
-                bind,
-                config.admin_token.clone(),
-                config.jobs.memory_limit,
-                vec![
-                    ("pool", {
-                        let p = pool.clone();
-                        Arc::new(weir_metrics::pool_source(move || p.status())) as _
-                    }),
-                    ("bus", crate::admin::bus_metrics(bus_for_metrics)),
-                ],
-                shutdown.clone(),
-            )
-            .await?
-            .1,
-        ),
-        None => None,
-    };
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "weir-ingestd listening");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    tracing::info!("weir-ingestd stopping: waiting for jobs to write their checkpoints");
-    jobs.wait_stopped(config.shutdown_grace).await;
-    hard_stop.cancel();
-    pool.close().await;
-    if let Some(a) = admin {
-        let _ = a.await;
-    }
-    tracing::info!("weir-ingestd stopped");
-    served.map_err(IngestdError::Io)
 }

@@ -162,25 +162,7 @@ impl From<EventsArg> for EventsPolicy {
     }
 }
 
-/// Parses sizes like `64MiB`, `512M`, `1GiB`, `1048576`.
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("`{s}`: unknown unit; use KiB, MiB or GiB")),
-    };
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("`{s}` is out of range"))
-}
+pub(crate) use weir_config::parse_size;
 
 fn detect_format(args: &IngestArgs, mapping: &Mapping) -> Format {
     let jsonl = match args.format {
@@ -410,6 +392,11 @@ fn print_summary(s: &RunSummary, dry_run: bool, dead_letter: Option<&Path>) {
 }
 
 impl IngestArgs {
+    /// `--quiet`: only errors are printed (the log included).
+    pub(crate) fn quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// The `--memory-limit` the periodic memory log measures against.
     pub(crate) fn memory_limit(&self) -> Option<u64> {
         self.memory_limit
@@ -642,16 +629,6 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("99999999999999GiB").is_err());
-    }
 
     #[test]
     fn buffers_shrink_to_fit_a_small_limit() {

@@ -1,90 +1,32 @@
-//! `weir serve`: the gateway and the ingest job API in one process, on the in-process bus.
-//!
-//! One listener serves the gateway (`POST /graphql`, `/graphql/ws`), the job API of
-//! `weir-ingestd` (`/jobs`, `/jobs/upload`, `/jobs/{id}`), the `since` replay
-//! (`GET /changes?since=`) and `/health` / `/ready` (ready once the graph pool has connected;
-//! the in-process bus is always there). With `--ingest FILE --mapping M` it also ingests that
-//! file once the graph is reachable, so clients watch the changes arrive live. The web console
-//! is at `/` and GraphiQL at `/graphiql` (weir-console).
+//! `weir serve`: the gateway, the ingest job API and the in-process bus in one process. It is
+//! the composition every Weir process uses (`weir_app::app`) with the `serve` role: one
+//! listener serves GraphQL (`/graphql`, `/graphql/ws`), the job API (`/jobs`, `/jobs/upload`,
+//! `/jobs/{id}`), the `since` replay (`GET /changes?since=`), the console (`/`, `/graphiql`)
+//! and `/health` / `/ready`. With `--ingest FILE --mapping M` it also ingests that file once
+//! the graph is reachable, so clients watch the changes arrive live.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use weir_app::config::Env;
-use weir_app::gateway::{ReplayApi, ReplayConfig, replay_router};
-use weir_app::health::{BusProbe, Health, PoolProbe};
-use weir_app::jobs::{JobInput, JobManager, JobSpec, JobsApi, JobsConfig, jobs_router};
-use weir_app::{Authenticator, BusPublisher, BusSlot, GatedGraphReader};
-use weir_bus::{Bus, BusConfig, InProcessConfig};
-use weir_config::{GraphSettings, START_HINT, Secret};
-use weir_gateway::{AuthConfig, GatewayConfig, GatewayState};
-use weir_pool::{Pool, PoolConfig};
-
-use super::EXIT_FATAL;
-
-/// Settings of `weir serve` (a TOML file with `--config`; print them with `--show-config`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(crate) struct ServeConfig {
-    /// The gateway (`bind` default `127.0.0.1:8080`, auth, limits, subscriptions, websocket).
-    gateway: GatewayConfig,
-    /// The graph server (env `NEO4J_*`).
-    graph: GraphSettings,
-    /// The graph session pool used by ingest jobs.
-    pool: PoolConfig,
-    /// The in-process bus (retention for `since` replay).
-    bus: InProcessConfig,
-    /// Ingest jobs.
-    jobs: JobsConfig,
-    /// `since` replay page limits.
-    replay: ReplayConfig,
-    /// How long shutdown waits for jobs to write their checkpoints. Default 30 s.
-    #[serde(with = "humantime_serde")]
-    shutdown_grace: Duration,
-    /// Admin listener (`/metrics`, `/api/memory/*`). Default: none (off). Env
-    /// `WEIR_ADMIN_BIND`.
-    admin_bind: Option<SocketAddr>,
-    /// Bearer token of the admin listener. Env `WEIR_ADMIN_TOKEN`.
-    admin_token: Option<Secret>,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        Self {
-            gateway: GatewayConfig::default(),
-            graph: GraphSettings::default(),
-            pool: PoolConfig::default(),
-            bus: InProcessConfig::default(),
-            jobs: JobsConfig::default(),
-            replay: ReplayConfig::default(),
-            shutdown_grace: Duration::from_secs(30),
-            admin_bind: None,
-            admin_token: None,
-        }
-    }
-}
+use weir_app::cli::{ProcessFlags, ServiceArgs};
+use weir_app::jobs::{JobInput, JobSpec};
+use weir_app::settings::{Role, Settings};
+use weir_config::Secret;
+use weir_gateway::AuthConfig;
 
 /// Arguments of `weir serve`.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// TOML settings file (`--show-config` prints every setting).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Address to listen on (default 127.0.0.1:8080; overrides the file and `WEIR_BIND`).
-    #[arg(long)]
-    bind: Option<SocketAddr>,
+    #[command(flatten)]
+    service: ServiceArgs,
     /// An API key clients must present as `Authorization: Bearer <key>` (repeatable; also
     /// `WEIR_API_KEYS`, comma-separated).
     #[arg(long = "api-key")]
     api_keys: Vec<String>,
-    /// Turn authentication off (local demos only: anyone who can reach the port may query,
-    /// subscribe and start jobs).
+    /// Turn authentication off (local demos only, and only on a loopback `--bind`: anyone who
+    /// can reach the port may query, subscribe and start jobs).
     #[arg(long)]
     no_auth: bool,
     /// Ingest this file once the graph is reachable (needs --mapping).
@@ -96,223 +38,90 @@ pub(crate) struct ServeArgs {
     /// Prefix for every label and relationship type of the --ingest job.
     #[arg(long, default_value = "")]
     label_prefix: String,
-    /// Serve `/metrics` and `/api/memory/*` on this address (overrides `WEIR_ADMIN_BIND`).
-    #[arg(long)]
-    admin_bind: Option<SocketAddr>,
-    /// Print the resolved settings (secrets masked) and exit.
+    /// Print the resolved settings (secrets masked) and exit: `weir serve config show`.
     #[arg(long)]
     show_config: bool,
 }
 
-/// Resolves the settings: defaults, the file, the environment, then the flags.
-pub(crate) fn resolve(args: &ServeArgs, env: &Env) -> anyhow::Result<ServeConfig> {
-    let mut c: ServeConfig = weir_app::config::load_file(args.config.as_deref())?;
-    env.apply_graph(&mut c.graph);
-    if let Some(b) = env.parse("WEIR_BIND")? {
-        c.gateway.bind = b;
+impl ServeArgs {
+    /// Applies the flags of `weir serve` itself (after the common ones).
+    fn adjust(&self, s: &mut Settings) -> anyhow::Result<()> {
+        if !self.api_keys.is_empty() {
+            s.auth = AuthConfig::ApiKeys {
+                keys: self.api_keys.iter().map(Secret::new).collect(),
+            };
+        }
+        if self.no_auth {
+            s.auth = AuthConfig::Disabled;
+        }
+        if let Some(f) = &self.ingest {
+            // The one file given on the command line may be read by the job; nothing else.
+            let f = f
+                .canonicalize()
+                .with_context(|| format!("--ingest {}", f.display()))?;
+            s.jobs.input_roots.push(f);
+        }
+        Ok(())
     }
-    if let Some(keys) = env.secrets("WEIR_API_KEYS") {
-        c.gateway.auth = AuthConfig::ApiKeys { keys };
-    }
-    if let Some(b) = env.parse("WEIR_ADMIN_BIND")? {
-        c.admin_bind = Some(b);
-    }
-    if let Some(t) = env.get("WEIR_ADMIN_TOKEN") {
-        c.admin_token = Some(Secret::new(t));
-    }
-    if args.admin_bind.is_some() {
-        c.admin_bind = args.admin_bind;
-    }
-    if let Some(b) = args.bind {
-        c.gateway.bind = b;
-    }
-    if !args.api_keys.is_empty() {
-        c.gateway.auth = AuthConfig::ApiKeys {
-            keys: args.api_keys.iter().map(Secret::new).collect(),
-        };
-    }
-    if args.no_auth {
-        c.gateway.auth = AuthConfig::Disabled;
-    }
-    if let Some(f) = &args.ingest {
-        // The one file given on the command line may be read by the job; nothing else.
-        let f = f
-            .canonicalize()
-            .with_context(|| format!("--ingest {}", f.display()))?;
-        c.jobs.input_roots.push(f);
-    }
-    c.gateway.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    c.pool
-        .validate()
-        .map_err(|e| anyhow::anyhow!("pool: {e}"))?;
-    BusConfig::InProcess(c.bus.clone())
-        .validate()
-        .map_err(|e| anyhow::anyhow!("bus: {e}"))?;
-    Ok(c)
-}
 
-/// Runs `weir serve` until Ctrl-C / SIGTERM.
-pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<u8> {
-    let env = Env::load()?;
-    let config = resolve(&args, &env)?;
-    if args.show_config {
-        print!("{}", weir_app::config::show(&config));
-        return Ok(0);
-    }
-    let startup = match (&args.ingest, &args.mapping) {
-        (Some(file), Some(mapping)) => Some(JobSpec {
+    /// The start-up job of `--ingest FILE --mapping M`.
+    fn startup(&self) -> anyhow::Result<Option<JobSpec>> {
+        let (Some(file), Some(mapping)) = (&self.ingest, &self.mapping) else {
+            return Ok(None);
+        };
+        Ok(Some(JobSpec {
             id: None,
             input: JobInput::Path(file.clone()),
             mapping: std::fs::read_to_string(mapping)
                 .with_context(|| format!("reading mapping {}", mapping.display()))?,
             format: None,
-            label_prefix: args.label_prefix.clone(),
-        }),
-        _ => None,
-    };
-    let shutdown = CancellationToken::new();
-    weir_app::cancel_on_signal(shutdown.clone());
-    let listener = tokio::net::TcpListener::bind(config.gateway.bind)
-        .await
-        .with_context(|| format!("listening on {}", config.gateway.bind))?;
-    match serve(config, listener, startup, shutdown).await {
-        Ok(()) => Ok(0),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Ok(EXIT_FATAL)
-        }
+            label_prefix: self.label_prefix.clone(),
+        }))
     }
 }
 
-/// The whole of `weir serve` on `listener`, until `shutdown` fires.
-pub(crate) async fn serve(
-    config: ServeConfig,
-    listener: tokio::net::TcpListener,
-    startup: Option<JobSpec>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let auth = Arc::new(Authenticator::new(&config.gateway.auth));
-    let bus = BusSlot::ready(Bus::connect(&BusConfig::InProcess(config.bus.clone())).await?);
-    let pool = Pool::new(config.graph.clone(), config.pool.clone()).context("graph pool")?;
-    let reader = Arc::new(GatedGraphReader::new(
-        &config.graph,
-        4,
-        bus.clone(),
-        Duration::from_secs(3),
-    )?);
-    let state = GatewayState::with_replay(
-        config.gateway.clone(),
-        reader,
-        Some(Arc::new(weir_app::BusReplay(bus.clone()))),
-    )?;
-    let feeds = CancellationToken::new();
-    let changes =
-        weir_app::gateway::feed::spawn_changes(bus.clone(), state.manager().clone(), feeds.clone());
-    let progress = weir_app::gateway::feed::spawn_progress(
-        bus.clone(),
-        state.manager().clone(),
-        feeds.clone(),
-    );
-    let hard_stop = CancellationToken::new();
-    let jobs = JobManager::new(
-        config.jobs.clone(),
-        pool.clone(),
-        bus.clone(),
-        BusPublisher::new(bus.clone(), config.jobs.events.clone(), hard_stop.clone()),
-        shutdown.clone(),
-    );
-    let health = Health::new("weir serve", shutdown.clone(), Duration::from_secs(5))
-        .with("graph", Arc::new(PoolProbe(pool.clone())))
-        .with("bus", Arc::new(BusProbe(bus.clone())))
-        .with_detail("subscriptions", {
-            let m = state.manager().clone();
-            Arc::new(move || serde_json::json!(m.active()))
-        })
-        .with_detail("sockets", {
-            let s = state.clone();
-            Arc::new(move || serde_json::json!(s.open_sockets()))
+/// Runs `weir serve` until Ctrl-C / SIGTERM (or prints its settings).
+pub(crate) fn main(mut args: ServeArgs, process: &ProcessFlags) -> ExitCode {
+    if args.show_config {
+        args.service.command = Some(weir_app::cli::Command::Config {
+            action: weir_app::cli::ConfigAction::Show,
         });
-    let admin = match config.admin_bind {
-        Some(bind) => Some(
-            weir_app::admin::spawn_admin(
-                "weir-serve",
-                bind,
-                config.admin_token.clone(),
-                config.jobs.memory_limit,
-                vec![
-                    ("pool", {
-                        let p = pool.clone();
-                        Arc::new(weir_metrics::pool_source(move || p.status())) as _
-                    }),
-                    ("subscriptions", {
-                        let m = state.manager().clone();
-                        Arc::new(weir_metrics::subscriptions_source(move || m.stats())) as _
-                    }),
-                    ("bus", weir_app::admin::bus_metrics(bus.clone())),
-                ],
-                shutdown.clone(),
-            )
-            .await?
-            .1,
-        ),
-        None => None,
+    }
+    let startup = match args.startup() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(super::EXIT_FATAL);
+        }
     };
-    // The web console (`/`, `/graphiql`) and its read-only data routes, behind the API keys.
-    let console = weir_console::Console::new("weir serve", auth.clone())
-        .with_jobs()
-        .with_memory(weir_console::spawn_memory_watcher(
-            config.jobs.memory_limit,
-            shutdown.clone(),
-        )?)
-        .with_figure("pool", weir_app::figures::pool(pool.clone()))
-        .with_figure("bus", weir_app::figures::bus(bus.clone()))
-        .with_figure("gateway", weir_app::figures::gateway(state.clone()))
-        .router();
-    let extra = replay_router(ReplayApi {
-        bus,
-        auth: auth.clone(),
-        config: config.replay.clone(),
-    })
-    .merge(jobs_router(JobsApi {
-        jobs: jobs.clone(),
-        auth,
-    }))
-    .merge(console);
-    if let Some(spec) = startup {
-        let jobs = jobs.clone();
-        let pool = pool.clone();
-        let uri = config.graph.uri.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            // Readiness gating: the job starts once the graph has answered.
-            while !pool.wait_ready(Duration::from_secs(15)).await {
-                if stop.is_cancelled() {
-                    return;
-                }
-                tracing::warn!(%uri, hint = START_HINT, "graph server not reachable yet");
+    let mut adjust_error = None;
+    let code = weir_app::cli::main(
+        Role::Serve,
+        &args.service,
+        process,
+        |s| {
+            if let Err(e) = args.adjust(s) {
+                adjust_error = Some(e);
             }
-            match jobs.submit(spec).await {
-                Ok(s) => tracing::info!(job = %s.id, input = %s.input, "startup ingest job queued"),
-                Err(e) => tracing::error!(error = %e, "startup ingest job refused"),
-            }
-        });
+        },
+        startup,
+    );
+    if let Some(e) = adjust_error {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(super::EXIT_FATAL);
     }
-    let served =
-        weir_app::gateway::serve_gateway(listener, state, extra, health, shutdown.clone()).await;
-    jobs.wait_stopped(config.shutdown_grace).await;
-    hard_stop.cancel();
-    feeds.cancel();
-    let _ = changes.await;
-    let _ = progress.await;
-    pool.close().await;
-    if let Some(a) = admin {
-        let _ = a.await;
-    }
-    served.context("serving")
+    code
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+    use weir_app::config::Env;
+    use weir_app::jobs::JobsConfig;
+
     use super::*;
 
     fn args(extra: &[&str]) -> ServeArgs {
@@ -327,6 +136,15 @@ mod tests {
         T::try_parse_from(v).unwrap().a
     }
 
+    fn resolve(a: &ServeArgs, env: &Env) -> anyhow::Result<Settings> {
+        let mut s = a
+            .service
+            .resolve(Role::Serve, &ProcessFlags::default(), env)?;
+        a.adjust(&mut s)?;
+        s.validate(Role::Serve)?;
+        Ok(s)
+    }
+
     #[test]
     fn flags_beat_env_beat_defaults_and_show_masks_keys() {
         let env = Env::from_pairs([
@@ -334,18 +152,25 @@ mod tests {
             ("WEIR_API_KEYS", "env-key-123"),
         ]);
         let c = resolve(&args(&[]), &env).unwrap();
-        assert_eq!(c.gateway.bind.port(), 9001);
-        let shown = weir_app::config::show(&c);
+        assert_eq!(c.bind.port(), 9001);
+        let shown = c.show(Role::Serve);
         assert!(!shown.contains("env-key-123"), "{shown}");
         let c = resolve(&args(&["--bind", "127.0.0.1:9002", "--no-auth"]), &env).unwrap();
-        assert_eq!(c.gateway.bind.port(), 9002);
-        assert_eq!(c.gateway.auth, AuthConfig::Disabled);
+        assert_eq!(c.bind.port(), 9002);
+        assert_eq!(c.auth, AuthConfig::Disabled);
     }
 
     #[test]
-    fn default_bind_is_loopback() {
+    fn default_bind_is_loopback_and_no_auth_is_refused_elsewhere() {
         let c = resolve(&args(&[]), &Env::default()).unwrap();
-        assert!(c.gateway.bind.ip().is_loopback());
+        assert!(c.bind.ip().is_loopback());
+        let e = resolve(
+            &args(&["--bind", "0.0.0.0:8080", "--no-auth"]),
+            &Env::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("loopback"), "{e}");
     }
 
     async fn http(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
@@ -384,23 +209,18 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let config = ServeConfig {
-            graph: weir_test_support::settings().graph,
-            gateway: GatewayConfig {
-                auth: AuthConfig::ApiKeys {
-                    keys: vec![Secret::new("serve-key-123")],
-                },
-                ..GatewayConfig::default()
-            },
-            jobs: JobsConfig {
-                job_dir: dir.path().join("jobs"),
-                spool_dir: dir.path().join("spool"),
-                input_roots: vec![csv.canonicalize().unwrap()],
-                ..JobsConfig::default()
-            },
-            admin_bind: Some(admin),
-            ..ServeConfig::default()
+        let mut config = Settings::defaults(Role::Serve);
+        config.graph = weir_test_support::settings().graph;
+        config.auth = AuthConfig::ApiKeys {
+            keys: vec![Secret::new("serve-key-123")],
         };
+        config.jobs = JobsConfig {
+            job_dir: dir.path().join("jobs"),
+            spool_dir: dir.path().join("spool"),
+            input_roots: vec![csv.canonicalize().unwrap()],
+            ..JobsConfig::default()
+        };
+        config.admin.bind = Some(admin);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let spec = JobSpec {
@@ -411,7 +231,13 @@ mod tests {
             label_prefix: format!("{}_", graph.namespace),
         };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(config, listener, Some(spec), shutdown.clone()));
+        let task = tokio::spawn(weir_app::app::run_on(
+            Role::Serve,
+            config,
+            listener,
+            Some(spec),
+            shutdown.clone(),
+        ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
         loop {
             let (status, body) = http(addr, "/jobs/startup").await;
