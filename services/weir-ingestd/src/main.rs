@@ -6,13 +6,17 @@
 //! `--heap-profiling` / `WEIR_HEAP_PROFILING=1` (see `weir_memwatch::profile`).
 
 use weir_ingestd::Cli;
-use weir_service::cli::{parse_with_process_args, service_main};
+use weir_service::cli::{Command, health_main, parse_with_process_args, service_main};
 
 // jemalloc (`jemalloc` feature) and its inactive heap profiler (`heap-profiling` feature).
 weir_memwatch::binary_allocator!();
 
 fn main() -> std::process::ExitCode {
     let (cli, process) = parse_with_process_args::<Cli>();
+    // `health` GETs /ready on the address the settings resolve to (the container health check).
+    if let Some(Command::Health(check)) = &cli.command {
+        return health_main(check, |env| cli.resolve(env).map(|c| c.bind));
+    }
     service_main(
         &cli.log_format,
         &process,
