@@ -1,5 +1,10 @@
 //! The admin listener: `/metrics` (Prometheus) and `/api/memory/*` from weir-metrics, on an
 //! address of its own (off unless configured), protected by an admin token when one is set.
+//!
+//! The listener serves heap snapshots and every metric, so it refuses to start on an address
+//! other hosts can reach (anything but loopback, e.g. `0.0.0.0:9464`) without an admin token
+//! ([`check_admin_access`]): set `admin.token` (`WEIR_ADMIN_TOKEN`), bind it to `127.0.0.1`, or
+//! opt out explicitly with `admin.allow_open = true` (`WEIR_ADMIN_ALLOW_OPEN=1`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +15,14 @@ use weir_config::Secret;
 use weir_memwatch::{MemoryWatcher, WatcherConfig};
 use weir_metrics::{AdminState, MemorySource, MetricSource, Registry, admin_router};
 
+use crate::config::Env;
+use crate::settings::AdminConfig;
 use crate::{BusSlot, ServiceError};
+
+/// The environment variable that lets the admin listener run without a token on an address
+/// other than loopback (`1`/`true`/`yes`/`on`; default off). Read from the environment and
+/// `.weir/env` by [`spawn_admin`].
+pub const ALLOW_OPEN_ENV: &str = "WEIR_ADMIN_ALLOW_OPEN";
 
 /// Metric sources a service registers besides memory.
 pub type Sources = Vec<(&'static str, Arc<dyn MetricSource>)>;
@@ -24,16 +36,74 @@ pub fn bus_metrics(slot: BusSlot) -> Arc<dyn MetricSource> {
     })
 }
 
-/// Starts the memory watcher and serves the admin routes on `bind` until `shutdown` fires.
-/// Returns the bound address and the server task.
+/// Whether `addr` is reachable from this host only (`127.0.0.0/8`, `::1`, or `::ffff:127.x.y.z`).
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Reads [`ALLOW_OPEN_ENV`] from `env`: `1`/`true`/`yes`/`on` is true, `0`/`false`/`no`/`off`
+/// or unset is false, anything else an error naming the variable.
+pub fn allow_open_from_env(env: &Env) -> Result<bool, ServiceError> {
+    let Some(v) = env.get(ALLOW_OPEN_ENV) else {
+        return Ok(false);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ServiceError::Env {
+            var: ALLOW_OPEN_ENV,
+            reason: format!("`{v}` is not one of 1, true, yes, on, 0, false, no, off"),
+        }),
+    }
+}
+
+/// The rule of the admin listener: on a loopback address it may run without a token; on any
+/// other address (`0.0.0.0`, a pod or host IP) it needs a non-empty `token` unless `allow_open`
+/// (the explicit opt-out, [`ALLOW_OPEN_ENV`]) is set. The error names the settings that fix it.
+/// [`crate::settings::Settings::validate`] applies it, so a process refuses such settings
+/// before it starts anything.
+pub fn check_admin_access(
+    bind: SocketAddr,
+    token: Option<&Secret>,
+    allow_open: bool,
+) -> Result<(), ServiceError> {
+    let has_token = token.is_some_and(|t| !t.is_empty());
+    if has_token || allow_open || is_loopback(bind) {
+        return Ok(());
+    }
+    Err(ServiceError::Invalid {
+        field: "admin_bind",
+        reason: format!(
+            "the admin listener (/metrics, /api/memory/*, heap snapshots) would be open to the \
+             network on {bind} without an admin token; set `admin.token` (env \
+             WEIR_ADMIN_TOKEN), bind it to 127.0.0.1, or set `admin.allow_open = true` \
+             ({ALLOW_OPEN_ENV}=1) to serve it unauthenticated anyway"
+        ),
+    })
+}
+
+/// Starts the memory watcher and serves the admin routes on `config.bind` until `shutdown`
+/// fires. Returns the bound address and the server task.
+///
+/// Refuses (before binding) an address other than loopback without a token, unless
+/// `config.allow_open`: see [`check_admin_access`].
 pub async fn spawn_admin(
     service: &'static str,
     bind: SocketAddr,
-    token: Option<Secret>,
+    config: &AdminConfig,
     memory_limit: Option<u64>,
     sources: Sources,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), ServiceError> {
+    let token = config.token.clone();
+    check_admin_access(bind, token.as_ref(), config.allow_open)?;
+    if config.allow_open && !is_loopback(bind) && token.as_ref().is_none_or(|t| t.is_empty()) {
+        tracing::warn!(
+            %bind,
+            "admin listener open without a token (admin.allow_open): anyone who can reach \
+             it can read metrics and take heap snapshots"
+        );
+    }
     let invalid = |reason: String| ServiceError::Invalid {
         field: "admin_bind",
         reason,
@@ -65,4 +135,115 @@ pub async fn spawn_admin(
         }
     });
     Ok((addr, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_open_admin_listener_needs_loopback_a_token_or_the_opt_out() {
+        let token = Secret::new("admin-token-123");
+        let empty = Secret::new("");
+        for loopback in [
+            "127.0.0.1:9464",
+            "127.1.2.3:9464",
+            "[::1]:9464",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            check_admin_access(addr(loopback), None, false)
+                .unwrap_or_else(|e| panic!("{loopback}: {e}"));
+        }
+        for open in [
+            "0.0.0.0:9464",
+            "[::]:9464",
+            "10.1.2.3:9464",
+            "[::ffff:10.0.0.1]:9464",
+        ] {
+            let e = check_admin_access(addr(open), None, false)
+                .expect_err(open)
+                .to_string();
+            for named in [
+                "admin_bind",
+                "WEIR_ADMIN_TOKEN",
+                "127.0.0.1",
+                ALLOW_OPEN_ENV,
+            ] {
+                assert!(e.contains(named), "{open}: {e} does not name {named}");
+            }
+            let e = check_admin_access(addr(open), Some(&empty), false);
+            assert!(e.is_err(), "{open}: an empty token is no token");
+            check_admin_access(addr(open), Some(&token), false).unwrap();
+            check_admin_access(addr(open), None, true).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_opt_out_is_read_from_the_environment_by_name() {
+        let read = |v: &str| allow_open_from_env(&Env::from_pairs([(ALLOW_OPEN_ENV, v)]));
+        assert!(!allow_open_from_env(&Env::default()).unwrap());
+        for yes in ["1", "true", "YES", " on "] {
+            assert!(read(yes).unwrap(), "{yes}");
+        }
+        for no in ["0", "false", "no", "off", ""] {
+            assert!(!read(no).unwrap(), "{no}");
+        }
+        let e = read("sure").unwrap_err().to_string();
+        assert!(e.contains(ALLOW_OPEN_ENV) && e.contains("sure"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn spawn_admin_refuses_an_open_bind_without_a_token_before_listening() {
+        let stop = CancellationToken::new();
+        let none = AdminConfig::default();
+        let e = spawn_admin(
+            "t",
+            addr("0.0.0.0:0"),
+            &none,
+            None,
+            Vec::new(),
+            stop.clone(),
+        )
+        .await
+        .expect_err("open admin listener without a token")
+        .to_string();
+        assert!(
+            e.contains("WEIR_ADMIN_TOKEN") && e.contains(ALLOW_OPEN_ENV),
+            "{e}"
+        );
+        // With a token, or on loopback, it starts.
+        let with_token = AdminConfig {
+            token: Some(Secret::new("admin-token-123")),
+            ..AdminConfig::default()
+        };
+        let (a, task) = spawn_admin(
+            "t",
+            addr("0.0.0.0:0"),
+            &with_token,
+            None,
+            Vec::new(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(a.ip().is_unspecified());
+        let (b, task2) = spawn_admin(
+            "t",
+            addr("127.0.0.1:0"),
+            &none,
+            None,
+            Vec::new(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(b.ip().is_loopback());
+        stop.cancel();
+        task.await.unwrap();
+        task2.await.unwrap();
+    }
 }

@@ -212,7 +212,7 @@ pub async fn run_on(
             crate::admin::spawn_admin(
                 name,
                 bind,
-                settings.admin.token.clone(),
+                &settings.admin,
                 settings.memory_limit(),
                 sources,
                 shutdown.clone(),

@@ -30,6 +30,9 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Check a running service (a container health check): `GET` its `/ready`, print the
+    /// answer, exit 0 on a 2xx status and 1 otherwise.
+    Health(crate::health_check::HealthArgs),
 }
 
 /// `config` subcommands.
@@ -142,6 +145,82 @@ impl ServiceArgs {
     }
 }
 
+/// Command line of `weir-ingestd` (its `main` is [`IngestdCli::main`]).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "weir-ingestd",
+    version,
+    about = "Weir's ingest service: an HTTP job API publishing graph changes to the bus."
+)]
+pub struct IngestdCli {
+    /// Settings flags and subcommands.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Process flags.
+    #[command(flatten)]
+    pub process: ProcessFlags,
+    /// Jobs running at once (`jobs.max_concurrent`). Env `WEIR_MAX_JOBS`.
+    #[arg(long)]
+    pub max_jobs: Option<usize>,
+}
+
+impl IngestdCli {
+    /// The validated settings these flags give in `env`.
+    pub fn settings(&self, env: &Env) -> Result<Settings, ServiceError> {
+        let mut s = self.service.resolve(Role::Ingestd, &self.process, env)?;
+        self.adjust(&mut s);
+        s.validate(Role::Ingestd)?;
+        Ok(s)
+    }
+
+    fn adjust(&self, s: &mut Settings) {
+        if let Some(n) = self.max_jobs {
+            s.jobs.max_concurrent = n;
+        }
+    }
+
+    /// Runs `weir-ingestd`.
+    pub fn main(self) -> ExitCode {
+        main(
+            Role::Ingestd,
+            &self.service,
+            &self.process,
+            |s| self.adjust(s),
+            None,
+        )
+    }
+}
+
+/// Command line of `weir-gatewayd` (its `main` is [`GatewaydCli::main`]).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "weir-gatewayd",
+    version,
+    about = "Weir's GraphQL gateway, fed from the NATS JetStream bus."
+)]
+pub struct GatewaydCli {
+    /// Settings flags and subcommands.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Process flags.
+    #[command(flatten)]
+    pub process: ProcessFlags,
+}
+
+impl GatewaydCli {
+    /// The validated settings these flags give in `env`.
+    pub fn settings(&self, env: &Env) -> Result<Settings, ServiceError> {
+        let s = self.service.resolve(Role::Gatewayd, &self.process, env)?;
+        s.validate(Role::Gatewayd)?;
+        Ok(s)
+    }
+
+    /// Runs `weir-gatewayd`.
+    pub fn main(self) -> ExitCode {
+        main(Role::Gatewayd, &self.service, &self.process, |_| {}, None)
+    }
+}
+
 /// Sets up logging from `log`: to stderr, filtered by `log.filter`, text or JSON.
 pub fn init_logging(log: &crate::settings::LogConfig) {
     use tracing_subscriber::EnvFilter;
@@ -198,6 +277,22 @@ pub fn main(
             print!("{}", Settings::json_schema());
             return ExitCode::SUCCESS;
         }
+        Some(Command::Health(h)) => {
+            let url = h
+                .url
+                .clone()
+                .unwrap_or_else(|| crate::health_check::ready_url(settings.bind));
+            return match crate::health_check::check_health(&url, h.timeout) {
+                Ok(answer) => {
+                    println!("{url}: {answer}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {url}: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Run) | None => {}
     }
     init_logging(&settings.log);
@@ -220,7 +315,7 @@ pub fn main(
         ) {
             tracing::warn!(error = %e, "memory log not started");
         }
-        let code = match crate::app::run(role, settings, startup, shutdown).await {
+        let code = match Box::pin(crate::app::run(role, settings, startup, shutdown)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         };
@@ -297,6 +392,28 @@ mod tests {
         assert_eq!(s.memory_limit(), Some(1 << 30));
         use clap::Parser;
         assert!(T::try_parse_from(["svc", "--memory-limit", "lots"]).is_err());
+    }
+
+    #[test]
+    fn health_takes_a_url_and_a_timeout() {
+        use crate::health_check::HealthArgs;
+        assert!(matches!(
+            parse(&["health"]).command,
+            Some(Command::Health(HealthArgs { url: None, timeout })) if timeout == Duration::from_secs(2)
+        ));
+        let Some(Command::Health(h)) = parse(&[
+            "health",
+            "--url",
+            "http://127.0.0.1:8080/ready",
+            "--timeout",
+            "500ms",
+        ])
+        .command
+        else {
+            panic!("not health")
+        };
+        assert_eq!(h.url.as_deref(), Some("http://127.0.0.1:8080/ready"));
+        assert_eq!(h.timeout, Duration::from_millis(500));
     }
 
     #[test]

@@ -202,6 +202,11 @@ pub const COMMON_ENV: &[(&str, &str)] = &[
         "WEIR_ADMIN_TOKEN",
         "admin_token: bearer token for /metrics and /api/memory/*",
     ),
+    (
+        crate::admin::ALLOW_OPEN_ENV,
+        "1 lets the admin listener run without a token on an address other than loopback \
+         (off by default: it refuses to start)",
+    ),
 ];
 
 #[cfg(test)]

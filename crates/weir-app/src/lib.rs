@@ -25,6 +25,7 @@ mod error;
 pub mod figures;
 pub mod gateway;
 pub mod health;
+pub mod health_check;
 pub mod jobs;
 mod publisher;
 mod reader;

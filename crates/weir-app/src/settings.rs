@@ -119,6 +119,10 @@ pub struct AdminConfig {
     pub bind: Option<SocketAddr>,
     /// Bearer token it requires. Default: none. Env `WEIR_ADMIN_TOKEN`.
     pub token: Option<Secret>,
+    /// Serve it without a token on an address other than loopback (otherwise the process
+    /// refuses to start: it serves every metric and heap snapshots). Default false. Env
+    /// `WEIR_ADMIN_ALLOW_OPEN` (`1`/`true`/`yes`/`on`).
+    pub allow_open: bool,
 }
 
 /// Memory: the limit intake pauses under, and the periodic memory log line.
@@ -350,6 +354,9 @@ impl Settings {
         if let Some(t) = env.get("WEIR_ADMIN_TOKEN") {
             self.admin.token = Some(Secret::new(t));
         }
+        if env.get(crate::admin::ALLOW_OPEN_ENV).is_some() {
+            self.admin.allow_open = crate::admin::allow_open_from_env(env)?;
+        }
         if let Some(l) = env.parse::<ByteSize>("WEIR_MEMORY_LIMIT")? {
             self.memory.limit = Some(l);
         }
@@ -394,14 +401,22 @@ impl Settings {
             reason: e.to_string(),
         };
         self.auth.validate().map_err(|e| invalid("auth", &e))?;
-        if matches!(self.auth, AuthConfig::Disabled) && !self.bind.ip().is_loopback() {
+        if matches!(self.auth, AuthConfig::Disabled) && !self.bind.ip().to_canonical().is_loopback()
+        {
             return Err(ServiceError::Invalid {
-                field: "auth",
+                field: "auth.mode",
                 reason: format!(
-                    "authentication is disabled but `bind` ({}) is not a loopback address: anyone who can reach it could query, subscribe and start jobs; bind 127.0.0.1, or configure API keys (WEIR_API_KEYS) or a JWT secret",
+                    "authentication is off (`--no-auth` / `auth.mode = \"disabled\"`) but `bind` ({}) is not a loopback address, so anyone who can reach it could query, subscribe and start jobs; bind 127.0.0.1 (`--bind` / WEIR_BIND), or configure keys (WEIR_API_KEYS, `auth.mode = \"api_keys\"`) or `auth.mode = \"jwt\"`",
                     self.bind
                 ),
             });
+        }
+        if let Some(bind) = self.admin.bind {
+            crate::admin::check_admin_access(
+                bind,
+                self.admin.token.as_ref(),
+                self.admin.allow_open,
+            )?;
         }
         self.bus.validate().map_err(|e| invalid("bus", &e))?;
         if role == Role::Serve && !matches!(self.bus, BusConfig::InProcess(_)) {
@@ -534,6 +549,10 @@ pub const ENV: &[(&str, &str)] = &[
     (
         "WEIR_ADMIN_TOKEN",
         "admin.token: bearer token for /metrics and /api/memory/*",
+    ),
+    (
+        "WEIR_ADMIN_ALLOW_OPEN",
+        "admin.allow_open: serve the admin listener off loopback without a token",
     ),
     ("WEIR_MEMORY_LIMIT", "memory.limit (64MiB, 1GiB, or bytes)"),
     (

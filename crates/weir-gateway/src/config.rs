@@ -18,8 +18,9 @@ pub struct GatewayConfig {
     #[serde(skip)]
     pub bind: SocketAddr,
     /// Who may call. Default: API keys, with none configured (every request refused) — auth is
-    /// off only with `mode = "disabled"`. Not read from a `[gateway]` section: one `[auth]`
-    /// guards every API of a Weir process.
+    /// off only with `mode = "disabled"`, and only on a loopback `bind` (see
+    /// [`GatewayConfig::validate`]). Not read from a `[gateway]` section: one `[auth]` guards
+    /// every API of a Weir process.
     #[serde(skip)]
     pub auth: AuthConfig,
     /// Request and operation limits.
@@ -191,10 +192,23 @@ impl AuthConfig {
 
 impl GatewayConfig {
     /// Checks the settings, naming the first wrong field.
+    ///
+    /// Authentication may be off (`auth.mode = "disabled"`, `weir serve --no-auth`) only while
+    /// `bind` is a loopback address: anywhere else every client on the network could query,
+    /// subscribe and start jobs, so it is refused, naming the ways out.
     pub fn validate(&self) -> Result<(), GatewayError> {
         let bad = |field: &'static str, reason: &'static str| {
             Err(GatewayError::InvalidConfig { field, reason })
         };
+        if self.auth == AuthConfig::Disabled && !self.bind.ip().to_canonical().is_loopback() {
+            return bad(
+                "auth.mode",
+                "authentication is off (`--no-auth` / `auth.mode = \"disabled\"`) but `bind` is \
+                 not a loopback address, so anyone on the network could call; bind 127.0.0.1 \
+                 (`--bind 127.0.0.1:8080` / WEIR_BIND), or configure keys (`--api-key`, \
+                 WEIR_API_KEYS, `auth.mode = \"api_keys\"`) or `auth.mode = \"jwt\"`",
+            );
+        }
         self.subscriptions.validate()?;
         self.auth.validate()?;
         let l = &self.limits;
@@ -251,6 +265,62 @@ mod tests {
             "introspection is on for authenticated callers"
         );
         assert_eq!(c.auth, AuthConfig::ApiKeys { keys: vec![] });
+    }
+
+    #[test]
+    fn auth_is_off_only_on_loopback() {
+        let off = |bind: &str| GatewayConfig {
+            bind: bind.parse().unwrap(),
+            auth: AuthConfig::Disabled,
+            ..GatewayConfig::default()
+        };
+        for local in [
+            "127.0.0.1:8080",
+            "127.0.0.2:1",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:8080",
+        ] {
+            off(local)
+                .validate()
+                .unwrap_or_else(|e| panic!("{local}: {e}"));
+        }
+        for open in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "192.168.1.20:8080",
+            "[::ffff:10.0.0.1]:80",
+        ] {
+            let e = off(open).validate().expect_err(open);
+            assert!(
+                matches!(
+                    e,
+                    GatewayError::InvalidConfig {
+                        field: "auth.mode",
+                        ..
+                    }
+                ),
+                "{open}: {e}"
+            );
+            let text = e.to_string();
+            for way_out in ["--no-auth", "127.0.0.1", "WEIR_API_KEYS", "--api-key"] {
+                assert!(text.contains(way_out), "{open}: {text} lacks {way_out}");
+            }
+            // With keys (even none: every request refused) an open bind is fine.
+            GatewayConfig {
+                auth: AuthConfig::ApiKeys {
+                    keys: vec![Secret::new("k")],
+                },
+                ..off(open)
+            }
+            .validate()
+            .unwrap();
+            GatewayConfig {
+                auth: AuthConfig::default(),
+                ..off(open)
+            }
+            .validate()
+            .unwrap();
+        }
     }
 
     #[test]

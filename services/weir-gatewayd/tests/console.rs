@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use weir_app::gateway::GatewaydConfig;
+use weir_app::settings::{Role, Settings};
 use weir_bus::{BusConfig, InProcessConfig};
 use weir_config::Secret;
 use weir_gateway::AuthConfig;
@@ -37,20 +37,22 @@ fn json_body(text: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gatewayd_serves_the_console_without_jobs() {
     let settings = weir_test_support::settings();
-    let mut config = GatewaydConfig {
+    let mut config = Settings {
         graph: settings.graph,
         bus: BusConfig::InProcess(InProcessConfig::default()),
-        ..GatewaydConfig::default()
+        ..Settings::defaults(Role::Gatewayd)
     };
-    config.gateway.auth = AuthConfig::ApiKeys {
+    config.auth = AuthConfig::ApiKeys {
         keys: vec![Secret::new(KEY)],
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(weir_app::gateway::run_on(
+    let task = tokio::spawn(weir_app::app::run_on(
+        Role::Gatewayd,
         config,
         listener,
+        None,
         shutdown.clone(),
     ));
     wait_ready(addr).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use weir_app::jobs::IngestdConfig;
+use weir_app::settings::{Role, Settings};
 use weir_bus::{BusConfig, NatsBusConfig};
 use weir_config::Secret;
 use weir_gateway::AuthConfig;
@@ -59,7 +59,7 @@ async fn a_job_with_a_header_missing_a_mapped_column_fails_with_that_error() {
     let prefix = format!("{}_", graph.namespace);
     let dir = tempfile::tempdir().unwrap();
     let settings = weir_test_support::settings();
-    let mut c = IngestdConfig {
+    let mut c = Settings {
         graph: settings.graph,
         auth: AuthConfig::ApiKeys {
             keys: vec![Secret::new(KEY)],
@@ -70,7 +70,7 @@ async fn a_job_with_a_header_missing_a_mapped_column_fails_with_that_error() {
             subject_prefix: stream.to_lowercase(),
             ..NatsBusConfig::default()
         }),
-        ..IngestdConfig::default()
+        ..Settings::defaults(Role::Ingestd)
     };
     let inputs = dir.path().join("inputs");
     std::fs::create_dir_all(&inputs).unwrap();
@@ -80,7 +80,13 @@ async fn a_job_with_a_header_missing_a_mapped_column_fails_with_that_error() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(weir_app::jobs::run_on(c, listener, shutdown.clone()));
+    let task = tokio::spawn(weir_app::app::run_on(
+        Role::Ingestd,
+        c,
+        listener,
+        None,
+        shutdown.clone(),
+    ));
     let deadline = tokio::time::Instant::now() + WAIT;
     while http(addr, "GET", "/ready", b"").await.0 != 200 {
         assert!(tokio::time::Instant::now() < deadline, "never ready");

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use weir_app::jobs::IngestdConfig;
+use weir_app::settings::{Role, Settings};
 use weir_bus::{Bus, BusConfig, NatsBusConfig};
 use weir_config::Secret;
 use weir_gateway::AuthConfig;
@@ -66,9 +66,9 @@ fn csv(from: u64, n: u64) -> String {
     s
 }
 
-fn config(stream: &str, dir: &std::path::Path) -> IngestdConfig {
+fn config(stream: &str, dir: &std::path::Path) -> Settings {
     let settings = weir_test_support::settings();
-    let mut c = IngestdConfig {
+    let mut c = Settings {
         graph: settings.graph,
         auth: AuthConfig::ApiKeys {
             keys: vec![Secret::new(KEY)],
@@ -81,7 +81,7 @@ fn config(stream: &str, dir: &std::path::Path) -> IngestdConfig {
             ..NatsBusConfig::default()
         }),
         shutdown_grace: Duration::from_secs(20),
-        ..IngestdConfig::default()
+        ..Settings::defaults(Role::Ingestd)
     };
     c.jobs.input_roots = vec![dir.join("inputs")];
     c.jobs.job_dir = dir.join("jobs");
@@ -94,14 +94,20 @@ fn config(stream: &str, dir: &std::path::Path) -> IngestdConfig {
 struct Running {
     addr: SocketAddr,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), weir_app::jobs::IngestdError>>,
+    task: tokio::task::JoinHandle<Result<(), weir_app::app::AppError>>,
 }
 
-async fn start(c: IngestdConfig) -> Running {
+async fn start(c: Settings) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(weir_app::jobs::run_on(c, listener, shutdown.clone()));
+    let task = tokio::spawn(weir_app::app::run_on(
+        Role::Ingestd,
+        c,
+        listener,
+        None,
+        shutdown.clone(),
+    ));
     Running {
         addr,
         shutdown,
