@@ -158,7 +158,7 @@ struct StreamState {
 #[derive(Clone, Debug)]
 pub struct StreamMetrics {
     state: Arc<Mutex<StreamState>>,
-    batch_duration: Arc<Histogram>,
+    batch_duration: Histogram,
 }
 
 impl Default for StreamMetrics {
@@ -172,7 +172,7 @@ impl StreamMetrics {
     pub fn new() -> Self {
         Self {
             state: Arc::new(Mutex::new(StreamState::default())),
-            batch_duration: Arc::new(Histogram::new(DURATION_BUCKETS)),
+            batch_duration: Histogram::new(DURATION_BUCKETS),
         }
     }
 
@@ -224,7 +224,7 @@ impl StreamMetrics {
     }
 
     /// The batch duration histogram (what [`TimedSink`] feeds).
-    pub fn batch_duration(&self) -> &Arc<Histogram> {
+    pub fn batch_duration(&self) -> &Histogram {
         &self.batch_duration
     }
 
@@ -251,11 +251,7 @@ impl MetricSource for StreamMetrics {
             &[],
             if paused { 1.0 } else { 0.0 },
         );
-        e.histogram(
-            &STREAM_BATCH_DURATION_SECONDS,
-            &[],
-            &self.batch_duration.snapshot(),
-        );
+        e.live_histogram(&STREAM_BATCH_DURATION_SECONDS, &[], &self.batch_duration);
     }
 }
 
@@ -264,12 +260,12 @@ impl MetricSource for StreamMetrics {
 #[derive(Debug)]
 pub struct TimedSink<S> {
     inner: S,
-    histogram: Arc<Histogram>,
+    histogram: Histogram,
 }
 
 impl<S> TimedSink<S> {
-    /// Wraps `inner`, recording into `histogram`.
-    pub fn new(inner: S, histogram: Arc<Histogram>) -> Self {
+    /// Wraps `inner`, recording into `histogram` (a clone shares its counts).
+    pub fn new(inner: S, histogram: Histogram) -> Self {
         Self { inner, histogram }
     }
 }

@@ -4,7 +4,9 @@
 //! - [`names`]: every metric, `weir_<subsystem>_<name>_<unit>[_total]`, in one place.
 //! - [`Registry`]: [`MetricSource`]s collected at scrape time (subsystems do not depend on
 //!   this crate; small adapters read their status) plus [`Histogram`]s fed as things happen.
-//! - [`Encoder`]: the text format, grouped per family with `# HELP` / `# TYPE`.
+//! - [`Encoder`]: what sources write into; checks each sample against [`names`], groups the
+//!   families and has the `prometheus-client` crate write the text (Prometheus 0.0.4, see
+//!   [`encode`]); [`Histogram`] is prometheus-client's.
 //! - [`MemorySource`]: the memory watcher's figures as metrics; [`adapters`]: the graph pool,
 //!   bus, subscriptions and stream processor's status as metrics.
 //! - [`admin_router`]: `/health`, `/health/memory`, `/api/memory/*`, `/metrics` over an

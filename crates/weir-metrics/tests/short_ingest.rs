@@ -181,7 +181,7 @@ async fn metrics_carry_every_defined_metric_after_a_short_ingest() {
 
     let missing: Vec<&str> = ALL
         .iter()
-        .filter(|d| !text.contains(&format!("# TYPE {} ", d.name)))
+        .filter(|d| !text.contains(&format!("# TYPE {} {}\n", d.name, d.kind.as_str())))
         .map(|d| d.name)
         // Present only with jemalloc / in a limited cgroup: checked where they apply.
         .filter(|n| {
