@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use weir_events::{EntityKind, Operation};
+use weir_memwatch::procfs::Process;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_reader_is_ended_while_a_reader_beside_it_gets_everything() {
@@ -50,7 +51,7 @@ async fn a_non_reader_is_ended_while_a_reader_beside_it_gets_everything() {
     });
 
     let payload = serde_json::Value::String("x".repeat(512));
-    let rss_before = weir_memwatch::gauge::rss_bytes().unwrap();
+    let rss_before = weir_memwatch::procfs::rss_bytes(Process::Current).unwrap();
     let mut published_bytes = 0usize;
     let mut n = 0u64;
     let mut seq = 0u64;
@@ -84,7 +85,7 @@ async fn a_non_reader_is_ended_while_a_reader_beside_it_gets_everything() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let got = reader.await.unwrap();
-    let rss_after = weir_memwatch::gauge::rss_bytes().unwrap();
+    let rss_after = weir_memwatch::procfs::rss_bytes(Process::Current).unwrap();
     let stats = server.state.manager().stats();
     assert_eq!(got, n, "the reader got every change: {stats:?}");
     assert_eq!(stats.completed_lagged, 1, "{stats:?}");

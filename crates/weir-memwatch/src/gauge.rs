@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::procfs::{self, Process};
+
 /// Where a usage figure came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -84,7 +86,7 @@ impl MemoryGauge for ProcessGauge {
             if let Some(c) = self.configured_limit.filter(|&c| c < max) {
                 // The configured limit is tighter: judge by our own RSS against it.
                 return MemoryUsage {
-                    used_bytes: rss_bytes().unwrap_or(current),
+                    used_bytes: procfs::rss_bytes(Process::Current).unwrap_or(current),
                     limit_bytes: Some(c),
                     source: UsageSource::Rss,
                 };
@@ -96,26 +98,11 @@ impl MemoryGauge for ProcessGauge {
             };
         }
         MemoryUsage {
-            used_bytes: rss_bytes().unwrap_or(0),
+            used_bytes: procfs::rss_bytes(Process::Current).unwrap_or(0),
             limit_bytes: self.configured_limit,
             source: UsageSource::Rss,
         }
     }
-}
-
-/// The process's resident set size in bytes (Linux `/proc/self/statm`).
-pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
-}
-
-/// The resident set size of another process in bytes (Linux `/proc/<pid>/statm`); `None` when
-/// it has exited or cannot be read.
-pub fn rss_bytes_of(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
 }
 
 /// cgroup v2 `memory.current` and `memory.max` (`None` for `max`) of this process's cgroup,
@@ -125,23 +112,9 @@ pub fn cgroup_usage() -> Option<(u64, Option<u64>)> {
     Some((read_u64(&dir.join("memory.current"))?, read_max(&dir)))
 }
 
-/// The peak resident set size in bytes (Linux `VmHWM`).
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-fn page_size() -> u64 {
-    // 4 KiB on every Linux platform Weir targets; statm counts in pages.
-    4096
-}
-
 /// The process's cgroup v2 directory, when the unified hierarchy is mounted and has memory files.
 pub fn cgroup_v2_dir() -> Option<PathBuf> {
-    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let rel = procfs::cgroup_v2_path(Process::Current)?;
     let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
     dir.join("memory.current").is_file().then_some(dir)
 }
@@ -160,31 +133,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rss_is_read_and_grows_with_touched_memory() {
-        let before = rss_bytes().expect("linux /proc");
-        let v = vec![1u8; 64 << 20];
-        let after = rss_bytes().unwrap();
-        assert!(
-            after >= before + (32 << 20),
-            "before {before} after {after}"
-        );
-        drop(v);
-    }
-
-    #[test]
     fn configured_limit_applies_without_cgroup_limit() {
         let g = ProcessGauge::new(Some(1 << 40));
         let u = g.usage();
         assert!(u.used_bytes > 0);
         assert!(u.limit_bytes.is_some());
         assert!(u.ratio().unwrap() < 1.0);
-    }
-
-    #[test]
-    fn rss_of_own_pid_matches_self() {
-        let own = rss_bytes_of(std::process::id()).expect("linux /proc");
-        assert!(own > 0);
-        assert_eq!(rss_bytes_of(u32::MAX), None);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`alloc`] reads jemalloc's statistics behind the `jemalloc` cargo feature; binaries set
 //!   `tikv_jemallocator::Jemalloc` as their global allocator.
 //! - [`spawn_process_memory_log`] writes the periodic `memory` log line.
+//! - [`procfs`]: the one reader of Linux `/proc` (RSS, peak RSS, CPU time of this or another
+//!   process; load and machine figures for bench reports).
 //! - [`profile`]: heap profiles in pprof format from jemalloc's sampling profiler (cargo
 //!   feature `heap-profiling`; off until activated, see its docs).
 
@@ -20,6 +22,7 @@ pub mod gauge;
 pub mod history;
 pub mod leak;
 pub mod pressure;
+pub mod procfs;
 pub mod profile;
 pub mod watcher;
 

@@ -360,7 +360,7 @@ impl MemoryWatcher {
             ratio,
             source: usage.source,
             level: self.inner.config.thresholds.level(ratio),
-            rss_bytes: crate::gauge::rss_bytes(),
+            rss_bytes: crate::procfs::rss_bytes(crate::procfs::Process::Current),
             allocator: allocator_stats(),
         }
     }
@@ -419,7 +419,7 @@ impl MemoryWatcher {
             current: st.history.last().cloned(),
             level: st.level,
             thresholds: self.inner.config.thresholds,
-            peak_rss_bytes: crate::gauge::peak_rss_bytes(),
+            peak_rss_bytes: crate::procfs::peak_rss_bytes(crate::procfs::Process::Current),
             cgroup: cgroup_usage().map(|(usage_bytes, limit_bytes)| CgroupStats {
                 usage_bytes,
                 limit_bytes,

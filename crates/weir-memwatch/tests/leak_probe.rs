@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weir_memwatch::gauge::rss_bytes_of;
+use weir_memwatch::procfs::rss_bytes;
 use weir_memwatch::{LeakConfig, LeakVerdict, analyze};
 
 const TICK_MS: u64 = 40;
@@ -39,7 +39,7 @@ fn sample_child(mode: &str) -> Vec<(f64, f64)> {
     // Sample while the child runs (it exits after TICKS ticks).
     for _ in 0..TICKS - 5 {
         std::thread::sleep(Duration::from_millis(TICK_MS));
-        match rss_bytes_of(pid) {
+        match rss_bytes(pid) {
             Some(rss) => points.push((start.elapsed().as_secs_f64(), rss as f64)),
             None => break,
         }

@@ -6,15 +6,18 @@
 //! | graph pool | [`pool_source`] | `weir_pool::PoolStatus` (`Pool::status`) |
 //! | bus | [`bus_source`] | `weir_bus::BusMetrics` (`bus.metrics()`) |
 //! | subscriptions | [`subscriptions_source`] | `weir_subscriptions::Stats` (`manager.stats()`) |
-//! | stream | [`StreamMetrics`] | `weir_events::ProgressEvent`s (`Pipeline::subscribe`) and [`TimedSink`] for batch durations |
+//! | stream | [`StreamMetrics`] | each job's `weir_events::ProgressEvent`s (`Pipeline::subscribe`) and batch reports (`weir_stream::PipelineObserver`): [`StreamMetrics::attach`] wires both |
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tokio::task::JoinHandle;
 use weir_events::{JobState, PressureState, ProgressEvent};
 use weir_pool::{CircuitState, PoolStatus};
-use weir_stream::{Prepared, Sink, SinkBatch, SinkError};
+use weir_stream::{
+    BatchReport, Mapper, Pipeline, PipelineObserver, Prepared, Sink, SinkBatch, SinkError,
+};
 
 use crate::encode::Encoder;
 use crate::histogram::{DURATION_BUCKETS, Histogram, HistogramSnapshot};
@@ -153,12 +156,38 @@ struct StreamState {
 
 /// Stream-processor metrics for the whole process: counters summed over ingest jobs from
 /// their [`ProgressEvent`]s (by deltas, so they never go back), batches in flight and
-/// backpressure over running jobs, and the batch duration histogram (fed by [`TimedSink`]).
-/// A [`MetricSource`]; cheap to clone.
+/// backpressure over running jobs, and the batch duration histogram. A [`MetricSource`];
+/// cheap to clone (clones share everything).
+///
+/// Wiring, once per process and once per job:
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use weir_metrics::{Registry, StreamMetrics};
+/// # use weir_stream::{NullSink, Pipeline, PipelineConfig, DecodedRecord, MapError};
+/// # async fn example(registry: Arc<Registry>) -> Result<(), Box<dyn std::error::Error>> {
+/// # fn mapper(_: &DecodedRecord<'_>) -> Result<u64, MapError> { Ok(1) }
+/// // Once: the registry collects it at every scrape.
+/// let stream_metrics = StreamMetrics::new();
+/// registry.register_source("stream", Arc::new(stream_metrics.clone()))?;
+///
+/// // Per job (inside the Tokio runtime): progress followed, batch durations observed.
+/// let (pipeline, _follower) = stream_metrics.attach(Pipeline::new(
+///     PipelineConfig::default(),
+///     mapper,
+///     NullSink::<u64>::new(),
+/// ));
+/// # let _ = pipeline;
+/// # Ok(()) }
+/// ```
+///
+/// A process that already forwards each job's progress elsewhere can instead call
+/// [`StreamMetrics::observe_progress`] from its own loop and attach
+/// [`StreamMetrics::observer`] with `Pipeline::with_observer`.
 #[derive(Clone, Debug)]
 pub struct StreamMetrics {
     state: Arc<Mutex<StreamState>>,
-    batch_duration: Arc<Histogram>,
+    batch_duration: Histogram,
 }
 
 impl Default for StreamMetrics {
@@ -172,7 +201,7 @@ impl StreamMetrics {
     pub fn new() -> Self {
         Self {
             state: Arc::new(Mutex::new(StreamState::default())),
-            batch_duration: Arc::new(Histogram::new(DURATION_BUCKETS)),
+            batch_duration: Histogram::new(DURATION_BUCKETS),
         }
     }
 
@@ -223,8 +252,36 @@ impl StreamMetrics {
         }
     }
 
-    /// The batch duration histogram (what [`TimedSink`] feeds).
-    pub fn batch_duration(&self) -> &Arc<Histogram> {
+    /// Follows `pipeline`'s progress ([`StreamMetrics::follow`], on a task that ends with the
+    /// run) and observes its batches ([`StreamMetrics::observer`]): everything the stream
+    /// metrics show about the job comes through here. Returns the pipeline to run and the
+    /// follower task, which has taken the run's last progress event once it has ended (await
+    /// it after the run for exact final figures; dropping it leaves the task to end alone).
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (it spawns the follower).
+    pub fn attach<M, S>(&self, pipeline: Pipeline<M, S>) -> (Pipeline<M, S>, JoinHandle<()>)
+    where
+        M: Mapper,
+        S: Sink<Item = M::Item>,
+    {
+        let follower = tokio::spawn(self.clone().follow(pipeline.subscribe()));
+        (pipeline.with_observer(Arc::new(self.observer())), follower)
+    }
+
+    /// A pipeline observer (`Pipeline::with_observer`) that puts each finished batch's write
+    /// time into the batch duration histogram. One serves any number of jobs. A pipeline
+    /// observed so must not also write through a [`TimedSink`] on the same histogram (its
+    /// batches would count twice).
+    pub fn observer(&self) -> BatchObserver {
+        BatchObserver {
+            batch_duration: self.batch_duration.clone(),
+        }
+    }
+
+    /// The batch duration histogram (what a [`BatchObserver`] or a [`TimedSink`] feeds).
+    pub fn batch_duration(&self) -> &Histogram {
         &self.batch_duration
     }
 
@@ -251,25 +308,41 @@ impl MetricSource for StreamMetrics {
             &[],
             if paused { 1.0 } else { 0.0 },
         );
-        e.histogram(
-            &STREAM_BATCH_DURATION_SECONDS,
-            &[],
-            &self.batch_duration.snapshot(),
-        );
+        e.live_histogram(&STREAM_BATCH_DURATION_SECONDS, &[], &self.batch_duration);
+    }
+}
+
+/// The [`PipelineObserver`] of [`StreamMetrics::observer`]: records each finished batch's
+/// write time (from its first write to the end of its last, retries included) in the batch
+/// duration histogram. Backpressure reaches the metrics through the jobs' progress events,
+/// which the pipeline sends as it pauses and resumes; the adaptive concurrency limit has no
+/// metric (the hooks for both do nothing here).
+#[derive(Clone, Debug)]
+pub struct BatchObserver {
+    batch_duration: Histogram,
+}
+
+impl PipelineObserver for BatchObserver {
+    fn batch_finished(&self, report: &BatchReport) {
+        if report.writes > 0 {
+            self.batch_duration.observe_duration(report.duration);
+        }
     }
 }
 
 /// A [`Sink`] wrapper that records each write attempt's duration (successful or not) in a
-/// histogram, e.g. [`StreamMetrics::batch_duration`].
+/// histogram, e.g. [`StreamMetrics::batch_duration`]: for a pipeline run without
+/// [`StreamMetrics::attach`] / [`StreamMetrics::observer`] (not with them: batches would count
+/// twice).
 #[derive(Debug)]
 pub struct TimedSink<S> {
     inner: S,
-    histogram: Arc<Histogram>,
+    histogram: Histogram,
 }
 
 impl<S> TimedSink<S> {
-    /// Wraps `inner`, recording into `histogram`.
-    pub fn new(inner: S, histogram: Arc<Histogram>) -> Self {
+    /// Wraps `inner`, recording into `histogram` (a clone shares its counts).
+    pub fn new(inner: S, histogram: Histogram) -> Self {
         Self { inner, histogram }
     }
 }

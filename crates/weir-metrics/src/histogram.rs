@@ -1,23 +1,58 @@
-//! A histogram that code feeds with observations (lock-free) and the encoder reads at scrape.
+//! Histograms: [`Histogram`] is fed as things happen (prometheus-client's histogram, read when
+//! `/metrics` is scraped); [`HistogramSnapshot`] carries one a subsystem keeps itself (the
+//! graph pool's acquire wait) into the [`crate::Encoder`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::metrics::histogram::Histogram as ClientHistogram;
 
 /// Default buckets for durations in seconds: 1 ms to 60 s.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Observations in fixed buckets (bounded memory: one counter per bucket).
-#[derive(Debug)]
+/// Observations in fixed buckets (bounded memory: one count per bucket), kept by
+/// prometheus-client. Cheap to clone: clones share the counts.
+///
+/// prometheus-client takes its bounds as given and counts NaN in the sum; this wrapper sorts
+/// and deduplicates the bounds, drops non-finite ones and ignores NaN observations.
+#[derive(Clone, Debug)]
 pub struct Histogram {
-    bounds: Vec<f64>,
-    /// Per bucket (not cumulative); the last one is above the highest bound.
-    counts: Vec<AtomicU64>,
-    sum_bits: AtomicU64,
-    count: AtomicU64,
+    inner: ClientHistogram,
 }
 
-/// A point-in-time copy of a [`Histogram`].
+impl Histogram {
+    /// A histogram with these upper bounds (sorted, deduplicated, non-finite ones dropped; the
+    /// `+Inf` bucket is implicit).
+    pub fn new(bounds: &[f64]) -> Self {
+        let mut b: Vec<f64> = bounds.iter().copied().filter(|v| v.is_finite()).collect();
+        b.sort_by(f64::total_cmp);
+        b.dedup();
+        Self {
+            inner: ClientHistogram::new(b),
+        }
+    }
+
+    /// Records one observation (NaN is ignored).
+    pub fn observe(&self, v: f64) {
+        if !v.is_nan() {
+            self.inner.observe(v);
+        }
+    }
+
+    /// Records a duration in seconds.
+    pub fn observe_duration(&self, d: Duration) {
+        self.observe(d.as_secs_f64());
+    }
+
+    /// The histogram prometheus-client encodes.
+    pub(crate) fn client(&self) -> &ClientHistogram {
+        &self.inner
+    }
+}
+
+/// A point-in-time copy of a histogram kept elsewhere, to encode with
+/// [`crate::Encoder::histogram`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct HistogramSnapshot {
     /// Upper bounds, ascending (the `+Inf` bucket is implicit).
@@ -30,61 +65,27 @@ pub struct HistogramSnapshot {
     pub count: u64,
 }
 
-impl Histogram {
-    /// A histogram with these upper bounds (sorted, deduplicated, non-finite ones dropped).
-    pub fn new(bounds: &[f64]) -> Self {
-        let mut b: Vec<f64> = bounds.iter().copied().filter(|v| v.is_finite()).collect();
-        b.sort_by(f64::total_cmp);
-        b.dedup();
-        let counts = (0..=b.len()).map(|_| AtomicU64::new(0)).collect();
-        Self {
-            bounds: b,
-            counts,
-            sum_bits: AtomicU64::new(0f64.to_bits()),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one observation (NaN is ignored).
-    pub fn observe(&self, v: f64) {
-        if v.is_nan() {
-            return;
-        }
-        let i = self.bounds.partition_point(|b| *b < v);
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .sum_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + v).to_bits())
-            });
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records a duration in seconds.
-    pub fn observe_duration(&self, d: std::time::Duration) {
-        self.observe(d.as_secs_f64());
-    }
-
-    /// A copy of the current figures.
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let counts: Vec<u64> = self.counts[..self.bounds.len()]
+impl HistogramSnapshot {
+    /// The buckets as prometheus-client encodes them: `(upper bound, count)` per bound, not
+    /// cumulative, then the observations above the highest bound under `f64::MAX` (`+Inf`).
+    pub(crate) fn client_buckets(&self) -> Vec<(f64, u64)> {
+        let n = self.bounds.len().min(self.counts.len());
+        let mut buckets: Vec<(f64, u64)> = self.bounds[..n]
             .iter()
-            .map(|c| c.load(Ordering::Relaxed))
+            .copied()
+            .zip(self.counts[..n].iter().copied())
             .collect();
-        let over = self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        HistogramSnapshot {
-            bounds: self.bounds.clone(),
-            // `count` is derived from the buckets so the +Inf bucket always equals it.
-            count: counts.iter().sum::<u64>() + over,
-            counts,
-            sum: f64::from_bits(self.sum_bits.load(Ordering::Relaxed)),
-        }
+        let below: u64 = buckets.iter().map(|(_, c)| c).sum();
+        buckets.push((f64::MAX, self.count.saturating_sub(below)));
+        buckets
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encode::Encoder;
+    use crate::names::STREAM_BATCH_DURATION_SECONDS;
 
     #[test]
     fn observations_land_in_the_first_bucket_whose_bound_is_not_below() {
@@ -92,10 +93,29 @@ mod tests {
         for v in [0.5, 0.51, 1.0, 7.0, f64::NAN] {
             h.observe(v);
         }
-        let s = h.snapshot();
-        assert_eq!(s.bounds, vec![0.5, 1.0]);
-        assert_eq!(s.counts, vec![1, 2]);
-        assert_eq!(s.count, 4);
-        assert!((s.sum - 9.01).abs() < 1e-9);
+        let mut e = Encoder::new();
+        e.live_histogram(&STREAM_BATCH_DURATION_SECONDS, &[], &h);
+        let text = e.finish();
+        for line in [
+            "weir_stream_batch_duration_seconds_bucket{le=\"0.5\"} 1\n",
+            "weir_stream_batch_duration_seconds_bucket{le=\"1.0\"} 3\n",
+            "weir_stream_batch_duration_seconds_bucket{le=\"+Inf\"} 4\n",
+            "weir_stream_batch_duration_seconds_count 4\n",
+            "weir_stream_batch_duration_seconds_sum 9.01\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(text.matches("_bucket{").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn snapshot_buckets_put_the_rest_above_the_highest_bound() {
+        let s = HistogramSnapshot {
+            bounds: vec![0.1, 1.0],
+            counts: vec![1, 2],
+            sum: 4.25,
+            count: 4,
+        };
+        assert_eq!(s.client_buckets(), vec![(0.1, 1), (1.0, 2), (f64::MAX, 1)]);
     }
 }

@@ -4,9 +4,12 @@
 //! - [`names`]: every metric, `weir_<subsystem>_<name>_<unit>[_total]`, in one place.
 //! - [`Registry`]: [`MetricSource`]s collected at scrape time (subsystems do not depend on
 //!   this crate; small adapters read their status) plus [`Histogram`]s fed as things happen.
-//! - [`Encoder`]: the text format, grouped per family with `# HELP` / `# TYPE`.
+//! - [`Encoder`]: what sources write into; checks each sample against [`names`], groups the
+//!   families and has the `prometheus-client` crate write the text (Prometheus 0.0.4, see
+//!   [`encode`]); [`Histogram`] is prometheus-client's.
 //! - [`MemorySource`]: the memory watcher's figures as metrics; [`adapters`]: the graph pool,
-//!   bus, subscriptions and stream processor's status as metrics.
+//!   bus, subscriptions and stream processor's status as metrics ([`StreamMetrics::attach`]
+//!   wires a pipeline).
 //! - [`admin_router`]: `/health`, `/health/memory`, `/api/memory/*`, `/metrics` over an
 //!   [`AdminState`], with optional bearer-token admin auth; [`memory_router`]: the read-only
 //!   memory routes alone, for a listener with its own authentication.
@@ -34,7 +37,9 @@ pub mod memory;
 pub mod names;
 pub mod registry;
 
-pub use adapters::{StreamMetrics, TimedSink, bus_source, pool_source, subscriptions_source};
+pub use adapters::{
+    BatchObserver, StreamMetrics, TimedSink, bus_source, pool_source, subscriptions_source,
+};
 pub use admin::{
     AdminState, ComponentHealth, HealthCheck, HealthStatus, admin_router, memory_router,
 };

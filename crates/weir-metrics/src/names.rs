@@ -2,7 +2,9 @@
 //! `weir_<subsystem>_<name>_<unit>[_total]`.
 //!
 //! Code that emits a metric refers to the constant here, never to a string, and
-//! [`ALL`] lists them so the exposition, the dashboard test and the docs agree.
+//! [`ALL`] lists them so the exposition, the dashboard test and the docs agree. The
+//! [`crate::Encoder`] checks every sample against its definition and writes the families in
+//! this order.
 
 /// The Prometheus type of a metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -214,6 +216,8 @@ mod tests {
                 d.name
             );
             assert!(!d.help.is_empty());
+            // Written as given (prometheus-client does not escape help texts).
+            assert!(!d.help.contains(['\\', '\n']), "{}", d.name);
         }
     }
 

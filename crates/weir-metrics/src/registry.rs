@@ -3,6 +3,11 @@
 //! Subsystems do not depend on this crate. Each exposes its own status or counters, and a small
 //! adapter (a [`MetricSource`], often a closure) turns them into samples when `/metrics` is
 //! scraped.
+//!
+//! The metrics themselves, their text and the histograms are prometheus-client's (see
+//! [`crate::encode`]). This list of named sources stays Weir's: prometheus-client's registry
+//! cannot replace or remove what was registered, and writes each registration as a family of
+//! its own, where Weir's sources add to families in any order and come and go by name.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,7 +39,7 @@ where
     }
 }
 
-type HistogramEntry = (&'static MetricDef, Vec<(String, String)>, Arc<Histogram>);
+type HistogramEntry = (&'static MetricDef, Vec<(String, String)>, Histogram);
 
 /// Sources and histograms of one process. Share it as `Arc<Registry>`.
 pub struct Registry {
@@ -107,13 +112,13 @@ impl Registry {
     }
 
     /// The histogram for `def` with these label values, made with `buckets` on first use
-    /// (later calls return the same one and ignore `buckets`).
+    /// (later calls return one sharing its counts and ignore `buckets`).
     pub fn histogram(
         &self,
         def: &'static MetricDef,
         labels: &[(&str, &str)],
         buckets: &[f64],
-    ) -> Result<Arc<Histogram>, MetricsError> {
+    ) -> Result<Histogram, MetricsError> {
         let labels_ok =
             labels.len() == def.labels.len() && labels.iter().all(|(k, _)| def.labels.contains(k));
         if def.kind != MetricKind::Histogram || !labels_ok {
@@ -139,7 +144,7 @@ impl Registry {
                 max: MAX_HISTOGRAMS,
             });
         }
-        let h = Arc::new(Histogram::new(buckets));
+        let h = Histogram::new(buckets);
         hs.push((def, owned, h.clone()));
         Ok(h)
     }
@@ -161,7 +166,7 @@ impl Registry {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            enc.histogram(def, &l, &h.snapshot());
+            enc.live_histogram(def, &l, h);
         }
         for r in enc.rejected() {
             tracing::warn!(target: "weir::metrics", sample = %r, "metric sample rejected");
@@ -229,11 +234,16 @@ mod tests {
         let b = r
             .histogram(&POOL_ACQUIRE_WAIT_SECONDS, &[], &[5.0])
             .unwrap();
-        assert!(Arc::ptr_eq(&a, &b));
         a.observe(0.05);
+        b.observe(0.5);
+        let text = r.encode();
         assert!(
-            r.encode()
-                .contains("weir_pool_acquire_wait_seconds_bucket{le=\"0.1\"} 1\n")
+            text.contains("weir_pool_acquire_wait_seconds_bucket{le=\"0.1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_pool_acquire_wait_seconds_count 2\n"),
+            "one histogram, shared: {text}"
         );
         assert!(matches!(
             r.histogram(&MEMORY_RSS_BYTES, &[], &[1.0]),

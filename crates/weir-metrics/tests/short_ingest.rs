@@ -1,5 +1,6 @@
 //! After a short ingest with every subsystem wired (a real graph pool against the local graph
-//! server, the in-process bus, the subscription manager, a stream pipeline with a timed sink),
+//! server, the in-process bus, the subscription manager, a stream pipeline attached to the
+//! stream metrics),
 //! `/metrics` carries every metric in `weir_metrics::names::ALL` and passes
 //! `promtool check metrics`.
 //!
@@ -19,8 +20,8 @@ use weir_events::{ChangeBatch, ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, Op
 use weir_memwatch::{MemoryWatcher, WatcherConfig};
 use weir_metrics::names::ALL;
 use weir_metrics::{
-    AdminState, MemorySource, Registry, StreamMetrics, TimedSink, admin_router, bus_source,
-    pool_source, subscriptions_source,
+    AdminState, MemorySource, Registry, StreamMetrics, admin_router, bus_source, pool_source,
+    subscriptions_source,
 };
 use weir_stream::{
     CancellationToken, Decoded, DecodedRecord, MapError, MemoryDeadLetters, NullSink, Pipeline,
@@ -132,7 +133,7 @@ async fn metrics_carry_every_defined_metric_after_a_short_ingest() {
     assert!(matches!(first, Ok(Some(_))), "subscription got an event");
     drop(sub);
 
-    // Stream: 1000 rows, 10 of them bad (dead-lettered), through a timed null sink.
+    // Stream: 1000 rows, 10 of them bad (dead-lettered), attached to the stream metrics.
     let stream_metrics = StreamMetrics::new();
     registry
         .register_source("stream", Arc::new(stream_metrics.clone()))
@@ -150,13 +151,10 @@ async fn metrics_carry_every_defined_metric_after_a_short_ingest() {
         ..PipelineConfig::default()
     };
     let source = ReaderSource::new(Cursor::new(csv.into_bytes()), "m.csv", &cfg);
-    let sink = TimedSink::new(
-        NullSink::<u64>::new(),
-        stream_metrics.batch_duration().clone(),
+    let (pipeline, follower) = stream_metrics.attach(
+        Pipeline::new(cfg, map_row, NullSink::<u64>::new())
+            .with_dead_letters(Arc::new(MemoryDeadLetters::new(100))),
     );
-    let pipeline =
-        Pipeline::new(cfg, map_row, sink).with_dead_letters(Arc::new(MemoryDeadLetters::new(100)));
-    let follower = tokio::spawn(stream_metrics.clone().follow(pipeline.subscribe()));
     let summary = pipeline
         .run(source, CancellationToken::new())
         .await
@@ -181,7 +179,7 @@ async fn metrics_carry_every_defined_metric_after_a_short_ingest() {
 
     let missing: Vec<&str> = ALL
         .iter()
-        .filter(|d| !text.contains(&format!("# TYPE {} ", d.name)))
+        .filter(|d| !text.contains(&format!("# TYPE {} {}\n", d.name, d.kind.as_str())))
         .map(|d| d.name)
         // Present only with jemalloc / in a limited cgroup: checked where they apply.
         .filter(|n| {
@@ -194,6 +192,11 @@ async fn metrics_carry_every_defined_metric_after_a_short_ingest() {
         "{text}"
     );
     assert!(text.contains("weir_stream_records_dead_lettered_total 10\n"));
+    assert!(
+        text.contains("weir_stream_batch_duration_seconds_count ")
+            && !text.contains("weir_stream_batch_duration_seconds_count 0\n"),
+        "batches timed: {text}"
+    );
     assert!(text.contains("weir_bus_published_batches_total 3\n"));
     assert!(text.contains("weir_subscriptions_created_total 1\n"));
     assert!(text.contains("weir_pool_circuit_state{state=\"closed\"} 1\n"));

@@ -5,7 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{generate, nodes_mapping, summary_value, vm_hwm, weir};
+use support::{generate, nodes_mapping, summary_value, weir};
+use weir_memwatch::procfs::peak_rss_bytes;
 
 const ROWS: u64 = 25_000;
 const LIMIT: u64 = 48 << 20;
@@ -44,7 +45,7 @@ async fn peak_rss_stays_under_the_memory_limit() {
     let pid = child.id();
     let sampler = std::thread::spawn(move || {
         let mut peak = 0;
-        while let Some(hwm) = vm_hwm(pid) {
+        while let Some(hwm) = peak_rss_bytes(pid) {
             peak = peak.max(hwm);
             std::thread::sleep(Duration::from_millis(20));
         }

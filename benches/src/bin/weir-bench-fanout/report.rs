@@ -7,6 +7,7 @@ use std::time::Duration;
 use weir_benches::chart::{Series, draw_rss};
 use weir_benches::stats::{median, mib};
 use weir_benches::table::Table;
+use weir_memwatch::procfs;
 
 use crate::RunResult;
 use crate::churn::ChurnResult;
@@ -22,16 +23,11 @@ pub(crate) struct Context {
     nofile: u64,
 }
 
-fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` spells them.
 fn loadavg() -> String {
-    read("/proc/loadavg")
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
+    procfs::load_average()
+        .map(|[a, b, c]| format!("{a:.2} {b:.2} {c:.2}"))
+        .unwrap_or_default()
 }
 
 impl Context {
@@ -44,25 +40,15 @@ impl Context {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
         let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-        let model = read("/proc/cpuinfo")
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-            .unwrap_or_default();
-        let mem_kib: u64 = read("/proc/meminfo")
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
+        let m = procfs::machine();
+        let model = m.cpu_model.unwrap_or_default();
+        let kernel = m.kernel_release.unwrap_or_default();
         Self {
             date,
             command: std::env::args().collect::<Vec<_>>().join(" "),
             machine: format!(
                 "{cpus} vCPU ({model}), {:.1} GiB RAM, Linux {kernel}",
-                mem_kib as f64 / 1_048_576.0
+                m.mem_total_bytes.unwrap_or(0) as f64 / f64::from(1u32 << 30)
             ),
             load_start: loadavg(),
             load_end: String::new(),

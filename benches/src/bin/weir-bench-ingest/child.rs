@@ -24,7 +24,7 @@ pub(crate) struct ChildRun {
     pub(crate) stdout: String,
 }
 
-/// How often the RSS sampler reads `/proc/<pid>/status`.
+/// How often the RSS sampler reads the child's RSS (`/proc/<pid>/statm`).
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Most RSS points kept per run (older points are thinned, see `RssSampler`).
 const MAX_POINTS: usize = 2000;

@@ -6,37 +6,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use weir_memwatch::procfs;
+
 /// The 1-minute load average now.
 pub(crate) fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    procfs::load_average().map(|l| l[0])
 }
 
 /// CPU model, core count and memory, from /proc.
 pub(crate) fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
-        .map(str::trim)
-        .unwrap_or("unknown CPU")
-        .to_owned();
-    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
-    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0);
+    let m = procfs::machine();
     format!(
-        "{cores} vCPU ({model}), {:.1} GiB RAM",
-        mem_kib as f64 / (1024.0 * 1024.0)
+        "{} vCPU ({}), {:.1} GiB RAM",
+        m.processors,
+        m.cpu_model.as_deref().unwrap_or("unknown CPU"),
+        m.mem_total_bytes.unwrap_or(0) as f64 / f64::from(1u32 << 30)
     )
 }
 

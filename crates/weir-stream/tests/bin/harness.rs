@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{GenReader, Row, map_row};
+use weir_memwatch::procfs::{self, Process};
 use weir_stream::{
     CancellationToken, CheckpointFile, FileSource, JsonlDeadLetters, Pipeline, PipelineConfig,
     ReaderSource, Sink, SinkBatch, SinkError, StreamError,
@@ -107,14 +108,14 @@ async fn rss(args: &[String]) -> Result<(), StreamError> {
     let rows: u64 = rows.parse().unwrap();
     let cfg = PipelineConfig::default();
     let bound = cfg.memory_bound_bytes();
-    let baseline = weir_memwatch::gauge::rss_bytes().unwrap();
+    let baseline = procfs::rss_bytes(Process::Current).unwrap();
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(baseline));
     let done = CancellationToken::new();
     let sampler = {
         let (peak, done) = (peak.clone(), done.clone());
         tokio::spawn(async move {
             while !done.is_cancelled() {
-                let now = weir_memwatch::gauge::rss_bytes().unwrap_or(0);
+                let now = procfs::rss_bytes(Process::Current).unwrap_or(0);
                 peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -128,7 +129,7 @@ async fn rss(args: &[String]) -> Result<(), StreamError> {
     done.cancel();
     sampler.await.unwrap();
     assert_eq!(summary.records_committed, rows);
-    let hwm = weir_memwatch::gauge::peak_rss_bytes().unwrap_or(0);
+    let hwm = procfs::peak_rss_bytes(Process::Current).unwrap_or(0);
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed).max(hwm);
     println!(
         r#"{{"baseline":{baseline},"peak":{peak},"bound":{bound},"bytes_read":{}}}"#,

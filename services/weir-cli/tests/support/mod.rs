@@ -74,11 +74,3 @@ pub fn generate(path: &Path, people: u64, pad: usize) {
         .arg(path));
     assert!(out.status.success());
 }
-
-/// The peak resident set (VmHWM) of a running process, in bytes.
-pub fn vm_hwm(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
