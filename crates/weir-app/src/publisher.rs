@@ -240,18 +240,11 @@ impl ChangePublisher for BusPublisher {
 mod tests {
     use futures::StreamExt;
     use weir_bus::{Bus, BusConfig, InProcessConfig};
-    use weir_events::EVENT_FORMAT_VERSION;
 
     use super::*;
 
     fn batch(id: &str) -> ChangeBatch {
-        ChangeBatch {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            job_id: "j".into(),
-            batch_id: id.into(),
-            events: Vec::new(),
-        }
+        weir_events::fixture::batch("j", id, Vec::new())
     }
 
     #[tokio::test]

@@ -18,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 use weir_app::{BusReplay, BusSlot};
 use weir_bus::{Bus, InProcessBus, InProcessConfig};
 use weir_config::Secret;
-use weir_events::{
-    ChangeBatch, ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, Operation, SourcePosition,
-};
+use weir_events::fixture::{self, event};
+use weir_events::{ChangeBatch, EntityKind, Operation};
 use weir_gateway::{
     AuthConfig, ChangeReplay, GatewayConfig, GatewayError, GatewayState, GraphNode, GraphReader,
     Ident, Neighbour, NeighbourQuery, NodeKey, Replay, ReplayError,
@@ -60,32 +59,12 @@ fn config(max_replays: usize) -> GatewayConfig {
 }
 
 fn batch(n: u64, labels: &[&str]) -> ChangeBatch {
-    ChangeBatch {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        job_id: "job".into(),
-        batch_id: format!("job-{n}"),
-        events: labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| ChangeEvent {
-                version: EVENT_FORMAT_VERSION,
-                seq: 0,
-                index: 0,
-                kind: EntityKind::Node,
-                label: (*l).into(),
-                key: format!("{n}-{i}"),
-                operation: Operation::Created,
-                properties: Default::default(),
-                start: None,
-                end: None,
-                job_id: "job".into(),
-                batch_id: format!("job-{n}"),
-                source: SourcePosition::default(),
-                committed_at_ms: 0,
-            })
-            .collect(),
-    }
+    let events = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| event(EntityKind::Node, l, &format!("{n}-{i}"), Operation::Created))
+        .collect();
+    fixture::batch("job", &format!("job-{n}"), events)
 }
 
 struct Gateway {

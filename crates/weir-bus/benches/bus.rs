@@ -9,40 +9,26 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
-use weir_bus::{Bus, BusConfig, ChangeBatch, EVENT_FORMAT_VERSION, InProcessConfig, NatsBusConfig};
-use weir_events::{ChangeEvent, EntityKind, Operation, SourcePosition};
+use weir_bus::{Bus, BusConfig, ChangeBatch, InProcessConfig, NatsBusConfig};
+use weir_events::fixture::{self, EventFixture, event};
+use weir_events::{EntityKind, Operation};
 
 const BATCHES: u64 = 100;
 const EVENTS: usize = 100;
 
 fn batch(id: &str) -> ChangeBatch {
     let events = (0..EVENTS)
-        .map(|i| ChangeEvent {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            index: 0,
-            kind: EntityKind::Node,
-            label: "Person".into(),
-            key: format!("{id}-{i}"),
-            operation: Operation::Merged,
-            properties: [("name".to_owned(), serde_json::json!("someone"))]
-                .into_iter()
-                .collect(),
-            start: None,
-            end: None,
-            job_id: "bench".into(),
-            batch_id: id.into(),
-            source: SourcePosition::default(),
-            committed_at_ms: 0,
+        .map(|i| {
+            event(
+                EntityKind::Node,
+                "Person",
+                &format!("{id}-{i}"),
+                Operation::Merged,
+            )
+            .with_property("name", serde_json::json!("someone"))
         })
         .collect();
-    ChangeBatch {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        job_id: "bench".into(),
-        batch_id: id.into(),
-        events,
-    }
+    fixture::batch("bench", id, events)
 }
 
 async fn round(bus: &Bus, round: u64) {

@@ -162,30 +162,13 @@ impl Bus {
 /// A batch of `n` node events for unit tests.
 #[cfg(test)]
 pub(crate) fn test_batch(job: &str, batch_id: &str, n: usize) -> ChangeBatch {
-    use weir_events::{ChangeEvent, EntityKind, Operation, SourcePosition};
+    use weir_events::fixture::{batch, event};
+    use weir_events::{EntityKind, Operation};
     let events = (0..n)
-        .map(|i| ChangeEvent {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            index: 0,
-            kind: EntityKind::Node,
-            label: "Person".into(),
-            key: format!("{batch_id}-{i}"),
-            operation: Operation::Created,
-            properties: Default::default(),
-            start: None,
-            end: None,
-            job_id: job.into(),
-            batch_id: batch_id.into(),
-            source: SourcePosition::default(),
-            committed_at_ms: 0,
+        .map(|i| {
+            let key = format!("{batch_id}-{i}");
+            event(EntityKind::Node, "Person", &key, Operation::Created)
         })
         .collect();
-    ChangeBatch {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        job_id: job.into(),
-        batch_id: batch_id.into(),
-        events,
-    }
+    batch(job, batch_id, events)
 }

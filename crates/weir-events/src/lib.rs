@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixture;
+
 /// Version of the event format. Bump on any incompatible change.
 pub const EVENT_FORMAT_VERSION: u32 = 1;
 
@@ -273,33 +276,13 @@ pub struct ProgressEvent {
 
 #[cfg(test)]
 mod tests {
+    use super::fixture::{EventFixture, batch, event};
     use super::*;
 
     #[test]
     fn assign_seq_numbers_events_in_order() {
-        let ev = |k: &str| ChangeEvent {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            index: 0,
-            kind: EntityKind::Node,
-            label: "Person".into(),
-            key: k.into(),
-            operation: Operation::Merged,
-            properties: BTreeMap::new(),
-            start: None,
-            end: None,
-            job_id: "j".into(),
-            batch_id: "j-1".into(),
-            source: SourcePosition::default(),
-            committed_at_ms: 0,
-        };
-        let mut b = ChangeBatch {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            job_id: "j".into(),
-            batch_id: "j-1".into(),
-            events: vec![ev("a"), ev("b")],
-        };
+        let ev = |k: &str| event(EntityKind::Node, "Person", k, Operation::Merged);
+        let mut b = batch("j", "j-1", vec![ev("a"), ev("b")]);
         b.assign_seq(7);
         assert_eq!((b.events[1].seq, b.events[1].index), (7, 1));
         let json = serde_json::to_value(&b).unwrap();
@@ -310,34 +293,13 @@ mod tests {
 
     #[test]
     fn approx_bytes_grows_with_content() {
-        let mut e = ChangeEvent {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            index: 0,
-            kind: EntityKind::Node,
-            label: "Person".into(),
-            key: "1".into(),
-            operation: Operation::Merged,
-            properties: BTreeMap::new(),
-            start: None,
-            end: None,
-            job_id: "j".into(),
-            batch_id: "j-1".into(),
-            source: SourcePosition::default(),
-            committed_at_ms: 0,
-        };
+        let mut e = event(EntityKind::Node, "Person", "1", Operation::Merged).with_job("j", "j-1");
         let bare = e.approx_bytes();
         assert!(bare >= std::mem::size_of::<ChangeEvent>());
         e.properties
             .insert("blob".into(), serde_json::Value::String("x".repeat(10_000)));
         assert!(e.approx_bytes() >= bare + 10_000);
-        let b = ChangeBatch {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            job_id: "j".into(),
-            batch_id: "j-1".into(),
-            events: vec![e.clone(), e],
-        };
+        let b = batch("j", "j-1", vec![e.clone(), e]);
         assert!(b.approx_bytes() >= 20_000);
     }
 }

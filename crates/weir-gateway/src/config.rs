@@ -326,18 +326,28 @@ mod tests {
     #[test]
     fn reads_toml_like_json_and_masks_secrets() {
         let c: GatewayConfig = serde_json::from_value(serde_json::json!({
-            "auth": {"mode": "jwt", "secret": "0123456789abcdef0123"},
             "websocket": {"ping_interval": "5s"},
         }))
         .unwrap();
-        c.validate().unwrap();
         assert_eq!(c.websocket.ping_interval, Duration::from_secs(5));
-        let shown = serde_json::to_string(&c).unwrap();
-        assert!(!shown.contains("0123456789abcdef"), "{shown}");
-        let short: GatewayConfig = serde_json::from_value(serde_json::json!({
-            "auth": {"mode": "jwt", "secret": "short"},
+        // `auth` is the process's top-level `[auth]`, not part of a `[gateway]` section.
+        let nested: Result<GatewayConfig, _> = serde_json::from_value(serde_json::json!({
+            "auth": {"mode": "disabled"},
+        }));
+        assert!(nested.is_err(), "a [gateway] auth key must be rejected");
+        let auth: AuthConfig = serde_json::from_value(serde_json::json!({
+            "mode": "jwt", "secret": "0123456789abcdef0123",
         }))
         .unwrap();
+        let c = GatewayConfig { auth, ..c };
+        c.validate().unwrap();
+        let shown = format!("{} {:?}", serde_json::to_string(&c.auth).unwrap(), c.auth);
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        let short = GatewayConfig {
+            auth: serde_json::from_value(serde_json::json!({"mode": "jwt", "secret": "short"}))
+                .unwrap(),
+            ..GatewayConfig::default()
+        };
         assert!(matches!(
             short.validate(),
             Err(GatewayError::InvalidConfig {

@@ -150,35 +150,23 @@ pub(crate) fn events_until_head(
 mod tests {
     use super::*;
     use tokio::sync::Semaphore;
-    use weir_events::{ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, Operation};
+    use weir_events::fixture::{self, event};
+    use weir_events::{EntityKind, Operation};
 
     fn batch(seq: u64, labels: &[&str]) -> Arc<ChangeBatch> {
-        let mut b = ChangeBatch {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            job_id: "j".into(),
-            batch_id: format!("b{seq}"),
-            events: labels
-                .iter()
-                .enumerate()
-                .map(|(i, l)| ChangeEvent {
-                    version: EVENT_FORMAT_VERSION,
-                    seq: 0,
-                    index: 0,
-                    kind: EntityKind::Node,
-                    label: (*l).into(),
-                    key: format!("{seq}-{i}"),
-                    operation: Operation::Created,
-                    properties: Default::default(),
-                    start: None,
-                    end: None,
-                    job_id: "j".into(),
-                    batch_id: format!("b{seq}"),
-                    source: Default::default(),
-                    committed_at_ms: 0,
-                })
-                .collect(),
-        };
+        let events = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                event(
+                    EntityKind::Node,
+                    l,
+                    &format!("{seq}-{i}"),
+                    Operation::Created,
+                )
+            })
+            .collect();
+        let mut b = fixture::batch("j", &format!("b{seq}"), events);
         b.assign_seq(seq);
         Arc::new(b)
     }

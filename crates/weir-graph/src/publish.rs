@@ -97,13 +97,7 @@ mod tests {
     use super::*;
 
     fn batch(id: &str) -> ChangeBatch {
-        ChangeBatch {
-            version: weir_events::EVENT_FORMAT_VERSION,
-            seq: 0,
-            job_id: "j".into(),
-            batch_id: id.into(),
-            events: vec![],
-        }
+        weir_events::fixture::batch("j", id, vec![])
     }
 
     #[tokio::test]

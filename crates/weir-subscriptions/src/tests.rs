@@ -1,7 +1,6 @@
-use std::collections::BTreeMap;
-
 use futures::FutureExt;
-use weir_events::{EVENT_FORMAT_VERSION, JobState, PressureState, SourcePosition};
+use weir_events::fixture::{self, event as ev};
+use weir_events::{EVENT_FORMAT_VERSION, JobState, PressureState};
 
 use super::*;
 
@@ -18,33 +17,8 @@ impl PublishRef for SubscriptionManager {
 
 use weir_events::{EntityKind, Operation};
 
-fn ev(kind: EntityKind, label: &str, key: &str, op: Operation) -> ChangeEvent {
-    ChangeEvent {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        index: 0,
-        kind,
-        label: label.into(),
-        key: key.into(),
-        operation: op,
-        properties: BTreeMap::new(),
-        start: None,
-        end: None,
-        job_id: "j".into(),
-        batch_id: "j-1".into(),
-        source: SourcePosition::default(),
-        committed_at_ms: 0,
-    }
-}
-
 fn batch(events: Vec<ChangeEvent>) -> ChangeBatch {
-    ChangeBatch {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        job_id: "j".into(),
-        batch_id: "j-1".into(),
-        events,
-    }
+    fixture::batch("j", "j-1", events)
 }
 
 fn progress(job: &str, read: u64, state: JobState) -> ProgressEvent {

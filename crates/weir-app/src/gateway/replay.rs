@@ -157,40 +157,26 @@ mod tests {
     use tower::ServiceExt as _;
     use weir_bus::{Bus, BusConfig, InProcessConfig};
     use weir_config::Secret;
-    use weir_events::{
-        ChangeBatch, ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, Operation, SourcePosition,
-    };
+    use weir_events::fixture::{self, event};
+    use weir_events::{ChangeBatch, EntityKind, Operation};
     use weir_gateway::AuthConfig;
 
     use super::*;
 
     fn batch(id: &str, labels: &[&str]) -> ChangeBatch {
-        ChangeBatch {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            job_id: "j".into(),
-            batch_id: id.into(),
-            events: labels
-                .iter()
-                .enumerate()
-                .map(|(i, l)| ChangeEvent {
-                    version: EVENT_FORMAT_VERSION,
-                    seq: 0,
-                    index: 0,
-                    kind: EntityKind::Node,
-                    label: (*l).into(),
-                    key: format!("{id}-{i}"),
-                    operation: Operation::Created,
-                    properties: Default::default(),
-                    start: None,
-                    end: None,
-                    job_id: "j".into(),
-                    batch_id: id.into(),
-                    source: SourcePosition::default(),
-                    committed_at_ms: 0,
-                })
-                .collect(),
-        }
+        let events = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                event(
+                    EntityKind::Node,
+                    l,
+                    &format!("{id}-{i}"),
+                    Operation::Created,
+                )
+            })
+            .collect();
+        fixture::batch("j", id, events)
     }
 
     async fn get(

@@ -4,49 +4,25 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use weir_bus::{BusError, ChangeBatch, ChangeStream, EVENT_FORMAT_VERSION, NatsBusConfig};
-use weir_events::{ChangeEvent, EntityKind, NodeRef, Operation, SourcePosition};
+use weir_bus::{BusError, ChangeBatch, ChangeStream, NatsBusConfig};
+use weir_events::fixture::{self, EventFixture, event, node_ref};
+use weir_events::{EntityKind, Operation};
 
 /// A batch with one node event and one relationship event.
 pub fn batch(job: &str, batch_id: &str) -> ChangeBatch {
-    let ev = |kind, label: &str, key: &str| ChangeEvent {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        index: 0,
-        kind,
-        label: label.into(),
-        key: key.into(),
-        operation: Operation::Merged,
-        properties: [("name".to_owned(), serde_json::json!(batch_id))]
-            .into_iter()
-            .collect(),
-        start: None,
-        end: None,
-        job_id: job.into(),
-        batch_id: batch_id.into(),
-        source: SourcePosition {
-            source: Some("people.csv".into()),
-            line: Some(2),
-            offset: Some(17),
-        },
-        committed_at_ms: 1_700_000_000_000,
+    let ev = |kind, label: &str, key: &str| {
+        event(kind, label, key, Operation::Merged)
+            .with_property("name", serde_json::json!(batch_id))
+            .with_source("people.csv", 2, 17)
+            .committed_at(1_700_000_000_000)
     };
-    let mut rel = ev(EntityKind::Relationship, "KNOWS", "a->b");
-    rel.start = Some(NodeRef {
-        label: "Person".into(),
-        key: "a".into(),
-    });
-    rel.end = Some(NodeRef {
-        label: "Person".into(),
-        key: "b".into(),
-    });
-    ChangeBatch {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        job_id: job.into(),
-        batch_id: batch_id.into(),
-        events: vec![ev(EntityKind::Node, "Person", batch_id), rel],
-    }
+    let rel = ev(EntityKind::Relationship, "KNOWS", "a->b")
+        .with_ends(node_ref("Person", "a"), node_ref("Person", "b"));
+    fixture::batch(
+        job,
+        batch_id,
+        vec![ev(EntityKind::Node, "Person", batch_id), rel],
+    )
 }
 
 /// Bus settings for a per-test stream and subject prefix on `url`.

@@ -1,7 +1,6 @@
 //! Shared helpers: a gateway served on 127.0.0.1:0 and a real WebSocket client over TCP.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use weir_config::Secret;
-use weir_events::{
-    ChangeBatch, ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, Operation, SourcePosition,
-};
+use weir_events::{ChangeBatch, ChangeEvent};
 use weir_gateway::{
     AuthConfig, GatewayConfig, GatewayError, GatewayState, GraphNode, GraphReader, Ident,
     Neighbour, NeighbourQuery, NodeKey,
@@ -255,33 +252,11 @@ impl Client {
     }
 }
 
-pub fn event(kind: EntityKind, label: &str, key: &str, op: Operation) -> ChangeEvent {
-    ChangeEvent {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        index: 0,
-        kind,
-        label: label.into(),
-        key: key.into(),
-        operation: op,
-        properties: BTreeMap::new(),
-        start: None,
-        end: None,
-        job_id: "job".into(),
-        batch_id: "job-1".into(),
-        source: SourcePosition::default(),
-        committed_at_ms: 0,
-    }
-}
+#[allow(unused_imports)] // Not every test uses it (like `dead_code` above).
+pub use weir_events::fixture::event;
 
 pub fn batch(events: Vec<ChangeEvent>) -> std::sync::Arc<ChangeBatch> {
-    std::sync::Arc::new(ChangeBatch {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        job_id: "job".into(),
-        batch_id: "job-1".into(),
-        events,
-    })
+    std::sync::Arc::new(weir_events::fixture::batch("job", "job-1", events))
 }
 
 pub async fn post(addr: SocketAddr, token: Option<&str>, body: String) -> (u16, Value) {

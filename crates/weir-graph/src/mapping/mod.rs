@@ -1,0 +1,132 @@
+//! The mapping file: which record fields become which nodes and relationships.
+//!
+//! ```toml
+//! version = 1
+//!
+//! [[nodes]]
+//! label = "Person"
+//! key = ["id"]                                   # one or more property names
+//! properties = [
+//!   { name = "id", field = "person_id", type = "int" },   # `field` renames; default = name
+//!   { name = "name" },                                     # type defaults to string
+//!   { name = "active", type = "bool", default = true },
+//!   { name = "tags", type = "list", item = "string", separator = ";" },
+//! ]
+//!
+//! [[relationships]]
+//! type = "WORKS_AT"
+//! start = { label = "Person", key = { id = "person_id" } }     # key property = record field
+//! end = { label = "Company", key = { id = "company_id" } }
+//! properties = [{ name = "since", type = "date" }]
+//! ```
+//!
+//! End-point key types come from the node mapping of that label in the same file, or are
+//! given inline (`key = { id = { field = "person_id", type = "int" } }`), else string.
+//! Every label, type and property name is validated by [`crate::ident`]. Errors name the
+//! file, the line and the field.
+//!
+//! The module's parts: the raw TOML form (`raw`), parsing and validation with line-numbered
+//! errors (`parse`), label prefixes (`prefix`), header checks (`header`), mapping records to
+//! typed rows (`record`) and canonical keys (`key`).
+
+mod header;
+mod key;
+mod parse;
+mod prefix;
+mod raw;
+mod record;
+#[cfg(test)]
+mod tests;
+
+use crate::ident::Ident;
+use crate::value::{PropType, Value};
+
+pub use header::HeaderError;
+pub use key::canonical_key;
+pub use parse::MappingError;
+pub use record::{MappedRecord, NodeRow, Record, RecordError, RelRow};
+
+/// The mapping format version this crate reads.
+pub const MAPPING_VERSION: u32 = 1;
+
+/// Input format named in a mapping file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    /// Comma (or other delimiter) separated values with a header line.
+    Csv,
+    /// One JSON object per line.
+    JsonLines,
+}
+
+/// Input hints from the mapping's `[input]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InputHints {
+    /// The format, when given (otherwise taken from the file name).
+    pub format: Option<InputFormat>,
+    /// The CSV delimiter, when given (default `,`).
+    pub delimiter: Option<u8>,
+}
+
+/// One mapped property.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PropertyMapping {
+    /// Property name in the graph.
+    pub name: Ident,
+    /// Record field it comes from.
+    pub field: String,
+    /// Its type.
+    pub ty: PropType,
+    /// Value used when the field is missing or empty.
+    pub default: Option<Value>,
+}
+
+/// Which nodes a record produces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeMapping {
+    /// The label.
+    pub label: Ident,
+    /// The key properties, in key order (indexes into `properties`).
+    pub key: Vec<usize>,
+    /// Every property, keys included.
+    pub properties: Vec<PropertyMapping>,
+}
+
+impl NodeMapping {
+    /// The key properties, in key order.
+    pub fn key_properties(&self) -> impl Iterator<Item = &PropertyMapping> {
+        self.key.iter().map(|i| &self.properties[*i])
+    }
+}
+
+/// One end of a relationship: a node found (or created) by its key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndMapping {
+    /// The node's label.
+    pub label: Ident,
+    /// Key properties, sorted by property name: (property, record field, type).
+    pub key: Vec<(Ident, String, PropType)>,
+}
+
+/// Which relationships a record produces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelMapping {
+    /// The relationship type.
+    pub rel_type: Ident,
+    /// Start node.
+    pub start: EndMapping,
+    /// End node.
+    pub end: EndMapping,
+    /// Relationship properties.
+    pub properties: Vec<PropertyMapping>,
+}
+
+/// A validated mapping.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mapping {
+    /// Input hints.
+    pub input: InputHints,
+    /// Node mappings, in file order.
+    pub nodes: Vec<NodeMapping>,
+    /// Relationship mappings, in file order.
+    pub relationships: Vec<RelMapping>,
+}

@@ -1,0 +1,205 @@
+//! Mapping records to typed rows: [`Mapping::map_record`] and the [`MappedRecord`] it returns.
+
+use super::{EndMapping, Mapping, PropertyMapping};
+use crate::ident::Ident;
+use crate::value::{self, FieldRef, Value};
+
+/// A record from the input, read field by field.
+pub trait Record {
+    /// The field named `name`, if the record has it.
+    fn field(&self, name: &str) -> Option<FieldRef<'_>>;
+}
+
+impl Record for serde_json::Map<String, serde_json::Value> {
+    fn field(&self, name: &str) -> Option<FieldRef<'_>> {
+        self.get(name).map(FieldRef::Json)
+    }
+}
+
+impl<S: AsRef<str>> Record for [(S, S)] {
+    fn field(&self, name: &str) -> Option<FieldRef<'_>> {
+        self.iter()
+            .find(|(k, _)| k.as_ref() == name)
+            .map(|(_, v)| FieldRef::Text(v.as_ref()))
+    }
+}
+
+/// Why a record could not be mapped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A key field is missing or empty.
+    #[error("key field `{field}` of {target} is missing or empty")]
+    EmptyKey {
+        /// The record field.
+        field: String,
+        /// The label or type it keys.
+        target: String,
+    },
+    /// A field does not convert to its type.
+    #[error("field `{field}` of {target}: {source}")]
+    Value {
+        /// The record field.
+        field: String,
+        /// The label or type.
+        target: String,
+        /// What went wrong.
+        #[source]
+        source: value::ValueError,
+    },
+}
+
+/// A node produced by a record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeRow {
+    /// Index of its [`NodeMapping`](super::NodeMapping).
+    pub mapping: usize,
+    /// Key values in key order.
+    pub key: Vec<Value>,
+    /// Other properties (present values only).
+    pub props: Vec<(usize, Value)>,
+}
+
+/// A relationship produced by a record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelRow {
+    /// Index of its [`RelMapping`](super::RelMapping).
+    pub mapping: usize,
+    /// Start key values (sorted by property name).
+    pub start: Vec<Value>,
+    /// End key values (sorted by property name).
+    pub end: Vec<Value>,
+    /// Properties (present values only).
+    pub props: Vec<(usize, Value)>,
+}
+
+/// What one record maps to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MappedRecord {
+    /// Its nodes.
+    pub nodes: Vec<NodeRow>,
+    /// Its relationships.
+    pub rels: Vec<RelRow>,
+}
+
+impl MappedRecord {
+    /// Rough heap size in bytes, for memory accounting.
+    pub fn approx_bytes(&self) -> usize {
+        fn v(x: &Value) -> usize {
+            match x {
+                Value::String(s) => 32 + s.len(),
+                Value::List(l) => 32 + l.iter().map(v).sum::<usize>(),
+                _ => 32,
+            }
+        }
+        self.nodes
+            .iter()
+            .map(|n| {
+                64 + n.key.iter().map(v).sum::<usize>()
+                    + n.props.iter().map(|p| 8 + v(&p.1)).sum::<usize>()
+            })
+            .sum::<usize>()
+            + self
+                .rels
+                .iter()
+                .map(|r| {
+                    64 + r.start.iter().chain(&r.end).map(v).sum::<usize>()
+                        + r.props.iter().map(|p| 8 + v(&p.1)).sum::<usize>()
+                })
+                .sum::<usize>()
+    }
+}
+
+fn prop_value<R: Record + ?Sized>(
+    rec: &R,
+    p: &PropertyMapping,
+    target: &Ident,
+) -> Result<Option<Value>, RecordError> {
+    let v = match rec.field(&p.field) {
+        None => None,
+        Some(f) => value::convert(&p.ty, f).map_err(|source| RecordError::Value {
+            field: p.field.clone(),
+            target: target.as_str().to_owned(),
+            source,
+        })?,
+    };
+    Ok(v.or_else(|| p.default.clone()))
+}
+
+fn end_values<R: Record + ?Sized>(
+    rec: &R,
+    e: &EndMapping,
+    rel: &Ident,
+) -> Result<Vec<Value>, RecordError> {
+    let target = format!("{} end `{}`", rel.as_str(), e.label.as_str());
+    e.key
+        .iter()
+        .map(|(_, field, ty)| {
+            let f = rec.field(field).ok_or_else(|| RecordError::EmptyKey {
+                field: field.clone(),
+                target: target.clone(),
+            })?;
+            value::convert(ty, f)
+                .map_err(|source| RecordError::Value {
+                    field: field.clone(),
+                    target: target.clone(),
+                    source,
+                })?
+                .ok_or_else(|| RecordError::EmptyKey {
+                    field: field.clone(),
+                    target: target.clone(),
+                })
+        })
+        .collect()
+}
+
+impl Mapping {
+    /// Maps one record to its nodes and relationships.
+    pub fn map_record<R: Record + ?Sized>(&self, rec: &R) -> Result<MappedRecord, RecordError> {
+        let mut out = MappedRecord::default();
+        for (mi, n) in self.nodes.iter().enumerate() {
+            let mut key = Vec::with_capacity(n.key.len());
+            for p in n.key_properties() {
+                match prop_value(rec, p, &n.label)? {
+                    Some(v) => key.push(v),
+                    None => {
+                        return Err(RecordError::EmptyKey {
+                            field: p.field.clone(),
+                            target: n.label.as_str().to_owned(),
+                        });
+                    }
+                }
+            }
+            let mut props = Vec::new();
+            for (pi, p) in n.properties.iter().enumerate() {
+                if n.key.contains(&pi) {
+                    continue;
+                }
+                if let Some(v) = prop_value(rec, p, &n.label)? {
+                    props.push((pi, v));
+                }
+            }
+            out.nodes.push(NodeRow {
+                mapping: mi,
+                key,
+                props,
+            });
+        }
+        for (mi, r) in self.relationships.iter().enumerate() {
+            let start = end_values(rec, &r.start, &r.rel_type)?;
+            let end = end_values(rec, &r.end, &r.rel_type)?;
+            let mut props = Vec::new();
+            for (pi, p) in r.properties.iter().enumerate() {
+                if let Some(v) = prop_value(rec, p, &r.rel_type)? {
+                    props.push((pi, v));
+                }
+            }
+            out.rels.push(RelRow {
+                mapping: mi,
+                start,
+                end,
+                props,
+            });
+        }
+        Ok(out)
+    }
+}
