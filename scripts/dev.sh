@@ -9,6 +9,7 @@
 #   scripts/dev.sh test     services up, then fmt check, clippy -D warnings, nextest, doctests,
 #                           and the web console in a real browser (Debian chromium, installed if missing)
 #   scripts/dev.sh console-build   rebuild the web console's assets from the lockfile (npm ci, vite)
+#   scripts/dev.sh console-e2e     only the browser test of the console and GraphiQL (services up, chromium)
 #
 # Settings (environment):
 #   NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD   use your own Bolt server instead of a local ArcadeDB
@@ -450,5 +451,6 @@ case "${1:-}" in
   test) cmd_test ;;
   demo) cmd_demo ;;
   console-build) cmd_console_build ;;
+  console-e2e) cmd_up; load_env; cd "$REPO"; console_e2e ;;
   *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

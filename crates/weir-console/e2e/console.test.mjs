@@ -109,7 +109,7 @@ before(async () => {
   writeFileSync(
     config,
     // A memory limit, so the chart draws it and the page shows a pressure level.
-    `[jobs]\njob_dir = ${JSON.stringify(join(server.dir, 'jobs'))}\nspool_dir = ${JSON.stringify(join(server.dir, 'spool'))}\nmemory_limit = ${MEMORY_LIMIT}\n`,
+    `[jobs]\njob_dir = ${JSON.stringify(join(server.dir, 'jobs'))}\nspool_dir = ${JSON.stringify(join(server.dir, 'spool'))}\n[memory]\nlimit = ${MEMORY_LIMIT}\n`,
   );
   server.log = join(ARTIFACTS, 'weir-serve.log');
   const log = createWriteStream(server.log);
