@@ -22,7 +22,10 @@ st=$(dev status)
 grep -q "ArcadeDB running, pid $gpid" <<<"$st" || fail "status misses the graph server: $st"
 grep -q "nats-server running, pid $npid" <<<"$st" || fail "status misses nats: $st"
 grep -q "NEO4J_PASSWORD=weir-local-dev" "$WEIR_STATE_DIR/env" || fail "env file lacks the password"
-dev env | grep -q 'NEO4J_PASSWORD=\*\*\*' || fail "env does not mask the password"
+# Captured first: `dev env | grep -q` under pipefail fails when grep exits before dev does.
+envout=$(dev env 2>&1) || fail "env failed: $envout"
+grep -q 'NEO4J_PASSWORD=\*\*\*' <<<"$envout" || fail "env does not mask the password: $envout"
+grep -q 'weir-local-dev' <<<"$envout" && fail "env prints the password: $envout"
 passed=$((passed + 1))
 dev down 2>/dev/null || fail "down"
 sleep 0.5

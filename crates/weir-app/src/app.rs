@@ -9,7 +9,8 @@
 //!    with the gateway), each with its own deadlines, circuit breaker and metrics;
 //! 4. the gateway: its state (subscription manager), reads through the read pool, `since`
 //!    catch-ups from the bus, and the feeds that hand bus batches and progress to it;
-//! 5. the jobs: the job manager, publishing each job's changes by the events policy;
+//! 5. the jobs: the job manager, publishing each job's changes by the events policy, every
+//!    job's records, batches and backpressure counted in the `weir_stream_*` metrics;
 //! 6. the routes on `bind`: GraphQL + WebSocket, the job API, `/changes`, the console, and
 //!    `/health` / `/ready` over every part;
 //! 7. the admin listener (metrics of every part, memory), when `admin.bind` is set.
@@ -106,7 +107,7 @@ pub async fn run_on(
     let write_pool = if role.has_jobs() {
         let p = Pool::new(settings.graph.clone(), settings.pool.clone())
             .map_err(|e| part("pool")(e.to_string()))?;
-        sources.push(("pool", pool_metrics(&p)));
+        sources.push(("pool", pool_metrics("write", &p)));
         Some(p)
     } else {
         None
@@ -114,7 +115,7 @@ pub async fn run_on(
     let read_pool = if role.has_gateway() {
         let p = Pool::new(settings.graph.clone(), settings.read_pool.clone())
             .map_err(|e| part("read_pool")(e.to_string()))?;
-        sources.push(("read_pool", pool_metrics(&p)));
+        sources.push(("read_pool", pool_metrics("read", &p)));
         Some(p)
     } else {
         None
@@ -153,13 +154,18 @@ pub async fn run_on(
     // 5. The jobs.
     let hard_stop = CancellationToken::new();
     let jobs = match &write_pool {
-        Some(writes) => Some(JobManager::new(
-            settings.jobs.clone(),
-            writes.clone(),
-            bus.clone(),
-            BusPublisher::new(bus.clone(), settings.jobs.events.clone(), hard_stop.clone()),
-            shutdown.clone(),
-        )),
+        Some(writes) => {
+            let stream = weir_metrics::StreamMetrics::new();
+            sources.push(("stream", Arc::new(stream.clone()) as _));
+            Some(JobManager::new(
+                settings.jobs.clone(),
+                writes.clone(),
+                bus.clone(),
+                BusPublisher::new(bus.clone(), settings.jobs.events.clone(), hard_stop.clone()),
+                stream,
+                shutdown.clone(),
+            ))
+        }
         None => None,
     };
 
@@ -260,9 +266,9 @@ pub async fn run_on(
     served.map_err(AppError::Io)
 }
 
-fn pool_metrics(p: &Pool) -> Arc<dyn weir_metrics::MetricSource> {
+fn pool_metrics(label: &'static str, p: &Pool) -> Arc<dyn weir_metrics::MetricSource> {
     let p = p.clone();
-    Arc::new(weir_metrics::pool_source(move || p.status()))
+    Arc::new(weir_metrics::pool_source(label, move || p.status()))
 }
 
 /// The console's memory history: a watcher of its own, sampled every 2 s for an hour.

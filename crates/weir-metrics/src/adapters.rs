@@ -25,21 +25,23 @@ use crate::names::*;
 use crate::registry::MetricSource;
 
 /// A source reading the graph pool's status (e.g. `move || pool.status()`).
-pub fn pool_source<F>(status: F) -> impl MetricSource
+pub fn pool_source<F>(pool: &'static str, status: F) -> impl MetricSource
 where
     F: Fn() -> PoolStatus + Send + Sync + 'static,
 {
-    move |e: &mut Encoder| encode_pool(e, &status())
+    move |e: &mut Encoder| encode_pool(e, pool, &status())
 }
 
-/// Writes a [`PoolStatus`] as the `weir_pool_*` metrics.
-pub fn encode_pool(e: &mut Encoder, s: &PoolStatus) {
-    e.gauge(&POOL_SIZE_CONNECTIONS, &[], s.size as f64);
-    e.gauge(&POOL_MAX_CONNECTIONS, &[], s.max_size as f64);
-    e.gauge(&POOL_IDLE_CONNECTIONS, &[], s.idle as f64);
-    e.gauge(&POOL_IN_USE_CONNECTIONS, &[], s.in_use as f64);
-    e.gauge(&POOL_WAITING_REQUESTS, &[], s.waiting as f64);
-    e.counter(&POOL_SESSIONS_CREATED_TOTAL, &[], s.sessions_created);
+/// Writes a [`PoolStatus`] as the `weir_pool_*` metrics, labelled `pool="<pool>"` (`write`
+/// for the ingest pool, `read` for the gateway's: a process with both exports both).
+pub fn encode_pool(e: &mut Encoder, pool: &str, s: &PoolStatus) {
+    let l = [("pool", pool)];
+    e.gauge(&POOL_SIZE_CONNECTIONS, &l, s.size as f64);
+    e.gauge(&POOL_MAX_CONNECTIONS, &l, s.max_size as f64);
+    e.gauge(&POOL_IDLE_CONNECTIONS, &l, s.idle as f64);
+    e.gauge(&POOL_IN_USE_CONNECTIONS, &l, s.in_use as f64);
+    e.gauge(&POOL_WAITING_REQUESTS, &l, s.waiting as f64);
+    e.counter(&POOL_SESSIONS_CREATED_TOTAL, &l, s.sessions_created);
     let c = &s.sessions_closed;
     for (reason, n) in [
         ("idle_ttl", c.idle_ttl),
@@ -48,18 +50,22 @@ pub fn encode_pool(e: &mut Encoder, s: &PoolStatus) {
         ("health_check", c.health_check),
         ("shutdown", c.shutdown),
     ] {
-        e.counter(&POOL_SESSIONS_CLOSED_TOTAL, &[("reason", reason)], n);
+        e.counter(
+            &POOL_SESSIONS_CLOSED_TOTAL,
+            &[("pool", pool), ("reason", reason)],
+            n,
+        );
     }
-    e.counter(&POOL_CONNECT_FAILURES_TOTAL, &[], s.connect_failures);
-    e.counter(&POOL_ACQUIRE_TIMEOUTS_TOTAL, &[], s.acquire_timeouts);
-    e.counter(&POOL_CIRCUIT_OPENED_TOTAL, &[], s.circuit_opened_total);
+    e.counter(&POOL_CONNECT_FAILURES_TOTAL, &l, s.connect_failures);
+    e.counter(&POOL_ACQUIRE_TIMEOUTS_TOTAL, &l, s.acquire_timeouts);
+    e.counter(&POOL_CIRCUIT_OPENED_TOTAL, &l, s.circuit_opened_total);
     for (name, state) in [
         ("closed", CircuitState::Closed),
         ("open", CircuitState::Open),
         ("half_open", CircuitState::HalfOpen),
     ] {
         let on = if s.circuit == state { 1.0 } else { 0.0 };
-        e.gauge(&POOL_CIRCUIT_STATE, &[("state", name)], on);
+        e.gauge(&POOL_CIRCUIT_STATE, &[("pool", pool), ("state", name)], on);
     }
     let w = &s.acquire_wait;
     let n = w.bucket_bounds.len().min(w.bucket_counts.len());
@@ -72,7 +78,7 @@ pub fn encode_pool(e: &mut Encoder, s: &PoolStatus) {
         sum: w.sum.as_secs_f64(),
         count: w.bucket_counts.iter().sum(),
     };
-    e.histogram(&POOL_ACQUIRE_WAIT_SECONDS, &[], &snap);
+    e.histogram(&POOL_ACQUIRE_WAIT_SECONDS, &l, &snap);
 }
 
 /// A source reading the bus's counters.
@@ -466,19 +472,19 @@ mod tests {
             },
         };
         let mut e = Encoder::new();
-        encode_pool(&mut e, &status);
+        encode_pool(&mut e, "write", &status);
         assert!(e.rejected().is_empty(), "{:?}", e.rejected());
         let t = e.finish();
         for line in [
-            "weir_pool_in_use_connections 6\n",
-            "weir_pool_waiting_requests 2\n",
-            "weir_pool_sessions_closed_total{reason=\"broken\"} 1\n",
-            "weir_pool_circuit_state{state=\"half_open\"} 1\n",
-            "weir_pool_circuit_state{state=\"open\"} 0\n",
-            "weir_pool_acquire_wait_seconds_bucket{le=\"0.001\"} 5\n",
-            "weir_pool_acquire_wait_seconds_bucket{le=\"0.01\"} 7\n",
-            "weir_pool_acquire_wait_seconds_bucket{le=\"+Inf\"} 8\n",
-            "weir_pool_acquire_wait_seconds_sum 2.5\n",
+            "weir_pool_in_use_connections{pool=\"write\"} 6\n",
+            "weir_pool_waiting_requests{pool=\"write\"} 2\n",
+            "weir_pool_sessions_closed_total{pool=\"write\",reason=\"broken\"} 1\n",
+            "weir_pool_circuit_state{pool=\"write\",state=\"half_open\"} 1\n",
+            "weir_pool_circuit_state{pool=\"write\",state=\"open\"} 0\n",
+            "weir_pool_acquire_wait_seconds_bucket{pool=\"write\",le=\"0.001\"} 5\n",
+            "weir_pool_acquire_wait_seconds_bucket{pool=\"write\",le=\"0.01\"} 7\n",
+            "weir_pool_acquire_wait_seconds_bucket{pool=\"write\",le=\"+Inf\"} 8\n",
+            "weir_pool_acquire_wait_seconds_sum{pool=\"write\"} 2.5\n",
         ] {
             assert!(t.contains(line), "missing {line:?} in\n{t}");
         }

@@ -265,9 +265,17 @@ mod tests {
     #[test]
     fn families_are_grouped_with_help_and_type() {
         let mut e = Encoder::new();
-        e.counter(&POOL_SESSIONS_CLOSED_TOTAL, &[("reason", "idle")], 3);
+        e.counter(
+            &POOL_SESSIONS_CLOSED_TOTAL,
+            &[("pool", "write"), ("reason", "idle")],
+            3,
+        );
         e.gauge(&MEMORY_RSS_BYTES, &[], 1024.0);
-        e.counter(&POOL_SESSIONS_CLOSED_TOTAL, &[("reason", "error")], 1);
+        e.counter(
+            &POOL_SESSIONS_CLOSED_TOTAL,
+            &[("pool", "write"), ("reason", "error")],
+            1,
+        );
         let text = e.finish();
         assert_eq!(
             text,
@@ -276,8 +284,8 @@ mod tests {
              weir_memory_rss_bytes 1024\n\
              # HELP weir_pool_sessions_closed_total Graph sessions (connections) closed, by reason.\n\
              # TYPE weir_pool_sessions_closed_total counter\n\
-             weir_pool_sessions_closed_total{reason=\"idle\"} 3\n\
-             weir_pool_sessions_closed_total{reason=\"error\"} 1\n"
+             weir_pool_sessions_closed_total{pool=\"write\",reason=\"idle\"} 3\n\
+             weir_pool_sessions_closed_total{pool=\"write\",reason=\"error\"} 1\n"
         );
     }
 
@@ -290,13 +298,21 @@ mod tests {
         assert_eq!(e.rejected().len(), 3);
         e.gauge(&MEMORY_USED_BYTES, &[], 1.0);
         e.gauge(&MEMORY_USED_BYTES, &[], 2.0);
-        e.gauge(&POOL_CIRCUIT_STATE, &[("state", "open")], 1.0);
-        e.gauge(&POOL_CIRCUIT_STATE, &[("state", "open")], 0.0);
+        e.gauge(
+            &POOL_CIRCUIT_STATE,
+            &[("pool", "read"), ("state", "open")],
+            1.0,
+        );
+        e.gauge(
+            &POOL_CIRCUIT_STATE,
+            &[("pool", "read"), ("state", "open")],
+            0.0,
+        );
         assert_eq!(e.rejected().len(), 5, "{:?}", e.rejected());
         let text = e.finish();
         assert!(text.contains("weir_memory_used_bytes 1\n"), "{text}");
         assert!(!text.contains("weir_memory_used_bytes 2"), "{text}");
-        assert!(text.contains("weir_pool_circuit_state{state=\"open\"} 1\n"));
+        assert!(text.contains("weir_pool_circuit_state{pool=\"read\",state=\"open\"} 1\n"));
         assert!(!text.contains("weir_memory_rss_bytes"), "{text}");
     }
 
@@ -309,15 +325,15 @@ mod tests {
             count: 4,
         };
         let mut e = Encoder::new();
-        e.histogram(&POOL_ACQUIRE_WAIT_SECONDS, &[], &h);
+        e.histogram(&STREAM_BATCH_DURATION_SECONDS, &[], &h);
         let text = e.finish();
         for line in [
-            "# TYPE weir_pool_acquire_wait_seconds histogram\n",
-            "weir_pool_acquire_wait_seconds_bucket{le=\"0.1\"} 1\n",
-            "weir_pool_acquire_wait_seconds_bucket{le=\"1.0\"} 3\n",
-            "weir_pool_acquire_wait_seconds_bucket{le=\"+Inf\"} 4\n",
-            "weir_pool_acquire_wait_seconds_sum 4.25\n",
-            "weir_pool_acquire_wait_seconds_count 4\n",
+            "# TYPE weir_stream_batch_duration_seconds histogram\n",
+            "weir_stream_batch_duration_seconds_bucket{le=\"0.1\"} 1\n",
+            "weir_stream_batch_duration_seconds_bucket{le=\"1.0\"} 3\n",
+            "weir_stream_batch_duration_seconds_bucket{le=\"+Inf\"} 4\n",
+            "weir_stream_batch_duration_seconds_sum 4.25\n",
+            "weir_stream_batch_duration_seconds_count 4\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

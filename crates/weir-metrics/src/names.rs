@@ -96,31 +96,31 @@ metrics! {
     /// Process uptime.
     PROCESS_UPTIME_SECONDS = ("weir_process_uptime_seconds", Gauge, "Seconds since the metrics registry was created.", []);
 
-    // --- graph connection pool (weir-pool) ---
+    // --- graph connection pools (weir-pool); label `pool`: `write` (ingest) or `read` (GraphQL) ---
     /// Connections open.
-    POOL_SIZE_CONNECTIONS = ("weir_pool_size_connections", Gauge, "Connections open in the graph pool.", []);
+    POOL_SIZE_CONNECTIONS = ("weir_pool_size_connections", Gauge, "Connections open in the graph pool.", ["pool"]);
     /// Pool bound.
-    POOL_MAX_CONNECTIONS = ("weir_pool_max_connections", Gauge, "Maximum connections of the graph pool.", []);
+    POOL_MAX_CONNECTIONS = ("weir_pool_max_connections", Gauge, "Maximum connections of the graph pool.", ["pool"]);
     /// Idle connections.
-    POOL_IDLE_CONNECTIONS = ("weir_pool_idle_connections", Gauge, "Idle connections in the graph pool.", []);
+    POOL_IDLE_CONNECTIONS = ("weir_pool_idle_connections", Gauge, "Idle connections in the graph pool.", ["pool"]);
     /// Connections in use.
-    POOL_IN_USE_CONNECTIONS = ("weir_pool_in_use_connections", Gauge, "Connections of the graph pool in use.", []);
+    POOL_IN_USE_CONNECTIONS = ("weir_pool_in_use_connections", Gauge, "Connections of the graph pool in use.", ["pool"]);
     /// Callers waiting.
-    POOL_WAITING_REQUESTS = ("weir_pool_waiting_requests", Gauge, "Callers waiting for a graph connection.", []);
+    POOL_WAITING_REQUESTS = ("weir_pool_waiting_requests", Gauge, "Callers waiting for a graph connection.", ["pool"]);
     /// Sessions created.
-    POOL_SESSIONS_CREATED_TOTAL = ("weir_pool_sessions_created_total", Counter, "Graph sessions (connections) created.", []);
+    POOL_SESSIONS_CREATED_TOTAL = ("weir_pool_sessions_created_total", Counter, "Graph sessions (connections) created.", ["pool"]);
     /// Sessions closed, by reason.
-    POOL_SESSIONS_CLOSED_TOTAL = ("weir_pool_sessions_closed_total", Counter, "Graph sessions (connections) closed, by reason.", ["reason"]);
+    POOL_SESSIONS_CLOSED_TOTAL = ("weir_pool_sessions_closed_total", Counter, "Graph sessions (connections) closed, by reason.", ["pool", "reason"]);
     /// Acquire wait.
-    POOL_ACQUIRE_WAIT_SECONDS = ("weir_pool_acquire_wait_seconds", Histogram, "Time spent waiting to acquire a graph connection in seconds.", []);
+    POOL_ACQUIRE_WAIT_SECONDS = ("weir_pool_acquire_wait_seconds", Histogram, "Time spent waiting to acquire a graph connection in seconds.", ["pool"]);
     /// Failed connection attempts.
-    POOL_CONNECT_FAILURES_TOTAL = ("weir_pool_connect_failures_total", Counter, "Failed attempts to open a graph session.", []);
+    POOL_CONNECT_FAILURES_TOTAL = ("weir_pool_connect_failures_total", Counter, "Failed attempts to open a graph session.", ["pool"]);
     /// Acquire timeouts.
-    POOL_ACQUIRE_TIMEOUTS_TOTAL = ("weir_pool_acquire_timeouts_total", Counter, "Checkouts that failed with an acquire timeout.", []);
+    POOL_ACQUIRE_TIMEOUTS_TOTAL = ("weir_pool_acquire_timeouts_total", Counter, "Checkouts that failed with an acquire timeout.", ["pool"]);
     /// Circuit openings.
-    POOL_CIRCUIT_OPENED_TOTAL = ("weir_pool_circuit_opened_total", Counter, "Times the graph circuit breaker opened.", []);
+    POOL_CIRCUIT_OPENED_TOTAL = ("weir_pool_circuit_opened_total", Counter, "Times the graph circuit breaker opened.", ["pool"]);
     /// Circuit breaker state.
-    POOL_CIRCUIT_STATE = ("weir_pool_circuit_state", Gauge, "Circuit breaker state of the graph pool: 1 for the current state, 0 for the others.", ["state"]);
+    POOL_CIRCUIT_STATE = ("weir_pool_circuit_state", Gauge, "Circuit breaker state of the graph pool: 1 for the current state, 0 for the others.", ["pool", "state"]);
 
     // --- stream processor (weir-stream) ---
     /// Records read.

@@ -229,20 +229,20 @@ mod tests {
     fn histograms_are_shared_per_labels_bounded_and_typed() {
         let r = Registry::new();
         let a = r
-            .histogram(&POOL_ACQUIRE_WAIT_SECONDS, &[], &[0.1, 1.0])
+            .histogram(&STREAM_BATCH_DURATION_SECONDS, &[], &[0.1, 1.0])
             .unwrap();
         let b = r
-            .histogram(&POOL_ACQUIRE_WAIT_SECONDS, &[], &[5.0])
+            .histogram(&STREAM_BATCH_DURATION_SECONDS, &[], &[5.0])
             .unwrap();
         a.observe(0.05);
         b.observe(0.5);
         let text = r.encode();
         assert!(
-            text.contains("weir_pool_acquire_wait_seconds_bucket{le=\"0.1\"} 1\n"),
+            text.contains("weir_stream_batch_duration_seconds_bucket{le=\"0.1\"} 1\n"),
             "{text}"
         );
         assert!(
-            text.contains("weir_pool_acquire_wait_seconds_count 2\n"),
+            text.contains("weir_stream_batch_duration_seconds_count 2\n"),
             "one histogram, shared: {text}"
         );
         assert!(matches!(

@@ -94,7 +94,7 @@ async fn metrics_carry_every_defined_metric_after_a_short_ingest() {
     }
     let p = pool.clone();
     registry
-        .register_source("pool", Arc::new(pool_source(move || p.status())))
+        .register_source("pool", Arc::new(pool_source("write", move || p.status())))
         .unwrap();
 
     // Bus (in-process) and subscriptions.
@@ -199,7 +199,7 @@ async fn metrics_carry_every_defined_metric_after_a_short_ingest() {
     );
     assert!(text.contains("weir_bus_published_batches_total 3\n"));
     assert!(text.contains("weir_subscriptions_created_total 1\n"));
-    assert!(text.contains("weir_pool_circuit_state{state=\"closed\"} 1\n"));
+    assert!(text.contains("weir_pool_circuit_state{pool=\"write\",state=\"closed\"} 1\n"));
 
     // promtool parses it.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/ensure-promtool.sh");

@@ -98,8 +98,41 @@ fn subscribe_message(label: &str) -> String {
 
 /// Connects, initialises (API key in `connection_init`) and subscribes.
 pub(crate) async fn open(addr: SocketAddr, label: &str) -> anyhow::Result<Ws> {
+    open_from(addr, None, label).await
+}
+
+/// Clients per loopback source address: below the 28,232 ephemeral ports of Linux's default
+/// `ip_local_port_range` (32768–60999), which bound the connections from one source address
+/// to one gateway address.
+pub(crate) const CLIENTS_PER_SOURCE: usize = 20_000;
+
+/// The source address of client `i` of `clients` towards `addr`: `None` (the kernel picks)
+/// unless more than [`CLIENTS_PER_SOURCE`] clients connect to a loopback address, in which case
+/// client `i` binds to `127.0.0.(1 + i mod n)` with `n` the sources needed (any 127/8 address
+/// is local on Linux).
+pub(crate) fn source_for(addr: SocketAddr, i: usize, clients: usize) -> Option<std::net::IpAddr> {
+    let sources = clients.div_ceil(CLIENTS_PER_SOURCE);
+    (sources > 1 && addr.ip().is_loopback())
+        .then(|| std::net::IpAddr::from([127, 0, 0, 1 + (i % sources.min(250)) as u8]))
+}
+
+/// Like [`open`], from `source` (port picked by the kernel) when given.
+pub(crate) async fn open_from(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    label: &str,
+) -> anyhow::Result<Ws> {
     let handshake = async {
-        let tcp = TcpStream::connect(addr).await.context("TCP connect")?;
+        let tcp = match source {
+            None => TcpStream::connect(addr).await.context("TCP connect")?,
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket
+                    .bind(SocketAddr::new(ip, 0))
+                    .with_context(|| format!("binding to {ip}"))?;
+                socket.connect(addr).await.context("TCP connect")?
+            }
+        };
         tcp.set_nodelay(true)?;
         let mut req = format!("ws://{addr}/graphql/ws").into_client_request()?;
         req.headers_mut().insert(
@@ -313,6 +346,18 @@ mod tests {
         let m = r#"{"id":"1","payload":{"data":{"graphChanges":{"seq":3,"index":0,"key":"7","properties":{"i":7,"sent_us":1700000000123456},"missed":0}}},"type":"next"}"#;
         assert_eq!(sent_us(m), Some(1_700_000_000_123_456));
         assert_eq!(sent_us(r#"{"type":"ping"}"#), None);
+    }
+
+    #[test]
+    fn many_loopback_clients_spread_over_source_addresses() {
+        let gw: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert_eq!(source_for(gw, 7, 10_000), None);
+        assert_eq!(source_for(gw, 0, 50_000), Some([127, 0, 0, 1].into()));
+        assert_eq!(source_for(gw, 4, 50_000), Some([127, 0, 0, 2].into()));
+        assert_eq!(
+            source_for("10.0.0.1:9000".parse().unwrap(), 4, 50_000),
+            None
+        );
     }
 
     #[test]

@@ -164,6 +164,12 @@ pub(crate) async fn run(
         pace.tick().await;
         let permit = handshakes.clone().acquire_owned().await?;
         let addr = gateways[i % gateways.len()].addr;
+        // Past ~28 k clients per gateway one source address runs out of ephemeral ports.
+        let source = clients::source_for(
+            addr,
+            i / gateways.len(),
+            plan.clients.div_ceil(gateways.len()),
+        );
         let (shared, stop, label, first_error) = (
             shared.clone(),
             stop_rx.clone(),
@@ -171,7 +177,7 @@ pub(crate) async fn run(
             first_error.clone(),
         );
         tasks.spawn(async move {
-            match clients::open(addr, &label).await {
+            match clients::open_from(addr, source, &label).await {
                 Ok(ws) => {
                     drop(permit);
                     shared.subscribed.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +190,13 @@ pub(crate) async fn run(
                 }
             }
         });
+    }
+    if clients::source_for(gateways[0].addr, 1, plan.clients.div_ceil(gateways.len())).is_some() {
+        notes.push(format!(
+            "clients spread over {} loopback source addresses (127.0.0.1, .2, …), at most {} per address, for ephemeral ports",
+            plan.clients.div_ceil(gateways.len()).div_ceil(clients::CLIENTS_PER_SOURCE),
+            clients::CLIENTS_PER_SOURCE
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while shared.subscribed.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)

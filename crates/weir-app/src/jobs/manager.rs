@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_events::{JobState, ProgressEvent};
 use weir_graph::{GraphMapper, GraphSink, GraphWriter, Mapping, WriterConfig};
+use weir_metrics::StreamMetrics;
 use weir_pool::Pool;
 use weir_stream::{
     CheckpointFile, FileSource, Format, JsonlDeadLetters, Pipeline, PipelineConfig, ProcessGauge,
@@ -118,6 +119,7 @@ struct Inner {
     pool: Pool,
     bus: BusSlot,
     publisher: BusPublisher,
+    metrics: StreamMetrics,
     slots: Arc<Semaphore>,
     jobs: Mutex<VecDeque<(String, Arc<Entry>)>>,
     shutdown: CancellationToken,
@@ -149,13 +151,15 @@ fn is_jsonl_name(p: &Path) -> bool {
 }
 
 impl JobManager {
-    /// A manager running jobs on `pool`, publishing to the bus in `bus` through `publisher`.
-    /// Jobs stop (writing their checkpoints) when `shutdown` fires.
+    /// A manager running jobs on `pool`, publishing to the bus in `bus` through `publisher`;
+    /// every job's records, batches and backpressure go into `metrics` (the process's
+    /// `weir_stream_*` families). Jobs stop (writing their checkpoints) when `shutdown` fires.
     pub fn new(
         config: JobsConfig,
         pool: Pool,
         bus: BusSlot,
         publisher: BusPublisher,
+        metrics: StreamMetrics,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -165,6 +169,7 @@ impl JobManager {
                 pool,
                 bus,
                 publisher,
+                metrics,
                 jobs: Mutex::new(VecDeque::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
@@ -441,6 +446,7 @@ impl JobManager {
         .with_dead_letters(Arc::new(dead))
         .with_checkpoint(ckpt)
         .map_err(|e| IngestdError::Internal(e.to_string()))?;
+        let (pipeline, follower) = inner.metrics.attach(pipeline);
         let mut rx = pipeline.subscribe();
         let forward = {
             let entry = entry.clone();
@@ -467,6 +473,7 @@ impl JobManager {
         tracing::info!(job = %id, input = %path.display(), "job started");
         let result = pipeline.run(source, entry.cancel.clone()).await;
         let _ = forward.await;
+        let _ = follower.await;
         let summary = match result {
             Ok(s) => s,
             Err(StreamError::Failed { cause, summary }) => {

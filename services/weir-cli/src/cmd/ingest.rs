@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use weir_app::admin::Sources;
+use weir_app::settings::AdminConfig;
 use weir_app::{BusPublisher, BusSlot, EventsConfig, EventsPolicy};
-use weir_config::{START_HINT, ServiceSettings};
+use weir_config::{START_HINT, Secret, ServiceSettings};
 use weir_events::{PressureState, ProgressEvent};
 use weir_graph::{
     ChangePublisher, GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig,
 };
+use weir_metrics::StreamMetrics;
 use weir_pool::{Pool, PoolConfig};
 use weir_stream::{
     CancellationToken, CheckpointFile, DeadLetter, DeadLetterSink, FileSource, Format,
@@ -132,6 +135,12 @@ pub(crate) struct IngestArgs {
     /// With `--events required`: how long a publish may keep failing before the run fails.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     events_max_wait: Duration,
+    /// Serve `/metrics` (the `weir_stream_*` families of this run, the pool's, memory) and
+    /// `/api/memory/*` on this address while the run lasts, for Prometheus to scrape a long
+    /// ingest. Loopback only unless `WEIR_ADMIN_TOKEN` is set (then it is required). Default:
+    /// off.
+    #[arg(long)]
+    metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// The bus `weir ingest --bus` publishes to.
@@ -433,6 +442,40 @@ async fn connect_bus(
     )))
 }
 
+/// `--metrics-bind`: the admin listener with this run's metric `sources` (and memory), until
+/// `stop` fires; `None` without the flag.
+async fn spawn_metrics(
+    args: &IngestArgs,
+    sources: Sources,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(bind) = args.metrics_bind else {
+        return Ok(None);
+    };
+    let config = AdminConfig {
+        bind: Some(bind),
+        token: std::env::var("WEIR_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(Secret::new),
+        allow_open: false,
+    };
+    let (addr, task) = weir_app::admin::spawn_admin(
+        "weir ingest",
+        bind,
+        &config,
+        args.memory_limit,
+        sources,
+        stop.clone(),
+    )
+    .await
+    .context("--metrics-bind")?;
+    if !args.quiet {
+        eprintln!("metrics: http://{addr}/metrics");
+    }
+    Ok(Some(task))
+}
+
 /// Runs `weir ingest`; see the exit codes in `--help`.
 pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     let mapping =
@@ -531,13 +574,24 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     };
 
     let mut unpublished: Option<BusPublisher> = None;
+    let stream = StreamMetrics::new();
+    let metrics_stop = CancellationToken::new();
+    let metrics_task;
     let (result, pool) = if args.dry_run {
+        metrics_task = spawn_metrics(
+            &args,
+            vec![("stream", Arc::new(stream.clone()) as _)],
+            &metrics_stop,
+        )
+        .await?;
         let pipeline = Pipeline::new(cfg, mapper, NullSink::new())
             .with_gauge(gauge)
             .with_dead_letters(dead.clone());
+        let (pipeline, follower) = stream.attach(pipeline);
         let progress = spawn_progress(progress_mode, pipeline.subscribe());
         let r = pipeline.run(source, cancel).await;
         let _ = progress.await;
+        let _ = follower.await;
         (r, None)
     } else {
         let mut settings = ServiceSettings::from_env().context("reading settings")?;
@@ -562,6 +616,19 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
             None => (Arc::new(NoopPublisher) as Arc<dyn ChangePublisher>, None),
         };
         unpublished = bus_publisher;
+        let status = pool.clone();
+        metrics_task = spawn_metrics(
+            &args,
+            vec![
+                ("stream", Arc::new(stream.clone()) as _),
+                (
+                    "pool",
+                    Arc::new(weir_metrics::pool_source("write", move || status.status())) as _,
+                ),
+            ],
+            &metrics_stop,
+        )
+        .await?;
         let writer = Arc::new(GraphWriter::new(
             pool.clone(),
             mapping.clone(),
@@ -585,11 +652,17 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
                 .with_checkpoint(CheckpointFile::new(p))
                 .context("checkpoint")?;
         }
+        let (pipeline, follower) = stream.attach(pipeline);
         let progress = spawn_progress(progress_mode, pipeline.subscribe());
         let r = pipeline.run(source, cancel).await;
         let _ = progress.await;
+        let _ = follower.await;
         (r, Some(pool))
     };
+    metrics_stop.cancel();
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     let _ = dead.flush();
     if let Some(pool) = pool {
         pool.close().await;
