@@ -481,9 +481,9 @@ mod tests {
             "weir_pool_sessions_closed_total{pool=\"write\",reason=\"broken\"} 1\n",
             "weir_pool_circuit_state{pool=\"write\",state=\"half_open\"} 1\n",
             "weir_pool_circuit_state{pool=\"write\",state=\"open\"} 0\n",
-            "weir_pool_acquire_wait_seconds_bucket{pool=\"write\",le=\"0.001\"} 5\n",
-            "weir_pool_acquire_wait_seconds_bucket{pool=\"write\",le=\"0.01\"} 7\n",
-            "weir_pool_acquire_wait_seconds_bucket{pool=\"write\",le=\"+Inf\"} 8\n",
+            "weir_pool_acquire_wait_seconds_bucket{le=\"0.001\",pool=\"write\"} 5\n",
+            "weir_pool_acquire_wait_seconds_bucket{le=\"0.01\",pool=\"write\"} 7\n",
+            "weir_pool_acquire_wait_seconds_bucket{le=\"+Inf\",pool=\"write\"} 8\n",
             "weir_pool_acquire_wait_seconds_sum{pool=\"write\"} 2.5\n",
         ] {
             assert!(t.contains(line), "missing {line:?} in\n{t}");
