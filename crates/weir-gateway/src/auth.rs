@@ -76,17 +76,30 @@ impl Authenticator {
                 secret,
                 issuer,
                 audience,
+                clock_skew,
             } => {
                 let mut validation = Validation::new(Algorithm::HS256);
-                validation.set_required_spec_claims(&["exp"]);
+                // A configured issuer or audience is a requirement: a token that leaves the
+                // claim out is refused, not waved through.
+                let mut required = vec!["exp"];
                 match issuer {
-                    Some(i) => validation.set_issuer(&[i]),
+                    Some(i) => {
+                        validation.set_issuer(&[i]);
+                        required.push("iss");
+                    }
                     None => validation.iss = None,
                 }
                 match audience {
-                    Some(a) => validation.set_audience(&[a]),
+                    Some(a) => {
+                        validation.set_audience(&[a]);
+                        required.push("aud");
+                    }
                     None => validation.validate_aud = false,
                 }
+                validation.set_required_spec_claims(&required);
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                validation.leeway = clock_skew.as_secs();
                 Mode::Jwt {
                     key: DecodingKey::from_secret(secret.expose().as_bytes()),
                     validation: Box::new(validation),
@@ -201,6 +214,7 @@ mod tests {
             secret: Secret::new(secret),
             issuer: Some("weir".into()),
             audience: None,
+            clock_skew: crate::config::DEFAULT_CLOCK_SKEW,
         });
         let make = |key: &str, iss: &str, exp: i64| {
             jsonwebtoken::encode(
@@ -228,6 +242,91 @@ mod tests {
             Err(AuthError::Invalid)
         );
         assert_eq!(a.check(Some("not.a.jwt")), Err(AuthError::Invalid));
+    }
+
+    fn sign(secret: &str, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_are_required_claims() {
+        let secret = "0123456789abcdef-secret";
+        let a = Authenticator::new(&AuthConfig::Jwt {
+            secret: Secret::new(secret),
+            issuer: Some("weir".into()),
+            audience: Some("gateway".into()),
+            clock_skew: crate::config::DEFAULT_CLOCK_SKEW,
+        });
+        let exp = now() + 3600;
+        let ok = sign(
+            secret,
+            serde_json::json!({"sub": "ana", "iss": "weir", "aud": "gateway", "exp": exp}),
+        );
+        assert!(a.check(Some(&ok)).is_ok());
+        for claims in [
+            serde_json::json!({"sub": "ana", "aud": "gateway", "exp": exp}),
+            serde_json::json!({"sub": "ana", "iss": "weir", "exp": exp}),
+            serde_json::json!({"sub": "ana", "exp": exp}),
+            serde_json::json!({"sub": "ana", "iss": "weir", "aud": "other", "exp": exp}),
+            serde_json::json!({"sub": "ana", "iss": "weir", "aud": "gateway"}),
+        ] {
+            assert_eq!(
+                a.check(Some(&sign(secret, claims.clone()))),
+                Err(AuthError::Invalid),
+                "{claims}"
+            );
+        }
+    }
+
+    #[test]
+    fn nbf_and_exp_are_checked_within_the_clock_skew() {
+        let secret = "0123456789abcdef-secret";
+        let a = Authenticator::new(&AuthConfig::Jwt {
+            secret: Secret::new(secret),
+            issuer: None,
+            audience: None,
+            clock_skew: std::time::Duration::from_secs(30),
+        });
+        let t = now();
+        let tok = |nbf: i64, exp: i64| sign(secret, serde_json::json!({"nbf": nbf, "exp": exp}));
+        // Not yet valid: refused beyond the skew, accepted within it.
+        assert_eq!(
+            a.check(Some(&tok(t + 120, t + 3600))),
+            Err(AuthError::Invalid)
+        );
+        assert!(a.check(Some(&tok(t + 10, t + 3600))).is_ok());
+        // Expired: accepted within the skew, refused beyond it.
+        assert!(a.check(Some(&tok(t - 60, t - 10))).is_ok());
+        assert_eq!(
+            a.check(Some(&tok(t - 600, t - 120))),
+            Err(AuthError::Invalid)
+        );
+        let strict = Authenticator::new(&AuthConfig::Jwt {
+            secret: Secret::new(secret),
+            issuer: None,
+            audience: None,
+            clock_skew: std::time::Duration::ZERO,
+        });
+        assert_eq!(
+            strict.check(Some(&tok(t + 10, t + 3600))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            strict.check(Some(&tok(t - 60, t - 10))),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]

@@ -72,13 +72,28 @@ pub enum AuthConfig {
     Jwt {
         /// The HMAC secret.
         secret: Secret,
-        /// Required `iss`, if set.
+        /// When set, a token must carry an `iss` claim equal to it (a token without one is
+        /// refused).
         #[serde(default)]
         issuer: Option<String>,
-        /// Required `aud`, if set.
+        /// When set, a token must carry an `aud` claim naming it (a token without one is
+        /// refused).
         #[serde(default)]
         audience: Option<String>,
+        /// How far the clocks of the token's issuer and this process may disagree: `exp` is
+        /// honoured this long after it passed and `nbf` this long before it comes. Default
+        /// 30 s; at most 5 min.
+        #[serde(default = "default_clock_skew", with = "humantime_serde")]
+        #[schemars(with = "String")]
+        clock_skew: Duration,
     },
+}
+
+/// The default [`AuthConfig::Jwt`] `clock_skew`.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+fn default_clock_skew() -> Duration {
+    DEFAULT_CLOCK_SKEW
 }
 
 impl Default for AuthConfig {
@@ -178,13 +193,22 @@ impl Default for WebSocketConfig {
 impl AuthConfig {
     /// Checks the settings: an HS256 secret needs at least 16 bytes.
     pub fn validate(&self) -> Result<(), GatewayError> {
-        if let AuthConfig::Jwt { secret, .. } = self
-            && secret.expose().len() < 16
+        if let AuthConfig::Jwt {
+            secret, clock_skew, ..
+        } = self
         {
-            return Err(GatewayError::InvalidConfig {
-                field: "auth.secret",
-                reason: "an HS256 secret needs at least 16 bytes",
-            });
+            if secret.expose().len() < 16 {
+                return Err(GatewayError::InvalidConfig {
+                    field: "auth.secret",
+                    reason: "an HS256 secret needs at least 16 bytes",
+                });
+            }
+            if *clock_skew > Duration::from_secs(300) {
+                return Err(GatewayError::InvalidConfig {
+                    field: "auth.clock_skew",
+                    reason: "at most 5 min: a longer skew keeps expired tokens alive",
+                });
+            }
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use weir_subscriptions::{SubscriptionError, SubscriptionManager};
 
 pub use auth::{AuthError, Authenticator, Principal, bearer};
-pub use config::{AuthConfig, GatewayConfig, LimitsConfig, WebSocketConfig};
+pub use config::{AuthConfig, DEFAULT_CLOCK_SKEW, GatewayConfig, LimitsConfig, WebSocketConfig};
 pub use graph::{Direction, GraphNode, GraphReader, Ident, Neighbour, NeighbourQuery, NodeKey};
 pub use replay::{ChangeReplay, Replay, ReplayBatches, ReplayError};
 pub use schema::{GatewaySchema, sdl};

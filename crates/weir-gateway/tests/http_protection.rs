@@ -49,6 +49,7 @@ async fn jwt_on_http_and_in_connection_init() {
             secret: Secret::new(secret),
             issuer: None,
             audience: None,
+            clock_skew: weir_gateway::DEFAULT_CLOCK_SKEW,
         },
         ..GatewayConfig::default()
     })
