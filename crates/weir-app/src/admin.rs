@@ -91,6 +91,7 @@ pub async fn spawn_admin(
     service: &'static str,
     bind: SocketAddr,
     config: &AdminConfig,
+    rules: &weir_gateway::ListenerConfig,
     memory_limit: Option<u64>,
     sources: Sources,
     shutdown: CancellationToken,
@@ -126,10 +127,17 @@ pub async fn spawn_admin(
         .map_err(|e| invalid(format!("cannot listen on {bind}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| invalid(e.to_string()))?;
     tracing::info!(%addr, "admin listener (metrics, memory) listening");
+    let rules = rules.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, admin_router(state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+        if let Err(e) = weir_gateway::listener::serve(
+            listener,
+            admin_router(state),
+            &rules,
+            Arc::new(weir_gateway::ListenerStats::default()),
+            shutdown,
+            std::time::Duration::from_secs(5),
+        )
+        .await
         {
             tracing::error!(error = %e, "admin listener failed");
         }
@@ -204,6 +212,7 @@ mod tests {
             "t",
             addr("0.0.0.0:0"),
             &none,
+            &weir_gateway::ListenerConfig::default(),
             None,
             Vec::new(),
             stop.clone(),
@@ -224,6 +233,7 @@ mod tests {
             "t",
             addr("0.0.0.0:0"),
             &with_token,
+            &weir_gateway::ListenerConfig::default(),
             None,
             Vec::new(),
             stop.clone(),
@@ -235,6 +245,7 @@ mod tests {
             "t",
             addr("127.0.0.1:0"),
             &none,
+            &weir_gateway::ListenerConfig::default(),
             None,
             Vec::new(),
             stop.clone(),

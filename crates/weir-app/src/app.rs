@@ -219,6 +219,7 @@ pub async fn run_on(
                 name,
                 bind,
                 &settings.admin,
+                &settings.listener,
                 settings.memory_limit(),
                 sources,
                 shutdown.clone(),
@@ -238,13 +239,32 @@ pub async fn run_on(
     tracing::info!(%addr, process = name, "listening");
     let served = match &gateway {
         Some(state) => {
-            crate::gateway::serve_gateway(listener, state.clone(), routes, health, shutdown.clone())
-                .await
+            crate::gateway::serve_gateway(
+                listener,
+                state.clone(),
+                routes,
+                health,
+                &settings.listener,
+                shutdown.clone(),
+            )
+            .await
         }
         None => {
-            axum::serve(listener, crate::health::layer(routes, health))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .await
+            let origins: Arc<[String]> = settings.gateway.allowed_origins.clone().into();
+            let routes = routes.layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    weir_gateway::origin::guard(origins.clone(), req, next)
+                },
+            ));
+            weir_gateway::listener::serve(
+                listener,
+                crate::health::layer(routes, health),
+                &settings.listener,
+                Arc::new(weir_gateway::ListenerStats::default()),
+                shutdown.clone(),
+                settings.shutdown_grace,
+            )
+            .await
         }
     };
     if let Some(j) = &jobs {

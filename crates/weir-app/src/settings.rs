@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use weir_bus::{BusConfig, InProcessConfig, NatsBusConfig};
 use weir_config::{ByteSize, GraphSettings, Secret};
-use weir_gateway::{AuthConfig, GatewayConfig};
+use weir_gateway::{AuthConfig, GatewayConfig, ListenerConfig};
 use weir_pool::PoolConfig;
 
 use crate::ServiceError;
@@ -57,6 +57,7 @@ impl Role {
         match self {
             Self::Serve => &[
                 "bind",
+                "listener",
                 "auth",
                 "graph",
                 "pool",
@@ -72,6 +73,7 @@ impl Role {
             ],
             Self::Ingestd => &[
                 "bind",
+                "listener",
                 "auth",
                 "graph",
                 "pool",
@@ -84,6 +86,7 @@ impl Role {
             ],
             Self::Gatewayd => &[
                 "bind",
+                "listener",
                 "auth",
                 "graph",
                 "read_pool",
@@ -195,6 +198,10 @@ pub struct Settings {
     /// `127.0.0.1:8080`) or the job API (`weir-ingestd`; default `127.0.0.1:8081`). Loopback
     /// by default. Env `WEIR_BIND`, flag `--bind`.
     pub bind: SocketAddr,
+    /// Connection rules of every listener of the process (`bind` and `admin.bind`):
+    /// header-read timeout (also ends idle keep-alive connections), request timeout, open
+    /// connections in all and per client address.
+    pub listener: ListenerConfig,
     /// Who may call this process's APIs (GraphQL, jobs, `/changes`, the console's data).
     /// Default: API keys, none configured (every request refused); `mode = "disabled"` only
     /// on a loopback `bind`. Env `WEIR_API_KEYS` (comma-separated keys).
@@ -250,6 +257,7 @@ impl Settings {
         };
         Self {
             bind,
+            listener: ListenerConfig::default(),
             auth: AuthConfig::default(),
             graph: GraphSettings::default(),
             pool: PoolConfig::default(),
@@ -401,6 +409,9 @@ impl Settings {
             reason: e.to_string(),
         };
         self.auth.validate().map_err(|e| invalid("auth", &e))?;
+        self.listener
+            .validate()
+            .map_err(|e| invalid("listener", &e))?;
         if matches!(self.auth, AuthConfig::Disabled) && !self.bind.ip().to_canonical().is_loopback()
         {
             return Err(ServiceError::Invalid {

@@ -49,7 +49,8 @@ struct Claims {
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    /// JWT `sub`, `api-key` for a key, `anonymous` with auth disabled.
+    /// JWT `sub` (`jwt` without one), `api-key:<n>` for the n-th configured key (from 1),
+    /// `anonymous` with auth disabled.
     pub subject: String,
 }
 
@@ -132,16 +133,18 @@ impl Authenticator {
             Mode::Keys(keys) => {
                 let token = token.ok_or(AuthError::Missing)?;
                 // Compare against every key so timing does not tell which one nearly matched.
-                let mut ok = false;
-                for k in keys {
-                    ok |= constant_time_eq(k, token.as_bytes());
+                let mut matched = None;
+                for (i, k) in keys.iter().enumerate() {
+                    if constant_time_eq(k, token.as_bytes()) {
+                        matched = Some(i);
+                    }
                 }
-                if ok {
-                    Ok(Principal {
-                        subject: "api-key".into(),
-                    })
-                } else {
-                    Err(AuthError::Invalid)
+                match matched {
+                    // Which key (its place in the list), never the key itself.
+                    Some(i) => Ok(Principal {
+                        subject: format!("api-key:{}", i + 1),
+                    }),
+                    None => Err(AuthError::Invalid),
                 }
             }
             Mode::Jwt { key, validation } => {

@@ -39,6 +39,14 @@ pub struct GatewayConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub shutdown_grace: Duration,
+    /// Web pages from other origins allowed to open a WebSocket or send a non-GET request
+    /// (exact `Origin` values, e.g. `https://app.example.com`). A request from a browser
+    /// carries an `Origin`; one whose origin is neither this server's own (the `Host` it was
+    /// sent to: the console and GraphiQL) nor listed here is refused with 403, so a page the
+    /// user happens to visit cannot drive a gateway on their machine, even with auth off.
+    /// Requests without `Origin` (curl, drivers, `graphql-ws` in Node) are not affected.
+    /// Default: none.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +59,7 @@ impl Default for GatewayConfig {
             websocket: WebSocketConfig::default(),
             introspection: true,
             shutdown_grace: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -127,6 +136,10 @@ pub struct LimitsConfig {
     /// `graphChanges(since:)` catch-ups running at once on this gateway (each holds a bus
     /// consumer until it has caught up); more are refused with `LIMIT_EXCEEDED`. Default 64.
     pub max_replays: usize,
+    /// Live operations one principal (an API key, a JWT `sub`) may hold across all its
+    /// connections; more are refused with `LIMIT_EXCEEDED`, so one caller cannot take every
+    /// slot of `subscriptions.max_total`. Not applied with auth off. Default 5,000.
+    pub max_subscriptions_per_principal: usize,
 }
 
 impl Default for LimitsConfig {
@@ -140,6 +153,7 @@ impl Default for LimitsConfig {
             max_page_size: 100,
             max_count_labels: 50,
             max_replays: 64,
+            max_subscriptions_per_principal: 5_000,
         }
     }
 }
@@ -175,6 +189,11 @@ pub struct WebSocketConfig {
     /// Clients send only small control messages (`connection_init`, `subscribe`, `pong`), so
     /// 512 bytes hold a typical one in a single read. Default 512 B.
     pub read_buffer_bytes: usize,
+    /// WebSockets open at once; more upgrades are answered 503. Default 20,000.
+    pub max_sockets: usize,
+    /// WebSockets open at once from one client address; more are answered 429; `0` turns the
+    /// check off (behind a reverse proxy). Default 1,000.
+    pub max_sockets_per_ip: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -186,6 +205,8 @@ impl Default for WebSocketConfig {
             write_timeout: Duration::from_secs(10),
             outbound_queue: 64,
             read_buffer_bytes: 512,
+            max_sockets: 20_000,
+            max_sockets_per_ip: 1_000,
         }
     }
 }
@@ -212,6 +233,13 @@ impl AuthConfig {
         }
         Ok(())
     }
+}
+
+fn valid_origin(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(['/', '?', '#', ' '])
 }
 
 impl GatewayConfig {
@@ -256,6 +284,21 @@ impl GatewayConfig {
         }
         if l.max_replays == 0 {
             return bad("limits.max_replays", "must be above zero");
+        }
+        if l.max_subscriptions_per_principal == 0 {
+            return bad(
+                "limits.max_subscriptions_per_principal",
+                "must be above zero",
+            );
+        }
+        if self.websocket.max_sockets == 0 {
+            return bad("websocket.max_sockets", "must be above zero");
+        }
+        if self.allowed_origins.iter().any(|o| !valid_origin(o)) {
+            return bad(
+                "allowed_origins",
+                "each must be an origin: scheme://host[:port], no path (e.g. https://app.example.com)",
+            );
         }
         let w = &self.websocket;
         if !(512..=1 << 20).contains(&w.read_buffer_bytes) {

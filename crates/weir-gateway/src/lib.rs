@@ -18,6 +18,8 @@
 mod auth;
 mod config;
 mod graph;
+pub mod listener;
+pub mod origin;
 mod projection;
 mod replay;
 pub mod schema;
@@ -40,6 +42,7 @@ use weir_subscriptions::{SubscriptionError, SubscriptionManager};
 pub use auth::{AuthError, Authenticator, Principal, bearer};
 pub use config::{AuthConfig, DEFAULT_CLOCK_SKEW, GatewayConfig, LimitsConfig, WebSocketConfig};
 pub use graph::{Direction, GraphNode, GraphReader, Ident, Neighbour, NeighbourQuery, NodeKey};
+pub use listener::{ListenerConfig, ListenerStats};
 pub use replay::{ChangeReplay, Replay, ReplayBatches, ReplayError};
 pub use schema::{GatewaySchema, sdl};
 pub use ws::close_codes;
@@ -115,6 +118,10 @@ pub(crate) struct StateInner {
     /// Distinct fast-path plans, shared by the subscriptions with that selection (bounded by
     /// [`MAX_PLANS`]).
     pub(crate) plans: parking_lot::Mutex<std::collections::HashSet<Arc<projection::ChangePlan>>>,
+    /// Open WebSockets per client address (`websocket.max_sockets_per_ip`).
+    pub(crate) socket_ips: Arc<listener::Slots<std::net::IpAddr>>,
+    /// Live operations per principal (`limits.max_subscriptions_per_principal`).
+    pub(crate) principal_ops: Arc<listener::Slots<Arc<str>>>,
 }
 
 /// Most distinct selection plans kept for sharing; past it, new plans are not shared.
@@ -164,6 +171,8 @@ impl GatewayState {
                 open_sockets: std::sync::atomic::AtomicUsize::new(0),
                 fast_operations: Arc::default(),
                 plans: parking_lot::Mutex::default(),
+                socket_ips: Arc::default(),
+                principal_ops: Arc::default(),
             }),
         })
     }
@@ -223,30 +232,56 @@ impl GatewayState {
 /// The gateway's routes over `state`.
 pub fn router(state: GatewayState) -> Router {
     let body_limit = state.inner.config.limits.max_body_bytes;
+    let origins: Arc<[String]> = state.inner.config.allowed_origins.clone().into();
     Router::new()
         .route("/graphql", post(graphql_post))
         .route("/graphql/ws", get(ws::upgrade))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                origin::guard(origins.clone(), req, next)
+            },
+        ))
         .with_state(state)
 }
 
-/// Serves [`router`] on `listener` until `shutdown` fires, then shuts down gracefully within
-/// [`GatewayConfig::shutdown_grace`] (after which remaining sockets are dropped and logged).
+/// Serves [`router`] on `listener` with the default [`ListenerConfig`] until `shutdown` fires,
+/// then shuts down gracefully within [`GatewayConfig::shutdown_grace`] (after which remaining
+/// sockets are dropped and logged).
 pub async fn serve(
     listener: TcpListener,
     state: GatewayState,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    serve_with(listener, state, &ListenerConfig::default(), shutdown).await
+}
+
+/// [`serve`] with the connection rules of `rules`.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: GatewayState,
+    rules: &ListenerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
     let app = router(state.clone());
-    let server_token = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_token.cancelled().await })
+    let grace = state.inner.config.shutdown_grace;
+    let server = tokio::spawn({
+        let (rules, stop) = (rules.clone(), shutdown.clone());
+        async move {
+            listener::serve(
+                listener,
+                app,
+                &rules,
+                Arc::new(ListenerStats::default()),
+                stop,
+                grace,
+            )
             .await
+        }
     });
     shutdown.cancelled().await;
     tracing::info!(

@@ -30,6 +30,7 @@ use weir_subscriptions::{Connection, EndReason, Item, Subscription};
 use crate::projection::ChangePlan;
 
 use crate::auth::{self, Principal};
+use crate::listener::{Slot, Slots};
 use crate::schema::{FastPath, Handoff, OpContext};
 use crate::{GatewayState, http_token};
 
@@ -67,14 +68,66 @@ enum Protocol {
     Legacy,
 }
 
+/// The client's address, when the listener recorded it (`ConnectInfo`).
+pub(crate) struct Peer(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 pub(crate) async fn upgrade(
     State(state): State<GatewayState>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.manager().is_shut_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let cfg = &state.inner.config;
+    if !crate::origin::allowed(&headers, &cfg.allowed_origins) {
+        return (
+            StatusCode::FORBIDDEN,
+            "WebSockets from this web page's origin are not allowed; list it in gateway.allowed_origins",
+        )
+            .into_response();
+    }
+    if state.open_sockets() >= cfg.websocket.max_sockets {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many WebSockets open (websocket.max_sockets)",
+        )
+            .into_response();
+    }
+    let ip_slot = match peer {
+        Some(ip) => match state
+            .inner
+            .socket_ips
+            .take(&ip, cfg.websocket.max_sockets_per_ip)
+        {
+            Some(slot) => Some(slot),
+            None => {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many WebSockets open from this address (websocket.max_sockets_per_ip)",
+                )
+                    .into_response();
+            }
+        },
+        None => None,
+    };
     // A token on the upgrade request is checked now; without one, `connection_init` must carry it.
     let pre_auth = match http_token(&headers) {
         Some(t) => match state.inner.auth.check(Some(t)) {
@@ -93,7 +146,9 @@ pub(crate) async fn upgrade(
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(state.inner.config.websocket.read_buffer_bytes)
-        .on_upgrade(move |socket| tracker.track_future(run(socket, state, protocol, pre_auth)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(run(socket, state, protocol, pre_auth, ip_slot))
+        })
 }
 
 /// What an operation's task hands the connection task, boxed: the channel's blocks (32 slots
@@ -302,8 +357,38 @@ struct Conn {
     next_gen: u64,
     init_received: bool,
     principal: Option<Principal>,
+    /// This connection's share of its principal's live operations, made on first use.
+    principal_ops: Option<PrincipalOps>,
     pre_auth: Option<Principal>,
     bucket: Bucket,
+}
+
+/// A connection's live operations counted against its principal
+/// (`limits.max_subscriptions_per_principal`); given back when the connection ends.
+struct PrincipalOps {
+    map: Arc<Slots<Arc<str>>>,
+    key: Arc<str>,
+    held: usize,
+}
+
+impl PrincipalOps {
+    fn acquire(&mut self, cap: usize) -> bool {
+        let ok = self.map.try_add(&self.key, cap);
+        self.held += usize::from(ok);
+        ok
+    }
+
+    fn release(&mut self, n: usize) {
+        let n = n.min(self.held);
+        self.held -= n;
+        self.map.sub(&self.key, n);
+    }
+}
+
+impl Drop for PrincipalOps {
+    fn drop(&mut self) {
+        self.map.sub(&self.key, self.held);
+    }
 }
 
 /// Counts an open socket for as long as it lives.
@@ -320,7 +405,10 @@ async fn run(
     state: GatewayState,
     protocol: Protocol,
     pre_auth: Option<Principal>,
+    ip_slot: Option<Slot<std::net::IpAddr>>,
 ) {
+    // The client address's socket slot (`websocket.max_sockets_per_ip`), given back on return.
+    let _ip_slot = ip_slot;
     state.inner.open_sockets.fetch_add(1, Ordering::Relaxed);
     let _count = SocketCount(state.clone());
     let cfg = state.inner.config.websocket.clone();
@@ -341,6 +429,7 @@ async fn run(
         next_gen: 0,
         init_received: false,
         principal: None,
+        principal_ops: None,
         pre_auth,
         bucket: Bucket {
             tokens: rate,
@@ -445,6 +534,19 @@ async fn run(
 }
 
 impl Conn {
+    /// Removes operation `id`, giving its principal's slot back.
+    fn remove_op(&mut self, id: &str) -> Option<Op> {
+        let op = self.ops.remove(id)?;
+        self.release_principal(1);
+        Some(op)
+    }
+
+    fn release_principal(&mut self, n: usize) {
+        if let Some(p) = &mut self.principal_ops {
+            p.release(n);
+        }
+    }
+
     async fn send(&mut self, msg: Message) -> Flow {
         let deadline = Instant::now() + self.state.inner.config.websocket.write_timeout;
         match self.write(deadline, Some(msg)).await {
@@ -527,7 +629,7 @@ impl Conn {
         self.fast = StreamMap::new();
         let ids: Vec<Arc<str>> = self.ops.keys().cloned().collect();
         for id in ids {
-            if let Some(op) = self.ops.remove(&id) {
+            if let Some(op) = self.remove_op(&id) {
                 if let Some(a) = &op.abort {
                     a.abort();
                 }
@@ -564,7 +666,7 @@ impl Conn {
                 if !live(&self.ops, &id, generation) {
                     return Step::Skip;
                 }
-                self.ops.remove(&id);
+                self.remove_op(&id);
                 if complete {
                     Step::Write(Message::Text(frame("complete", &id, None::<&()>).into()))
                 } else {
@@ -604,7 +706,7 @@ impl Conn {
                 }
                 FastOut::Ended { reason, last } => {
                     self.fast.remove(&id);
-                    if self.ops.remove(&id).is_none() {
+                    if self.remove_op(&id).is_none() {
                         Flow::Continue
                     } else {
                         let (error, action) = end_of(reason, last, &id, true);
@@ -665,7 +767,7 @@ impl Conn {
             }
             (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
                 if let Some(id) = msg.get("id").and_then(Value::as_str)
-                    && let Some(op) = self.ops.remove(id)
+                    && let Some(op) = self.remove_op(id)
                 {
                     // A fast-path operation's subscription is in `fast`: end it as the
                     // client's, then drop it.
@@ -764,6 +866,26 @@ impl Conn {
             );
             return self.op_error(id, "RATE_LIMITED", &m).await;
         }
+        if self.state.inner.auth.required() {
+            let cap = self
+                .state
+                .inner
+                .config
+                .limits
+                .max_subscriptions_per_principal;
+            let map = &self.state.inner.principal_ops;
+            let hold = self.principal_ops.get_or_insert_with(|| PrincipalOps {
+                map: map.clone(),
+                key: Arc::from(principal.subject.as_str()),
+                held: 0,
+            });
+            if !hold.acquire(cap) {
+                let m = format!(
+                    "too many live operations for this caller across its connections (limit {cap})"
+                );
+                return self.op_error(id, "LIMIT_EXCEEDED", &m).await;
+            }
+        }
         self.next_gen += 1;
         let generation = self.next_gen;
         // The fast path (projection.rs) does not evaluate directives: a query with any keeps
@@ -824,6 +946,7 @@ impl Conn {
                     }
                 }
                 Some(None) => {
+                    self.release_principal(1);
                     let text = frame("complete", &id, None::<&()>);
                     return self.send(Message::Text(text.into())).await;
                 }

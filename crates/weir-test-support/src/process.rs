@@ -94,6 +94,11 @@ impl ChildProcess {
         }
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything collected from stderr so far.
     pub fn stderr(&self) -> String {
         self.lines().join("\n")

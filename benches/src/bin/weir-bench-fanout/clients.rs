@@ -88,17 +88,18 @@ pub(crate) fn now_us() -> u64 {
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// The subscription every client starts.
-fn subscribe_message(label: &str) -> String {
+/// The subscription every client starts (operation id `id`; ids are 1, 2, … per client).
+fn subscribe_message(label: &str, id: usize) -> String {
     let query = format!(
         "subscription {{ graphChanges(labels: [\"{label}\"]) {{ seq index key properties missed }} }}"
     );
-    serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": query}}).to_string()
+    serde_json::json!({"type": "subscribe", "id": id.to_string(), "payload": {"query": query}})
+        .to_string()
 }
 
 /// Connects, initialises (API key in `connection_init`) and subscribes.
 pub(crate) async fn open(addr: SocketAddr, label: &str) -> anyhow::Result<Ws> {
-    open_from(addr, None, label).await
+    open_from(addr, None, label, 1).await
 }
 
 /// Clients per loopback source address: below the 28,232 ephemeral ports of Linux's default
@@ -116,11 +117,13 @@ pub(crate) fn source_for(addr: SocketAddr, i: usize, clients: usize) -> Option<s
         .then(|| std::net::IpAddr::from([127, 0, 0, 1 + (i % sources.min(250)) as u8]))
 }
 
-/// Like [`open`], from `source` (port picked by the kernel) when given.
+/// Like [`open`], from `source` (port picked by the kernel) when given, with `subs` identical
+/// subscriptions (operation ids 1..=subs) on the one connection.
 pub(crate) async fn open_from(
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
     label: &str,
+    subs: usize,
 ) -> anyhow::Result<Ws> {
     let handshake = async {
         let tcp = match source {
@@ -171,8 +174,10 @@ pub(crate) async fn open_from(
                 None => bail!("socket ended during init"),
             }
         }
-        ws.send(Message::Text(subscribe_message(label).into()))
-            .await?;
+        for id in 1..=subs.max(1) {
+            ws.send(Message::Text(subscribe_message(label, id).into()))
+                .await?;
+        }
         Ok::<_, anyhow::Error>(ws)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
@@ -241,12 +246,16 @@ async fn on_message(ws: &mut Ws, shared: &Shared, m: Option<Result<Message, WsEr
     }
 }
 
-/// Leaves cleanly: `complete` for the operation, a close frame, then waits (bounded) for the
-/// server's close.
-async fn leave_clean(mut ws: Ws) {
-    let _ = ws
-        .send(Message::Text(r#"{"type":"complete","id":"1"}"#.into()))
-        .await;
+/// Leaves cleanly: `complete` for each of its `subs` operations, a close frame, then waits
+/// (bounded) for the server's close.
+async fn leave_clean(mut ws: Ws, subs: usize) {
+    for id in 1..=subs.max(1) {
+        let _ = ws
+            .send(Message::Text(
+                format!(r#"{{"type":"complete","id":"{id}"}}"#).into(),
+            ))
+            .await;
+    }
     let _ = ws.close(None).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(_)) = ws.next().await {}
@@ -260,8 +269,13 @@ fn leave_abrupt(ws: Ws) {
     drop(ws);
 }
 
-/// A client that stays until `stop` turns true, then leaves cleanly.
-pub(crate) async fn run_steady(ws: Ws, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// A client (with `subs` subscriptions) that stays until `stop` turns true, then leaves cleanly.
+pub(crate) async fn run_steady(
+    ws: Ws,
+    subs: usize,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ws = ws;
     loop {
         tokio::select! {
@@ -274,7 +288,7 @@ pub(crate) async fn run_steady(ws: Ws, shared: Arc<Shared>, mut stop: watch::Rec
             }
         }
     }
-    leave_clean(ws).await;
+    leave_clean(ws, subs).await;
     shared.clean_leaves.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -326,7 +340,7 @@ pub(crate) async fn run_churn(
         }
         if alive {
             if (seed + round).is_multiple_of(2) {
-                leave_clean(ws).await;
+                leave_clean(ws, 1).await;
                 shared.clean_leaves.fetch_add(1, Ordering::Relaxed);
             } else {
                 leave_abrupt(ws);
@@ -362,7 +376,7 @@ mod tests {
 
     #[test]
     fn the_subscription_names_the_label() {
-        let v: serde_json::Value = serde_json::from_str(&subscribe_message("Bench_x")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&subscribe_message("Bench_x", 1)).unwrap();
         assert_eq!(v["type"], "subscribe");
         assert!(
             v["payload"]["query"]

@@ -30,6 +30,8 @@ pub(crate) struct FanoutPlan {
     pub(crate) step: Duration,
     /// Connections opened per second.
     pub(crate) open_rate: u32,
+    /// Subscriptions per client (identical, on one connection); 1 unless told.
+    pub(crate) subs_per_client: usize,
 }
 
 /// One load step's figures.
@@ -85,6 +87,8 @@ pub(crate) struct FanoutResult {
     pub(crate) clients: usize,
     /// Clients subscribed.
     pub(crate) subscribed: u64,
+    /// Subscriptions opened (clients subscribed × subscriptions per client).
+    pub(crate) subscriptions: u64,
     /// Subscriptions the gateways counted (`/health`).
     pub(crate) gateway_subscriptions: u64,
     /// Seconds to open and subscribe every client.
@@ -102,8 +106,8 @@ pub(crate) struct FanoutResult {
 impl FanoutResult {
     /// Gateway bytes per idle subscription.
     pub(crate) fn bytes_per_subscription(&self) -> Option<f64> {
-        (self.subscribed > 0)
-            .then(|| (self.rss_idle as f64 - self.rss_before as f64) / self.subscribed as f64)
+        (self.subscriptions > 0)
+            .then(|| (self.rss_idle as f64 - self.rss_before as f64) / self.subscriptions as f64)
     }
 }
 
@@ -170,6 +174,7 @@ pub(crate) async fn run(
             i / gateways.len(),
             plan.clients.div_ceil(gateways.len()),
         );
+        let subs = plan.subs_per_client;
         let (shared, stop, label, first_error) = (
             shared.clone(),
             stop_rx.clone(),
@@ -177,11 +182,11 @@ pub(crate) async fn run(
             first_error.clone(),
         );
         tasks.spawn(async move {
-            match clients::open_from(addr, source, &label).await {
+            match clients::open_from(addr, source, &label, subs).await {
                 Ok(ws) => {
                     drop(permit);
                     shared.subscribed.fetch_add(1, Ordering::Relaxed);
-                    clients::run_steady(ws, shared, stop).await;
+                    clients::run_steady(ws, subs, shared, stop).await;
                 }
                 Err(e) => {
                     drop(permit);
@@ -206,6 +211,13 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let subscribed = shared.subscribed.load(Ordering::Relaxed);
+    let subscriptions = subscribed * plan.subs_per_client as u64;
+    if plan.subs_per_client > 1 {
+        notes.push(format!(
+            "{} subscriptions per client (one connection each): {subscriptions} subscriptions over {subscribed} connections; per idle subscription = RSS growth / subscriptions",
+            plan.subs_per_client
+        ));
+    }
     let failed = shared.failed.load(Ordering::Relaxed);
     if failed > 0 {
         notes.push(format!(
@@ -220,15 +232,15 @@ pub(crate) async fn run(
     let mut gateway_subscriptions = 0;
     while Instant::now() < deadline {
         gateway_subscriptions = total_subscriptions(gateways).await?;
-        if gateway_subscriptions >= subscribed {
+        if gateway_subscriptions >= subscriptions {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let open_secs = open_started.elapsed().as_secs_f64();
-    if gateway_subscriptions < subscribed {
+    if gateway_subscriptions < subscriptions {
         notes.push(format!(
-            "the gateways counted {gateway_subscriptions} subscriptions for {subscribed} clients"
+            "the gateways counted {gateway_subscriptions} subscriptions for {subscriptions} opened"
         ));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -238,7 +250,7 @@ pub(crate) async fn run(
     let mut next_batch = 0u64;
     let me = std::process::id();
     for &target in &plan.rates {
-        let events_per_sec = target as f64 / subscribed.max(1) as f64;
+        let events_per_sec = target as f64 / subscriptions.max(1) as f64;
         shared.reset_deliveries();
         let ended_before = shared.ended_early.load(Ordering::Relaxed);
         let dropped_before =
@@ -263,7 +275,7 @@ pub(crate) async fn run(
             &mut next_batch,
         )
         .await;
-        let expected = published.events * subscribed;
+        let expected = published.events * subscriptions;
         // Drain: until everything arrived, or nothing arrived for 5 s (bounded at 30 s).
         let drain_deadline = Instant::now() + Duration::from_secs(30);
         let mut last_count = 0;
@@ -310,7 +322,7 @@ pub(crate) async fn run(
             published,
             expected,
             received,
-            offered_per_sec: published.events as f64 * subscribed as f64
+            offered_per_sec: published.events as f64 * subscriptions as f64
                 / published.elapsed.as_secs_f64().max(1e-9),
             achieved_per_sec: if span > 0.0 {
                 received as f64 / span
@@ -381,6 +393,7 @@ pub(crate) async fn run(
         replicas: gateways.len(),
         clients: plan.clients,
         subscribed,
+        subscriptions,
         gateway_subscriptions,
         open_secs,
         rss_before,

@@ -80,6 +80,10 @@ struct Cli {
     /// Connections opened per second.
     #[arg(long)]
     open_rate: Option<u32>,
+    /// Subscriptions per client, each client one connection (1..=100, the gateway's
+    /// `max_per_connection`): more subscriptions than the open-file limit allows connections.
+    #[arg(long, default_value_t = 1)]
+    subscriptions_per_client: usize,
     /// Repeat everything this many times (tables give per-run figures and medians).
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -154,6 +158,10 @@ impl Cli {
         let secs = self.secs.unwrap_or(secs).clamp(1, 600);
         anyhow::ensure!(churn_secs <= 3_600, "--churn-secs at most 3600");
         anyhow::ensure!((1..=100).contains(&self.runs), "--runs must be 1..=100");
+        anyhow::ensure!(
+            (1..=100).contains(&self.subscriptions_per_client),
+            "--subscriptions-per-client must be 1..=100"
+        );
         Ok(Plan {
             preset: self.preset,
             fanout: FanoutPlan {
@@ -161,6 +169,7 @@ impl Cli {
                 rates,
                 step: Duration::from_secs(secs),
                 open_rate,
+                subs_per_client: self.subscriptions_per_client,
             },
             replicas,
             churn: (churn_secs > 0).then(|| ChurnPlan {
@@ -246,7 +255,7 @@ struct RunResult {
 
 async fn one_run(plan: &Plan, bin: &std::path::Path, run: usize) -> anyhow::Result<RunResult> {
     let limits = Limits {
-        max_subscriptions: plan.fanout.clients + 1_000,
+        max_subscriptions: plan.fanout.clients * plan.fanout.subs_per_client + 1_000,
         outbound_queue: 64,
     };
     let mut fanouts = Vec::new();
@@ -268,8 +277,9 @@ async fn one_run(plan: &Plan, bin: &std::path::Path, run: usize) -> anyhow::Resu
         }
         let result = result?;
         eprintln!(
-            "  idle: {} subscribed, {:.0} B per subscription",
+            "  idle: {} clients, {} subscriptions, {:.0} B per subscription",
             result.subscribed,
+            result.subscriptions,
             result.bytes_per_subscription().unwrap_or(f64::NAN)
         );
         fanouts.push(result);
@@ -372,9 +382,10 @@ fn main() -> anyhow::Result<()> {
 fn plan_summary(plan: &Plan) -> String {
     let f = &plan.fanout;
     let mut s = format!(
-        "preset `{}`: {} clients (opened at {}/s), replicas {:?}, rates {:?} deliveries/s, {} s of publishing per rate, {} run(s)",
+        "preset `{}`: {} clients × {} subscription(s) each (opened at {}/s), replicas {:?}, rates {:?} deliveries/s, {} s of publishing per rate, {} run(s)",
         plan.preset.name(),
         f.clients,
+        f.subs_per_client,
         f.open_rate,
         plan.replicas,
         f.rates,

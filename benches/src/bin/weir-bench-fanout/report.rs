@@ -156,7 +156,7 @@ pub(crate) fn render(
     );
     let _ = writeln!(
         md,
-        "- Gateway: release `weir-gatewayd`, NATS JetStream (file storage) stream private to the run, raised limits: `subscriptions.max_total` = clients + 1000; queues at their defaults (256 events per subscription, 64 frames per socket). Latency = receive time − publish time (both this host's clock), per delivery; one delivery = one `next` message to one client."
+        "- Gateway: release `weir-gatewayd`, NATS JetStream (file storage) stream private to the run, raised limits: `subscriptions.max_total` = subscriptions + 1000; the slow-subscriber limits at their defaults (`max_lag` 30 s, `max_lag_bytes` 64 MiB, `max_pending_batches` 1024), 64 frames per socket (`websocket.outbound_queue`). Latency = receive time − publish time (both this host's clock), per delivery; one delivery = one `next` message to one client."
     );
     let _ = writeln!(
         md,

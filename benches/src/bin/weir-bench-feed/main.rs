@@ -7,7 +7,7 @@
 //! - `services`: `weir-ingestd` + `weir-gatewayd` on a NATS JetStream stream private to the run.
 //!
 //! Subscribers (graphql-transport-ws, tasks in this process): `--wide` of them watch every
-//! Person change; the others each watch 100 people of their own (`keys`), as dashboards and
+//! Person change; the others each watch 99 people of their own (`keys`), as dashboards and
 //! per-entity views do. Latency is the receive time minus the change's `committedAtMs` (set
 //! when its transaction committed), so it includes publishing, the bus, the gateway and the
 //! socket. Each subscriber checks that it received exactly its changes, each once, in order.
@@ -36,8 +36,9 @@ use weir_benches::stats::mib;
 use weir_benches::table::Table;
 
 const KEY: &str = "weir-bench-feed-key-0123456789";
-/// People each narrow subscriber watches (the gateway allows at most 100 keys).
-const KEYS_PER_SUBSCRIBER: u64 = 100;
+/// People each narrow subscriber watches: the gateway allows at most 100 labels, types and
+/// keys together, and the subscription names one label.
+const KEYS_PER_SUBSCRIBER: u64 = 99;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Deployment {
@@ -63,7 +64,7 @@ struct Cli {
     /// Subscribers in all.
     #[arg(long, default_value_t = 1000)]
     subscribers: u64,
-    /// Of them, how many watch every Person change (the rest watch 100 people each).
+    /// Of them, how many watch every Person change (the rest watch 99 people each).
     #[arg(long, default_value_t = 10)]
     wide: u64,
     /// Directory of the release binaries (default: next to this executable).
@@ -321,6 +322,11 @@ async fn main() -> anyhow::Result<()> {
     let hist = Arc::new(Histogram::new());
     let ready = Arc::new(AtomicU64::new(0));
     let narrow = cli.subscribers.saturating_sub(cli.wide);
+    anyhow::ensure!(
+        narrow * KEYS_PER_SUBSCRIBER <= cli.people,
+        "{narrow} narrow subscribers × {KEYS_PER_SUBSCRIBER} people need --people ≥ {}",
+        narrow * KEYS_PER_SUBSCRIBER
+    );
     let mut subs = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..cli.subscribers {
@@ -493,7 +499,7 @@ async fn main() -> anyhow::Result<()> {
     t.row([
         "subscribers",
         &format!(
-            "{} ({} every Person change, {narrow} × 100 people)",
+            "{} ({} every Person change, {narrow} × {KEYS_PER_SUBSCRIBER} people)",
             cli.subscribers, cli.wide
         ),
     ]);

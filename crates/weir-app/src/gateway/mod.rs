@@ -36,16 +36,35 @@ pub async fn serve_gateway(
     state: GatewayState,
     extra: Router,
     health: Health,
+    rules: &weir_gateway::ListenerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
+    let origins: std::sync::Arc<[String]> = state.config().allowed_origins.clone().into();
+    // The gateway's own routes check the origin themselves; the rest (jobs, `/changes`, the
+    // console's data) by this layer.
+    let extra = extra.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            weir_gateway::origin::guard(origins.clone(), req, next)
+        },
+    ));
     let app = health::layer(weir_gateway::router(state.clone()).merge(extra), health);
     tracing::info!(%addr, "gateway listening");
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
+    let grace = state.config().shutdown_grace;
+    let server = tokio::spawn({
+        let (rules, stop) = (rules.clone(), shutdown.clone());
+        async move {
+            weir_gateway::listener::serve(
+                listener,
+                app,
+                &rules,
+                std::sync::Arc::new(weir_gateway::ListenerStats::default()),
+                stop,
+                grace,
+            )
+            .await
+        }
+    });
     shutdown.cancelled().await;
     tracing::info!(
         sockets = state.open_sockets(),

@@ -464,6 +464,7 @@ async fn spawn_metrics(
         "weir ingest",
         bind,
         &config,
+        &weir_gateway::ListenerConfig::default(),
         args.memory_limit,
         sources,
         stop.clone(),
