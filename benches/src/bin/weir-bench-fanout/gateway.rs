@@ -55,12 +55,23 @@ fn config_toml(bind: SocketAddr, admin: SocketAddr, bus: &NatsBusConfig, l: &Lim
 [admin]
 bind = "{admin}"
 
+# Every client of the bench comes from 127.0.0.1 with one key: the per-address and
+# per-principal caps are lifted.
+[listener]
+max_connections_per_ip = 0
+max_connections = {max_conns}
+
+[gateway.limits]
+max_subscriptions_per_principal = {max_total}
+
 [gateway.subscriptions]
 max_total = {max_total}
 max_per_connection = 100
 
 [gateway.websocket]
 outbound_queue = {outbound}
+max_sockets = {max_conns}
+max_sockets_per_ip = 0
 
 [bus]
 kind = "nats"
@@ -72,6 +83,7 @@ duplicate_window = "{dup}s"
 max_bytes = {max_bytes}
 "#,
         max_total = l.max_subscriptions.max(100),
+        max_conns = l.max_subscriptions.max(100) + 1000,
         outbound = l.outbound_queue,
         url = bus.url,
         stream = bus.stream,
