@@ -74,7 +74,19 @@ impl CheckpointFile {
         let tmp = PathBuf::from(tmp);
         let body = serde_json::to_vec(cp).map_err(|e| self.err(std::io::Error::other(e)))?;
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // A leftover of a crash (or anything planted there, a symlink included) is removed,
+            // then the file is made anew: exclusively, never through a symlink, private.
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
             f.write_all(&body)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)

@@ -102,6 +102,10 @@ pub struct PipelineConfig {
     pub pressure_stall_after: Duration,
     /// Most dead-lettered records before the run stops; `None` for no budget. Default `None`.
     pub max_errors: Option<u64>,
+    /// Most bytes one gzip input may decompress to; past it the input fails (a small gzip of
+    /// garbage can expand into gigabytes). `None` for no bound. Default `None` (`weir ingest`
+    /// reads what the user gives it); jobs set `jobs.max_decompressed_bytes`.
+    pub max_decompressed_bytes: Option<u64>,
     /// Retries of transient sink errors.
     pub retry: RetryPolicy,
     /// How long in-flight batches may take to finish after cancellation. Default 10 s.
@@ -135,6 +139,7 @@ impl Default for PipelineConfig {
             pressure_sample_interval: Duration::from_millis(100),
             pressure_stall_after: Duration::from_secs(5),
             max_errors: None,
+            max_decompressed_bytes: None,
             retry: RetryPolicy::default(),
             grace_period: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(1),

@@ -92,6 +92,9 @@ pub trait DeadLetterSink: Send + Sync + 'static {
 pub struct JsonlDeadLetters {
     path: PathBuf,
     out: Mutex<BufWriter<File>>,
+    /// Bytes this sink may append; `u64::MAX` for no cap.
+    max_bytes: u64,
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl JsonlDeadLetters {
@@ -102,7 +105,17 @@ impl JsonlDeadLetters {
         Ok(Self {
             path,
             out: Mutex::new(BufWriter::with_capacity(8 * 1024, f)),
+            max_bytes: u64::MAX,
+            written: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Caps what this sink appends at `max` bytes: a letter that would go past it is not
+    /// written and fails (which stops the run, its checkpoint before the record), so bad input
+    /// cannot fill the disk.
+    pub fn with_max_bytes(mut self, max: u64) -> Self {
+        self.max_bytes = max;
+        self
     }
 
     /// The file.
@@ -116,7 +129,18 @@ impl DeadLetterSink for JsonlDeadLetters {
         let mut line = serde_json::to_vec(letter).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        out.write_all(&line)
+        let written = self.written.load(std::sync::atomic::Ordering::Relaxed);
+        if written.saturating_add(line.len() as u64) > self.max_bytes {
+            return Err(io::Error::other(format!(
+                "the dead-letter file {} reached its cap of {} bytes; the run stops so that bad input cannot fill the disk",
+                self.path.display(),
+                self.max_bytes
+            )));
+        }
+        out.write_all(&line)?;
+        self.written
+            .fetch_add(line.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Flushes the buffer and syncs the file's data, so a checkpoint written after this

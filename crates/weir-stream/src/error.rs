@@ -49,7 +49,7 @@ pub enum StreamError {
     DeadLetterUnwritable(#[source] std::io::Error),
     /// More records were dead-lettered than `max_errors` allows.
     #[error(
-        "error budget exceeded: {dead_lettered} records dead-lettered, max_errors is {max_errors}"
+        "error budget exceeded: {dead_lettered} records dead-lettered, the budget is {max_errors} (`weir ingest --max-errors`, `jobs.max_dead_letters`)"
     )]
     ErrorBudgetExceeded {
         /// Records dead-lettered so far.

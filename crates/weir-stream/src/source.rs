@@ -88,6 +88,8 @@ struct FrameLimits {
     chunk_records: usize,
     max_record: usize,
     dl_raw: usize,
+    /// Most bytes a compressed input may decompress to.
+    max_decompressed: Option<u64>,
 }
 
 impl From<&PipelineConfig> for FrameLimits {
@@ -97,6 +99,7 @@ impl From<&PipelineConfig> for FrameLimits {
             chunk_records: c.chunk_records,
             max_record: c.max_record_bytes,
             dl_raw: c.dead_letter_raw_bytes,
+            max_decompressed: c.max_decompressed_bytes,
         }
     }
 }
@@ -753,7 +756,7 @@ fn read_header_rows(
             continue;
         }
         let mut framer = Framer::new(lim, format, i as u32);
-        let (mut reader, _) = open_input(path).map_err(|e| input_err(path, e))?;
+        let (mut reader, _) = open_input(path, None).map_err(|e| input_err(path, e))?;
         let chunk = framer
             .next_chunk(&mut reader)
             .map_err(|e| input_err(path, e))?;
@@ -798,14 +801,55 @@ fn read_files(
     }
 }
 
-/// Opens an input, gzip-aware. Returns the reader and whether it is seekable plain data.
-fn open_input(path: &Path) -> io::Result<(Box<dyn Read + Send>, Option<File>)> {
+/// A decompressed input that errors once it has given more than `max` bytes (a gzip bomb
+/// stops the input instead of filling memory, the disk or the graph).
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    max: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the input decompresses to more than {} bytes (max_decompressed_bytes): stopped",
+                    self.max
+                ),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn gunzip<R: io::BufRead + Send + 'static>(r: R, max: Option<u64>) -> Box<dyn Read + Send> {
+    let gz = flate2::read::MultiGzDecoder::new(r);
+    match max {
+        Some(max) => Box::new(Bounded {
+            inner: gz,
+            left: max,
+            max,
+        }),
+        None => Box::new(gz),
+    }
+}
+
+/// Opens an input, gzip-aware (a compressed input gives at most `max_decompressed` bytes).
+/// Returns the reader and whether it is seekable plain data.
+fn open_input(
+    path: &Path,
+    max_decompressed: Option<u64>,
+) -> io::Result<(Box<dyn Read + Send>, Option<File>)> {
     if path.as_os_str() == "-" {
         let stdin = io::stdin();
         let mut peek = io::BufReader::new(stdin);
         let gz = io::BufRead::fill_buf(&mut peek)?.starts_with(&[0x1f, 0x8b]);
         return Ok(if gz {
-            (Box::new(flate2::read::MultiGzDecoder::new(peek)), None)
+            (gunzip(peek, max_decompressed), None)
         } else {
             (Box::new(peek), None)
         });
@@ -815,10 +859,7 @@ fn open_input(path: &Path) -> io::Result<(Box<dyn Read + Send>, Option<File>)> {
     let n = f.read(&mut magic)?;
     f.seek(SeekFrom::Start(0))?;
     if n == 2 && magic == [0x1f, 0x8b] {
-        Ok((
-            Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f))),
-            None,
-        ))
+        Ok((gunzip(io::BufReader::new(f), max_decompressed), None))
     } else {
         let again = f.try_clone()?;
         Ok((Box::new(f), Some(again)))
@@ -834,7 +875,7 @@ fn read_one(
     from: Option<Position>,
     tx: &ChunkTx,
 ) -> io::Result<bool> {
-    let (mut reader, seekable) = open_input(path)?;
+    let (mut reader, seekable) = open_input(path, lim.max_decompressed)?;
     let mut framer = Framer::new(lim, format, file);
     if let Some(pos) = from.filter(|p| p.offset > 0) {
         match seekable {
@@ -910,6 +951,7 @@ mod tests {
             chunk_records: 3,
             max_record,
             dl_raw: 4,
+            max_decompressed: None,
         }
     }
 

@@ -401,3 +401,225 @@ async fn shutdown_checkpoints_and_a_resubmitted_job_resumes() {
     svc.shutdown.cancel();
     svc.task.await.unwrap().unwrap();
 }
+
+/// Sends an upload's header and `part` of a body announced as `len` bytes, and keeps the
+/// connection open (the body stalls).
+async fn stalled_upload(
+    addr: SocketAddr,
+    path: &str,
+    len: usize,
+    part: &[u8],
+) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: text/csv\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(part).await.unwrap();
+    s
+}
+
+async fn read_status(s: &mut tokio::net::TcpStream) -> (u16, Value) {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn spool_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("spool")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_refused_before_spooling_when_the_disk_budget_says_so() {
+    let graph = weir_test_support::graph().await;
+    let nats = weir_test_support::nats().await;
+    let stream = nats.name("QUOTA");
+    let prefix = format!("{}_", graph.namespace);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&stream, dir.path());
+    c.jobs.max_upload_bytes = 64 << 10;
+    c.jobs.max_spool_bytes = 128 << 10;
+    c.jobs.max_concurrent_uploads = 1;
+    c.jobs.upload_idle_timeout = Duration::from_secs(2);
+    let svc = start(c).await;
+    wait_ready(svc.addr).await;
+    let upload = |id: &str| {
+        format!(
+            "/jobs/upload?id={id}&format=csv&label_prefix={}&mapping={}",
+            encode(&prefix),
+            encode(MAPPING)
+        )
+    };
+
+    // Announced larger than allowed: 413 before anything is spooled.
+    let mut big = stalled_upload(svc.addr, &upload("big"), 1 << 20, b"person_id,name\n").await;
+    let (s, body) = read_status(&mut big).await;
+    assert_eq!(s, 413, "{body}");
+    assert_eq!(spool_files(dir.path()), 0);
+
+    // One upload at a time: while one stalls, a second is refused with 429 at once.
+    let mut first =
+        stalled_upload(svc.addr, &upload("first"), 1000, b"person_id,name\n1,a\n").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        spool_files(dir.path()),
+        1,
+        "the first upload is being spooled"
+    );
+    let (s, body) = http(
+        svc.addr,
+        "POST",
+        &upload("second"),
+        Some(KEY),
+        csv(0, 3).as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(body["error"]["code"], "TOO_MANY_UPLOADS");
+    assert_eq!(
+        spool_files(dir.path()),
+        1,
+        "the refused upload spooled nothing"
+    );
+    // The stalled one is abandoned after jobs.upload_idle_timeout (408), its part deleted.
+    let (s, body) = read_status(&mut first).await;
+    assert_eq!(s, 408, "{body}");
+    assert_eq!(body["error"]["code"], "UPLOAD_STALLED");
+    assert_eq!(spool_files(dir.path()), 0);
+
+    // A spool already holding its budget refuses the next upload with 507.
+    std::fs::write(dir.path().join("spool/held.upload"), vec![b'x'; 128 << 10]).unwrap();
+    let (s, body) = http(
+        svc.addr,
+        "POST",
+        &upload("full"),
+        Some(KEY),
+        csv(0, 3).as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 507, "{body}");
+    assert_eq!(body["error"]["code"], "SPOOL_FULL");
+    std::fs::remove_file(dir.path().join("spool/held.upload")).unwrap();
+    let (s, body) = http(
+        svc.addr,
+        "POST",
+        &upload("fits"),
+        Some(KEY),
+        csv(0, 3).as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(wait_job(svc.addr, "fits").await["state"], "completed");
+    svc.shutdown.cancel();
+    svc.task.await.unwrap().unwrap();
+    drop(graph.label("Person"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stops_at_its_dead_letter_budget_byte_cap_and_decompressed_bound() {
+    use std::io::Write as _;
+    let graph = weir_test_support::graph().await;
+    let nats = weir_test_support::nats().await;
+    let stream = nats.name("BUDGET");
+    let prefix = format!("{}_", graph.namespace);
+    let _ = graph.label("Person");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&stream, dir.path());
+    c.jobs.max_upload_bytes = 4 << 20;
+    c.jobs.max_dead_letters = 50;
+    c.jobs.max_dead_letter_bytes = 64 << 10;
+    c.jobs.max_decompressed_bytes = 1 << 20;
+    let svc = start(c).await;
+    wait_ready(svc.addr).await;
+    let inputs = dir.path().join("inputs");
+    let submit = |id: &str, file: &str| {
+        json!({"id": id, "path": inputs.join(file), "mapping": MAPPING, "label_prefix": prefix, "format": "csv"})
+            .to_string()
+    };
+    // 200 rows whose key is not a number: dead letters past the budget of 50.
+    let mut bad = String::from("person_id,name\n");
+    for i in 0..200 {
+        bad.push_str(&format!("x{i},n\n"));
+    }
+    std::fs::write(inputs.join("bad.csv"), &bad).unwrap();
+    let (s, body) = http(
+        svc.addr,
+        "POST",
+        "/jobs",
+        Some(KEY),
+        submit("budget", "bad.csv").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let done = wait_job(svc.addr, "budget").await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["error"].as_str().unwrap().contains("error budget"),
+        "{done}"
+    );
+
+    // Bad rows with long fields: the dead-letter file reaches its 64 KiB cap first.
+    let mut long = String::from("person_id,name\n");
+    for i in 0..40 {
+        long.push_str(&format!("y{i},{}\n", "z".repeat(4000)));
+    }
+    std::fs::write(inputs.join("long.csv"), &long).unwrap();
+    let (s, body) = http(
+        svc.addr,
+        "POST",
+        "/jobs",
+        Some(KEY),
+        submit("bytes", "long.csv").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let done = wait_job(svc.addr, "bytes").await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains("cap of 65536 bytes"),
+        "{done}"
+    );
+    let letters = std::fs::metadata(dir.path().join("jobs/bytes.dead-letters.jsonl")).unwrap();
+    assert!(letters.len() <= 64 << 10, "{} bytes", letters.len());
+
+    // A small gzip that expands past 1 MiB: the input stops with a clear error.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(b"person_id,name\n").unwrap();
+    for i in 0..200_000u32 {
+        gz.write_all(format!("{i},aaaaaaaaaaaaaaaaaaaa\n").as_bytes())
+            .unwrap();
+    }
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < 1 << 20);
+    std::fs::write(inputs.join("bomb.csv.gz"), &gz).unwrap();
+    let (s, body) = http(
+        svc.addr,
+        "POST",
+        "/jobs",
+        Some(KEY),
+        submit("bomb", "bomb.csv.gz").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let done = wait_job(svc.addr, "bomb").await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains("decompresses to more than"),
+        "{done}"
+    );
+    svc.shutdown.cancel();
+    svc.task.await.unwrap().unwrap();
+}

@@ -29,6 +29,22 @@ pub struct JobsConfig {
     pub job_dir: PathBuf,
     /// Largest upload, bytes (413 beyond). Default 4 GiB.
     pub max_upload_bytes: u64,
+    /// Bytes the spool directory may hold in all (uploads being received and those whose jobs
+    /// wait or run); an upload that would go past it is refused with 507 and its part deleted.
+    /// Default 8 GiB.
+    pub max_spool_bytes: u64,
+    /// Uploads received at once; more are refused with 429 before a byte is spooled. Default 4.
+    pub max_concurrent_uploads: usize,
+    /// Longest pause in an upload's body before it is abandoned (408). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub upload_idle_timeout: std::time::Duration,
+    /// Records a job may dead-letter before it fails (its error budget). Default 100,000.
+    pub max_dead_letters: u64,
+    /// Bytes a job's dead-letter file may grow to before the job fails. Default 1 GiB.
+    pub max_dead_letter_bytes: u64,
+    /// Bytes one gzip input may decompress to before the job fails. Default 64 GiB.
+    pub max_decompressed_bytes: u64,
     /// Largest mapping, bytes. Default 64 KiB.
     pub max_mapping_bytes: usize,
     /// Records per batch (one write transaction each). Default 1000.
@@ -70,6 +86,24 @@ impl JobsConfig {
                 "batch size and concurrency must be at least 1",
             );
         }
+        if self.max_concurrent_uploads == 0 || self.upload_idle_timeout.is_zero() {
+            return bad(
+                "jobs.max_concurrent_uploads",
+                "uploads at once and the upload idle timeout must be above zero",
+            );
+        }
+        if self.max_spool_bytes < self.max_upload_bytes {
+            return bad(
+                "jobs.max_spool_bytes",
+                "must be at least jobs.max_upload_bytes (one largest upload must fit)",
+            );
+        }
+        if self.max_dead_letter_bytes < 64 << 10 || self.max_decompressed_bytes == 0 {
+            return bad(
+                "jobs.max_dead_letter_bytes",
+                "the dead-letter cap must be at least 64 KiB and the decompressed bound above zero",
+            );
+        }
         if self.max_upload_bytes == 0 || self.max_mapping_bytes == 0 {
             return bad("jobs.max_upload_bytes", "must be above zero");
         }
@@ -79,7 +113,7 @@ impl JobsConfig {
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        let base = std::env::temp_dir().join("weir-ingestd");
+        let base = crate::jobs::default_state_dir();
         Self {
             max_concurrent: 2,
             max_queued: 16,
@@ -88,6 +122,12 @@ impl Default for JobsConfig {
             spool_dir: base.join("spool"),
             job_dir: base.join("jobs"),
             max_upload_bytes: 4 << 30,
+            max_spool_bytes: 8 << 30,
+            max_concurrent_uploads: 4,
+            upload_idle_timeout: std::time::Duration::from_secs(30),
+            max_dead_letters: 100_000,
+            max_dead_letter_bytes: 1 << 30,
+            max_decompressed_bytes: 64 << 30,
             max_mapping_bytes: 64 << 10,
             batch_size: 1000,
             concurrency: 1,

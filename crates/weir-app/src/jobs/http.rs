@@ -80,6 +80,9 @@ impl IntoResponse for IngestdError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "JOB_RUNNING"),
             Self::UploadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE"),
             Self::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_JOBS"),
+            Self::TooManyUploads { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_UPLOADS"),
+            Self::SpoolFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "SPOOL_FULL"),
+            Self::UploadStalled(_) => (StatusCode::REQUEST_TIMEOUT, "UPLOAD_STALLED"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
             Self::Internal(_) | Self::Config(_) | Self::Io(_) => {
@@ -158,11 +161,43 @@ async fn submit_upload(
         return Err(IngestdError::NotReady);
     }
     let cfg = api.jobs.config();
-    tokio::fs::create_dir_all(&cfg.spool_dir).await?;
+    // Everything that can refuse the upload is checked before a byte is spooled.
+    if let Some(len) = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > cfg.max_upload_bytes
+    {
+        return Err(IngestdError::UploadTooLarge {
+            max: cfg.max_upload_bytes,
+        });
+    }
+    api.jobs.check_capacity()?;
+    let _upload = api.jobs.upload_slot()?;
+    crate::jobs::private_dir(&cfg.spool_dir)?;
+    let used = spooled_bytes(&cfg.spool_dir).await?;
+    let room = cfg.max_spool_bytes.saturating_sub(used);
+    if room == 0 {
+        return Err(IngestdError::SpoolFull {
+            used,
+            max: cfg.max_spool_bytes,
+        });
+    }
     let path = cfg
         .spool_dir
         .join(format!("{}.upload", uuid::Uuid::new_v4()));
-    let written = spool(body, &path, cfg.max_upload_bytes).await;
+    let written = spool(
+        body,
+        &path,
+        cfg.max_upload_bytes,
+        SpoolRoom {
+            room,
+            used,
+            max: cfg.max_spool_bytes,
+        },
+        cfg.upload_idle_timeout,
+    )
+    .await;
     if let Err(e) = written {
         let _ = tokio::fs::remove_file(&path).await;
         return Err(e);
@@ -180,17 +215,56 @@ async fn submit_upload(
     Ok((StatusCode::ACCEPTED, axum::Json(status)).into_response())
 }
 
-/// Streams `body` into `path`, at most `max` bytes.
-async fn spool(body: Body, path: &std::path::Path, max: u64) -> Result<u64, IngestdError> {
-    let mut file = tokio::fs::File::create(path).await?;
+/// What the spool may still take (`room`), for the error past it.
+struct SpoolRoom {
+    room: u64,
+    used: u64,
+    max: u64,
+}
+
+/// Bytes in the spool directory's files now (uploads received and being received).
+async fn spooled_bytes(dir: &std::path::Path) -> Result<u64, IngestdError> {
+    let mut total = 0u64;
+    let mut entries = tokio::fs::read_dir(dir).await?;
+    while let Some(e) = entries.next_entry().await? {
+        if let Ok(m) = e.metadata().await
+            && m.is_file()
+        {
+            total += m.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Streams `body` into a new file at `path` (created exclusively, never through a symlink),
+/// at most `max` bytes and at most `spool.room`; a body that pauses longer than `idle` is
+/// abandoned.
+async fn spool(
+    body: Body,
+    path: &std::path::Path,
+    max: u64,
+    spool: SpoolRoom,
+    idle: std::time::Duration,
+) -> Result<u64, IngestdError> {
+    let mut file = tokio::fs::File::from_std(crate::jobs::create_private_file(path)?);
     let mut stream = body.into_data_stream();
     let mut n = 0u64;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| IngestdError::UploadStalled(idle))?;
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| IngestdError::BadRequest(format!("reading the body: {e}")))?;
         n += chunk.len() as u64;
         if n > max {
             return Err(IngestdError::UploadTooLarge { max });
+        }
+        if n > spool.room {
+            return Err(IngestdError::SpoolFull {
+                used: spool.used,
+                max: spool.max,
+            });
         }
         file.write_all(&chunk).await?;
     }

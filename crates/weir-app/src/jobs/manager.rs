@@ -121,6 +121,8 @@ struct Inner {
     publisher: BusPublisher,
     metrics: StreamMetrics,
     slots: Arc<Semaphore>,
+    /// Uploads being received (`jobs.max_concurrent_uploads`).
+    uploads: Arc<Semaphore>,
     jobs: Mutex<VecDeque<(String, Arc<Entry>)>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -165,6 +167,7 @@ impl JobManager {
         Self {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(config.max_concurrent)),
+                uploads: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
                 config,
                 pool,
                 bus,
@@ -175,6 +178,28 @@ impl JobManager {
                 tasks: TaskTracker::new(),
             }),
         }
+    }
+
+    /// Refuses (429) when as many jobs are queued or running as `jobs.max_concurrent` +
+    /// `jobs.max_queued` allow: checked before an upload is spooled, and again on submit.
+    pub fn check_capacity(&self) -> Result<(), IngestdError> {
+        let active = self.active();
+        let c = &self.inner.config;
+        if active >= c.max_concurrent + c.max_queued {
+            return Err(IngestdError::Busy { active });
+        }
+        Ok(())
+    }
+
+    /// A slot for one upload being received, or 429 past `jobs.max_concurrent_uploads`.
+    pub fn upload_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, IngestdError> {
+        self.inner
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| IngestdError::TooManyUploads {
+                max: self.inner.config.max_concurrent_uploads,
+            })
     }
 
     /// The settings.
@@ -272,7 +297,7 @@ impl JobManager {
                 has_header: true,
             }
         };
-        std::fs::create_dir_all(&inner.config.job_dir)
+        crate::jobs::private_dir(&inner.config.job_dir)
             .map_err(|e| IngestdError::Internal(format!("job dir: {e}")))?;
         let checkpoint = inner.config.job_dir.join(format!("{id}.checkpoint.json"));
         let entry = Arc::new(Entry {
@@ -411,6 +436,8 @@ impl JobManager {
                 .min(c.batch_size),
             concurrency: c.concurrency,
             adaptive_concurrency: c.adaptive_concurrency,
+            max_errors: Some(c.max_dead_letters),
+            max_decompressed_bytes: Some(c.max_decompressed_bytes),
             ..PipelineConfig::default()
         };
         let ckpt = CheckpointFile::new(&checkpoint);
@@ -436,7 +463,8 @@ impl JobManager {
             .await
             .map_err(|e| IngestdError::Internal(format!("creating key constraints: {e}")))?;
         let dead = JsonlDeadLetters::open(c.job_dir.join(format!("{id}.dead-letters.jsonl")))
-            .map_err(|e| IngestdError::Internal(format!("dead-letter file: {e}")))?;
+            .map_err(|e| IngestdError::Internal(format!("dead-letter file: {e}")))?
+            .with_max_bytes(c.max_dead_letter_bytes);
         let pipeline = Pipeline::new(
             cfg,
             GraphMapper::new(mapping),

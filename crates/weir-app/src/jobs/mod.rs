@@ -52,6 +52,25 @@ pub enum IngestdError {
         /// The bound, bytes.
         max: u64,
     },
+    /// Too many uploads being received at once.
+    #[error("too many uploads at once (jobs.max_concurrent_uploads = {max}); try again later")]
+    TooManyUploads {
+        /// The bound.
+        max: usize,
+    },
+    /// The spool directory would hold more than allowed.
+    #[error(
+        "no room to spool the upload: the spool holds {used} bytes of jobs.max_spool_bytes = {max}; try again once running jobs end"
+    )]
+    SpoolFull {
+        /// Bytes spooled now.
+        used: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// The upload's body stopped arriving.
+    #[error("the upload's body stopped arriving for {0:?} (jobs.upload_idle_timeout)")]
+    UploadStalled(std::time::Duration),
     /// Too many jobs queued or running.
     #[error("too many jobs ({active} queued or running); try again later")]
     Busy {
@@ -73,4 +92,106 @@ pub enum IngestdError {
     /// Something else failed (the cause is logged; clients see a correlation id).
     #[error("{0}")]
     Internal(String),
+}
+
+/// Creates `dir` (and its parents) if missing and makes it private to this user (0700): job
+/// files, dead letters and spooled uploads hold the users' data.
+pub(crate) fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory (a symlink is not accepted)",
+            dir.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Creates the new file `path` for writing, private to this user (0600): exclusively (it
+/// fails if anything exists there) and never through a symlink.
+pub(crate) fn create_private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Where job files and spooled uploads go by default: `$XDG_STATE_HOME/weir`, else
+/// `$HOME/.local/state/weir`, else `<temp dir>/weir-<uid>` (made private, 0700, when used).
+pub fn default_state_dir() -> std::path::PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(x) = env("XDG_STATE_HOME") {
+        return std::path::PathBuf::from(x).join("weir");
+    }
+    if let Some(h) = env("HOME") {
+        return std::path::PathBuf::from(h).join(".local/state/weir");
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    // This process's user: the owner of /proc/self.
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    std::env::temp_dir().join(format!("weir-{uid}"))
+}
+
+#[cfg(test)]
+mod file_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn state_dirs_are_private_and_files_never_follow_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b/spool");
+        private_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        // A directory made open by someone else is closed again.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A symlink where the directory should be is refused.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path().join("a"), &link).unwrap();
+        assert!(private_dir(&link).is_err());
+
+        let f = dir.join("x.upload");
+        drop(create_private_file(&f).unwrap());
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert!(
+            create_private_file(&f).is_err(),
+            "an existing file is not reused"
+        );
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let planted = dir.join("planted.upload");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(
+            create_private_file(&planted).is_err(),
+            "a symlink is not followed"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    #[test]
+    fn the_default_state_dir_is_not_a_shared_temp_dir() {
+        let d = default_state_dir();
+        if std::env::var_os("HOME").is_some_and(|h| !h.is_empty()) {
+            assert!(!d.starts_with(std::env::temp_dir()), "{}", d.display());
+        } else {
+            assert!(d.to_string_lossy().contains("weir-"), "{}", d.display());
+        }
+    }
 }
