@@ -197,11 +197,11 @@ pub async fn run_on(
                 Arc::new(move || serde_json::json!(s.open_sockets())),
             );
         console = console.with_figure("gateway", crate::figures::gateway(state.clone()));
-        routes = routes.merge(replay_router(ReplayApi {
-            bus: bus.clone(),
-            auth: auth.clone(),
-            config: settings.replay.clone(),
-        }));
+        routes = routes.merge(replay_router(ReplayApi::new(
+            bus.clone(),
+            auth.clone(),
+            settings.replay.clone(),
+        )));
     }
     if let Some(j) = &jobs {
         console = console.with_jobs();

@@ -20,15 +20,23 @@ pub struct ReplayConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub idle: Duration,
+    /// Pages read at once (each holds a bus consumer while it reads); more are refused with
+    /// 429 `TOO_MANY_REPLAYS`. Default 16.
+    pub max_concurrent: usize,
 }
 
 impl ReplayConfig {
     /// Checks the limits.
     pub fn validate(&self) -> Result<(), ServiceError> {
-        if self.max_batches == 0 || self.max_events == 0 || self.idle.is_zero() {
+        if self.max_batches == 0
+            || self.max_events == 0
+            || self.idle.is_zero()
+            || self.max_concurrent == 0
+        {
             return Err(ServiceError::Invalid {
                 field: "replay",
-                reason: "max_batches, max_events and idle must be above zero".into(),
+                reason: "max_batches, max_events, idle and max_concurrent must be above zero"
+                    .into(),
             });
         }
         Ok(())
@@ -41,6 +49,7 @@ impl Default for ReplayConfig {
             max_batches: 256,
             max_events: 10_000,
             idle: Duration::from_millis(300),
+            max_concurrent: 16,
         }
     }
 }

@@ -34,6 +34,20 @@ pub struct ReplayApi {
     pub auth: Arc<Authenticator>,
     /// Page limits.
     pub config: ReplayConfig,
+    /// Pages being read (`replay.max_concurrent`).
+    pub running: Arc<tokio::sync::Semaphore>,
+}
+
+impl ReplayApi {
+    /// The route's state: pages read from `bus`, callers checked by `auth`, `config`'s limits.
+    pub fn new(bus: BusSlot, auth: Arc<Authenticator>, config: ReplayConfig) -> Self {
+        Self {
+            running: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
+            bus,
+            auth,
+            config,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +99,16 @@ async fn changes(
     let Query(p) = match params {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.body_text()),
+    };
+    let Ok(_page) = api.running.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_REPLAYS",
+            format!(
+                "{} pages of /changes are being read (replay.max_concurrent); try again shortly",
+                api.config.max_concurrent
+            ),
+        );
     };
     let filter = ChangeFilter {
         labels: list(p.labels),
@@ -152,6 +176,8 @@ async fn changes(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt as _;
@@ -207,17 +233,55 @@ mod tests {
         }))
         .await
         .unwrap();
-        let router = replay_router(ReplayApi {
-            bus: BusSlot::ready(bus.clone()),
-            auth: Arc::new(Authenticator::new(&AuthConfig::ApiKeys {
+        let router = replay_router(ReplayApi::new(
+            BusSlot::ready(bus.clone()),
+            Arc::new(Authenticator::new(&AuthConfig::ApiKeys {
                 keys: vec![Secret::new("k")],
             })),
-            config: ReplayConfig {
+            ReplayConfig {
                 max_batches,
                 ..Default::default()
             },
-        });
+        ));
         (bus, router)
+    }
+
+    #[tokio::test]
+    async fn pages_read_at_once_are_bounded() {
+        let bus = Bus::connect(&BusConfig::InProcess(InProcessConfig::default()))
+            .await
+            .unwrap();
+        bus.publish_changes(batch("b0", &["A"])).await.unwrap();
+        let router = replay_router(ReplayApi::new(
+            BusSlot::ready(bus.clone()),
+            Arc::new(Authenticator::new(&AuthConfig::ApiKeys {
+                keys: vec![Secret::new("k")],
+            })),
+            ReplayConfig {
+                max_concurrent: 1,
+                idle: Duration::from_secs(2),
+                ..Default::default()
+            },
+        ));
+        // The first page waits `idle` for more batches; meanwhile a second is refused.
+        let first = {
+            let router = router.clone();
+            tokio::spawn(async move { get(&router, "/changes?since=0", Some("k")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, body) = get(&router, "/changes?since=0", Some("k")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["error"]["code"], "TOO_MANY_REPLAYS");
+        let (status, body) = first.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // Its slot is back.
+        let (status, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            get(&router, "/changes?since=0", Some("k")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]
