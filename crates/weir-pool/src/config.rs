@@ -63,10 +63,9 @@ pub struct PoolConfig {
     /// Most rows `execute` collects before it fails with `TooManyRows`; use `stream` for
     /// more. Default 10 000.
     pub max_collect_rows: usize,
-    /// Attempts of a write transaction on transient errors (first try included) by
-    /// [`crate::Pool::write_txn`] and [`crate::Pool::write_txn_owned`]. Not used by the graph
-    /// writer, which writes with [`crate::Pool::write_txn_once`] and leaves retries to its own
-    /// policy or the pipeline's. Default 3.
+    /// Attempts of a write transaction on transient errors (first try included), for the
+    /// pool's own retrying writes. Ingestion does not use it: its pipeline retries transient
+    /// failures itself, so that they lower its write concurrency. Default 3.
     pub txn_max_attempts: u32,
     /// Back-off before the first retry of a transaction; doubled each retry, with jitter.
     /// Default 100 ms.
