@@ -7,6 +7,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weir_bus::{Bus, BusConfig};
+use weir_config::Backoff;
 
 /// Holds the bus once it is connected. A service starts with an empty slot (not ready), a
 /// background task connects with back-off, and work that needs the bus waits for it (or
@@ -37,8 +38,11 @@ impl BusSlot {
         };
         let s = slot.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
+            let policy = Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5));
+            let mut failures = 0u32;
             loop {
+                failures += 1;
+                let delay = policy.delay(failures, 0.0);
                 match Bus::connect(&config).await {
                     Ok(bus) => {
                         tracing::info!("bus connected");
@@ -59,7 +63,6 @@ impl BusSlot {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return,
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         });
         slot

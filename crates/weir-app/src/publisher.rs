@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use weir_config::Backoff;
 use weir_events::ChangeBatch;
 use weir_graph::{ChangePublisher, PublishError};
 
@@ -65,6 +66,14 @@ pub struct EventsConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub max_backoff: Duration,
+}
+
+impl EventsConfig {
+    /// The retry policy of a required publish: waits doubling from `initial_backoff` to
+    /// `max_backoff`, no bound on attempts (`max_wait` and the stop signal end it).
+    pub fn retry(&self) -> Backoff {
+        Backoff::exponential(self.initial_backoff, self.max_backoff)
+    }
 }
 
 impl Default for EventsConfig {
@@ -143,7 +152,8 @@ impl BusPublisher {
     }
 
     async fn publish_required(&self, batch: ChangeBatch) -> Result<(), PublishError> {
-        let mut delay = self.config.initial_backoff;
+        let policy = self.config.retry();
+        let mut failures = 0u32;
         let mut failing_since: Option<Instant> = None;
         let started = Instant::now();
         loop {
@@ -182,7 +192,15 @@ impl BusPublisher {
                         )));
                     }
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    failures += 1;
+                    let delay = policy.jittered(failures);
                     tracing::warn!(error = %e, batch = %batch.batch_id, retry_in = ?delay, "publish failed; the job waits and retries the same batch");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.stop.cancelled() => {
+                            return Err(PublishError(format!("stopped while retrying batch {}", batch.batch_id)));
+                        }
+                    }
                 }
                 Err(e) => {
                     return Err(PublishError(format!(
@@ -191,13 +209,6 @@ impl BusPublisher {
                     )));
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = self.stop.cancelled() => {
-                    return Err(PublishError(format!("stopped while retrying batch {}", batch.batch_id)));
-                }
-            }
-            delay = (delay * 2).min(self.config.max_backoff);
         }
     }
 

@@ -25,6 +25,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
+use weir_config::Backoff;
 use weir_events::{ChangeBatch, EVENT_FORMAT_VERSION, ProgressEvent};
 
 use crate::parts::{self, Assembled, Assembler, SkipKind};
@@ -98,8 +99,9 @@ impl NatsBus {
             .subscription_capacity(config.subscription_capacity)
             .max_reconnects(None)
             .reconnect_delay_callback(move |attempts| {
-                let exp = u32::try_from(attempts.min(16)).unwrap_or(16);
-                Duration::from_millis(50u64 << exp.min(10)).min(max_delay)
+                let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
+                Backoff::exponential(Duration::from_millis(50), max_delay)
+                    .delay(attempt.saturating_add(1), 0.0)
             });
         let client = match tokio::time::timeout(
             config.connect_timeout,
@@ -640,7 +642,8 @@ impl Cursor {
     /// before the last seq delivered: it was deleted and created again, and its sequences
     /// start over (resubscribing with `since` then says [`BusError::SinceAhead`]).
     async fn reopen(&mut self) -> Step {
-        let mut delay = Duration::from_millis(100);
+        let policy = Backoff::exponential(Duration::from_millis(100), self.max_delay);
+        let mut failures = 0u32;
         loop {
             let checked = async {
                 let mut stream = self
@@ -683,9 +686,10 @@ impl Cursor {
                     return Step::Fail(e);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "reopening the bus consumer failed; retrying");
+                    failures += 1;
+                    let delay = policy.delay(failures, 0.0);
+                    tracing::warn!(error = %e, retry_in = ?delay, "reopening the bus consumer failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.max_delay);
                 }
             }
         }

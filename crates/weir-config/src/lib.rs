@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod backoff;
+
+pub use backoff::Backoff;
+
 /// Default Bolt URI: the ArcadeDB server `scripts/dev.sh up` starts.
 pub const DEFAULT_NEO4J_URI: &str = "bolt://127.0.0.1:17687";
 /// Default graph user (ArcadeDB's root user).

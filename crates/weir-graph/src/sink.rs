@@ -44,25 +44,26 @@ impl GraphError {
     }
 }
 
-/// Runs the writer's statements through the bounded session pool (which retries transient
-/// transaction failures itself, per its `txn_max_attempts`).
+/// Runs the writer's statements through the bounded session pool, one attempt per call
+/// ([`Pool::write_txn_once`]): the pool's own transaction retries (`txn_max_attempts`) would
+/// hide deadlocks from the writer and the pipeline, whose retries report them as contention.
 #[async_trait]
 impl CypherExecutor for Pool {
     async fn write_txn(&self, statements: &[Query]) -> Result<(), GraphError> {
-        Pool::write_txn(self, statements)
+        let mut session = self.get().await.map_err(|e| GraphError::from_pool(&e))?;
+        session
+            .write_txn(statements)
             .await
-            .map(|_| ())
             .map_err(|e| GraphError::from_pool(&e))
     }
 
     async fn write_txn_owned(
         &self,
         first: Vec<Query>,
-        rebuild: &(dyn Fn() -> Vec<Query> + Send + Sync),
+        _rebuild: &(dyn Fn() -> Vec<Query> + Send + Sync),
     ) -> Result<(), GraphError> {
-        Pool::write_txn_owned(self, first, rebuild)
+        Pool::write_txn_once(self, first)
             .await
-            .map(|_| ())
             .map_err(|e| GraphError::from_pool(&e))
     }
 

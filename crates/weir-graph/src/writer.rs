@@ -3,7 +3,10 @@
 //! Per batch: node rows first (per label, deduplicated by key, sorted by key), then
 //! relationship rows (per type, deduplicated and sorted by start and end key, so concurrent
 //! batches take locks in the same order), all in one transaction. Transient failures are
-//! retried with exponential backoff; data failures can be isolated down to the record.
+//! retried per [`WriterConfig::max_attempts`] (not at all for pipelines, whose sink stage
+//! retries them: [`WriterConfig::for_pipeline`]); uniqueness-constraint races per
+//! [`WriterConfig::constraint_attempts`]; data failures can be isolated down to the record.
+//! Executors make one attempt per call and never retry.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use neo4rs::{BoltList, BoltMap, BoltType, Query};
+use weir_config::Backoff;
 use weir_events::{
     ChangeBatch, ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, NodeRef, Operation, SourcePosition,
 };
@@ -22,16 +26,21 @@ use crate::publish::ChangePublisher;
 use crate::value::Value;
 
 /// Runs Cypher for the writer. Implemented for `neo4rs::Graph`; a pool implements it too.
+///
+/// An executor makes **one attempt** per call and does not retry: the writer (or, for
+/// pipelines, the pipeline) retries, and must see every transient failure so that contention
+/// reaches the adaptive concurrency limit.
 #[async_trait]
 pub trait CypherExecutor: Send + Sync + 'static {
-    /// Runs `statements` in order in one write transaction and commits it; on failure the
-    /// transaction is rolled back and the error classified. Borrowed, so a retry reuses the
+    /// Runs `statements` in order in one write transaction and commits it, once; on failure
+    /// the transaction is rolled back and the error classified. Borrowed, so a retry reuses the
     /// same statements: an implementation that must hand the driver an owned `Query` clones
     /// one statement at a time as it sends it, never the whole list.
     async fn write_txn(&self, statements: &[Query]) -> Result<(), GraphError>;
 
     /// Like [`CypherExecutor::write_txn`], with the statements handed over: `first` for the
-    /// first attempt, `rebuild()` for any retry the executor makes itself. Saves copying large
+    /// first attempt, `rebuild()` makes them again where an executor needs another copy (the
+    /// executors here make one attempt and do not). Saves copying large
     /// parameter lists into the driver. Default: borrows `first`.
     async fn write_txn_owned(
         &self,
@@ -88,19 +97,22 @@ async fn graph_txn(
         .map_err(|e| GraphError::from_neo4rs(&e))
 }
 
-/// Retry policy for transient failures.
+/// The writer's settings: its retry policy and the job id of its change events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriterConfig {
-    /// Attempts per batch including the first. Default 6.
+    /// Attempts per batch on transient failures (deadlocks, lost connections), the first
+    /// included. Default 6; 1 for pipelines ([`WriterConfig::for_pipeline`]).
     pub max_attempts: u32,
-    /// Wait before the first retry, doubled each time. Default 100 ms.
+    /// Wait before the first retry, doubled each time, each shortened by up to half at
+    /// random. Default 100 ms.
     pub initial_backoff: Duration,
     /// Longest wait between attempts. Default 5 s.
     pub max_backoff: Duration,
     /// Attempts per batch when the server reports a uniqueness-constraint violation. Two
     /// transactions merging the same new key at once can both try to create it; some servers
     /// (ArcadeDB) then refuse the later one instead of waiting, and the retry finds the node.
-    /// A violation that persists over these attempts is a data error. Default 4.
+    /// A violation that persists over these attempts is a data error. Independent of
+    /// `max_attempts`. Default 4.
     pub constraint_attempts: u32,
     /// The job id written into change events. Default `weir`.
     pub job_id: String,
@@ -115,6 +127,35 @@ impl Default for WriterConfig {
             constraint_attempts: 4,
             job_id: "weir".into(),
         }
+    }
+}
+
+impl WriterConfig {
+    /// The writer of a pipeline's [`crate::GraphSink`], as every production pipeline builds
+    /// it: transient failures are **not** retried here (`max_attempts` 1) but surface as
+    /// `SinkError::Transient`, so the pipeline retries them with its own policy and lowers its
+    /// adaptive concurrency limit; constraint races are retried here (the retry is reported to
+    /// the pipeline as contention). Change events carry `job_id`.
+    pub fn for_pipeline(job_id: impl Into<String>) -> Self {
+        Self {
+            max_attempts: 1,
+            job_id: job_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The retry policy of transient failures: `max_attempts` attempts, waits doubling from
+    /// `initial_backoff` to `max_backoff`, jitter 0.5.
+    pub fn retry(&self) -> Backoff {
+        Backoff::exponential(self.initial_backoff, self.max_backoff)
+            .with_jitter(0.5)
+            .with_max_attempts(self.max_attempts)
+    }
+
+    /// The retry policy of uniqueness-constraint races: [`WriterConfig::retry`] with
+    /// `constraint_attempts` attempts.
+    pub fn constraint_retry(&self) -> Backoff {
+        self.retry().with_max_attempts(self.constraint_attempts)
     }
 }
 
@@ -498,32 +539,24 @@ impl<E: CypherExecutor> GraphWriter<E> {
         }
         let rebuild = || self.prepare(batch_id.clone(), records).queries;
         let mut first = Some(queries);
+        let (retry, constraint_retry) = (self.config.retry(), self.config.constraint_retry());
         let mut attempt = 0u32;
-        let mut backoff = self.config.initial_backoff;
         loop {
             attempt += 1;
             let statements = first.take().unwrap_or_else(rebuild);
-            match self.exec.write_txn_owned(statements, &rebuild).await {
+            let policy = match self.exec.write_txn_owned(statements, &rebuild).await {
                 Ok(()) => break,
-                Err(e) if e.is_transient() && attempt < self.config.max_attempts.max(1) => {
+                Err(e) if e.is_transient() && retry.may_retry(attempt) => {
                     tracing::debug!(batch = %batch_id, attempt, error = %e, "transient failure, retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    &retry
                 }
-                Err(e)
-                    if is_constraint_race(&e)
-                        && attempt
-                            < self
-                                .config
-                                .constraint_attempts
-                                .min(self.config.max_attempts) =>
-                {
+                Err(e) if is_constraint_race(&e) && constraint_retry.may_retry(attempt) => {
                     tracing::debug!(batch = %batch_id, attempt, error = %e, "constraint violation, retrying once the competing transaction committed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    &constraint_retry
                 }
                 Err(e) => return Err(e),
-            }
+            };
+            tokio::time::sleep(policy.jittered(attempt)).await;
         }
         let mut out = WriteOutcome {
             nodes,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use weir_config::Backoff;
 
 use crate::PoolError;
 
@@ -62,7 +63,9 @@ pub struct PoolConfig {
     /// Most rows `execute` collects before it fails with `TooManyRows`; use `stream` for
     /// more. Default 10 000.
     pub max_collect_rows: usize,
-    /// Attempts of a write transaction on transient errors (first try included). Default 3.
+    /// Attempts of a write transaction on transient errors (first try included), for the
+    /// pool's own retrying writes. Ingestion does not use it: its pipeline retries transient
+    /// failures itself, so that they lower its write concurrency. Default 3.
     pub txn_max_attempts: u32,
     /// Back-off before the first retry of a transaction; doubled each retry, with jitter.
     /// Default 100 ms.
@@ -105,6 +108,15 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
+    /// The retry policy of [`crate::Pool::write_txn`]: `txn_max_attempts` attempts, waits
+    /// doubling from `txn_backoff_min` to `txn_backoff_max`, each shortened by up to half at
+    /// random.
+    pub fn txn_retry(&self) -> Backoff {
+        Backoff::exponential(self.txn_backoff_min, self.txn_backoff_max)
+            .with_jitter(0.5)
+            .with_max_attempts(self.txn_max_attempts)
+    }
+
     /// Checks every field and their combinations; the error names the offending field.
     pub fn validate(&self) -> Result<(), PoolError> {
         let bad =

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
+use weir_config::Backoff;
 
 use crate::circuit::{Admission, Breaker, ProbeGuard};
 use crate::stats::{CloseReason, Stats};
@@ -401,7 +402,8 @@ impl<C: Connector> Core<C> {
 /// then every `reaper_interval` closes expired idle sessions, purges idle sessions while the
 /// circuit is open, and keeps `min_idle`. Holds only a weak reference between rounds.
 async fn maintenance<C: Connector>(core: Weak<Core<C>>, cancel: CancellationToken) {
-    let mut delay = Duration::from_millis(50);
+    // Connect attempts before the pool is ready: 100 ms doubling up to `reaper_interval`.
+    let mut failed_connects = 0u32;
     loop {
         let wait = {
             let Some(core) = core.upgrade() else { return };
@@ -420,8 +422,9 @@ async fn maintenance<C: Connector>(core: Weak<Core<C>>, cancel: CancellationToke
                 if core.is_ready() {
                     Duration::ZERO
                 } else {
-                    delay = (delay * 2).min(cfg.reaper_interval);
-                    delay
+                    failed_connects = failed_connects.saturating_add(1);
+                    Backoff::exponential(Duration::from_millis(100), cfg.reaper_interval)
+                        .delay(failed_connects, 0.0)
                 }
             } else {
                 let reaped = core.reap();

@@ -216,21 +216,31 @@ impl Pool {
             .await
     }
 
+    /// Runs `statements` in one write transaction, **once**: no retry, for callers that retry
+    /// themselves (the graph writer and the stream pipeline, which must see every transient
+    /// failure to lower their write concurrency). Handed to the driver by value, never copied.
+    pub async fn write_txn_once(&self, statements: Vec<Query>) -> Result<(), PoolError> {
+        self.get()
+            .await?
+            .write_statements(Statements::Owned(statements))
+            .await
+    }
+
     /// Runs one transaction per attempt with the statements `next(attempt)` gives, retrying as
     /// [`Pool::write_txn`] describes.
     async fn txn_attempts<'q>(
         &self,
         mut next: impl FnMut(u32) -> Statements<'q> + Send,
     ) -> Result<u32, PoolError> {
-        let cfg = self.config();
+        let policy = self.config().txn_retry();
         let mut attempt = 1;
         loop {
             let statements = next(attempt);
             let result = async { self.get().await?.write_statements(statements).await }.await;
             match result {
                 Ok(()) => return Ok(attempt),
-                Err(e) if e.is_retryable_in_txn() && attempt < cfg.txn_max_attempts => {
-                    let delay = backoff(cfg, attempt);
+                Err(e) if e.is_retryable_in_txn() && policy.may_retry(attempt) => {
+                    let delay = policy.jittered(attempt);
                     tracing::debug!(attempt, ?delay, error = %e, "retrying graph transaction");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -266,17 +276,6 @@ enum Statements<'q> {
     Borrowed(&'q [Query]),
     /// Handed to the driver as they are.
     Owned(Vec<Query>),
-}
-
-fn backoff(cfg: &PoolConfig, attempt: u32) -> Duration {
-    use rand::Rng;
-    let exp = cfg
-        .txn_backoff_min
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(cfg.txn_backoff_max);
-    // Full jitter over the upper half: between exp/2 and exp.
-    let half = exp / 2;
-    half + rand::rng().random_range(Duration::ZERO..=half)
 }
 
 /// A checked-out graph session. Dropping it returns it to the pool, unless an operation on
@@ -499,12 +498,14 @@ mod tests {
             txn_backoff_max: Duration::from_millis(1000),
             ..PoolConfig::default()
         };
+        let policy = cfg.txn_retry();
+        assert!(policy.may_retry(2) && !policy.may_retry(3));
         for _ in 0..200 {
-            let b1 = backoff(&cfg, 1);
+            let b1 = policy.jittered(1);
             assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100));
-            let b3 = backoff(&cfg, 3);
+            let b3 = policy.jittered(3);
             assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400));
-            let b30 = backoff(&cfg, 30);
+            let b30 = policy.jittered(30);
             assert!(b30 >= Duration::from_millis(500) && b30 <= Duration::from_millis(1000));
         }
     }

@@ -2,49 +2,9 @@
 
 use std::time::Duration;
 
+use weir_config::Backoff;
+
 use crate::{Format, StreamError};
-
-/// How transient sink errors are retried: exponential backoff with jitter, bounded attempts.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RetryPolicy {
-    /// Attempts per write, the first included. Default 5.
-    pub max_attempts: u32,
-    /// Wait before the second attempt. Default 100 ms.
-    pub initial_backoff: Duration,
-    /// Longest wait between attempts. Default 10 s.
-    pub max_backoff: Duration,
-    /// Growth factor of the wait. Default 2.0.
-    pub multiplier: f64,
-    /// Fraction of each wait that is random (0.0 = none, 0.5 = between 50 % and 100 % of the
-    /// wait). Default 0.5.
-    pub jitter: f64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
-            multiplier: 2.0,
-            jitter: 0.5,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after failed attempt number `attempt` (1-based), jittered with `unit` in [0, 1).
-    pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
-        let exp = self
-            .multiplier
-            .max(1.0)
-            .powi(attempt.saturating_sub(1).min(64) as i32);
-        let base = self.initial_backoff.as_secs_f64() * exp;
-        let capped = base.min(self.max_backoff.as_secs_f64());
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        Duration::from_secs_f64(capped * (1.0 - jitter * unit.clamp(0.0, 1.0)))
-    }
-}
 
 /// Settings of one pipeline run. Plain data with a hand-written [`Default`]; check with
 /// [`PipelineConfig::validate`] (done by [`crate::Pipeline::run`]).
@@ -106,8 +66,10 @@ pub struct PipelineConfig {
     /// garbage can expand into gigabytes). `None` for no bound. Default `None` (`weir ingest`
     /// reads what the user gives it); jobs set `jobs.max_decompressed_bytes`.
     pub max_decompressed_bytes: Option<u64>,
-    /// Retries of transient sink errors.
-    pub retry: RetryPolicy,
+    /// Retries of transient sink errors (deadlocks, lost connections): the pipeline is the one
+    /// layer that retries them for its writes, and each one lowers the adaptive concurrency
+    /// limit. Default [`Backoff::default`]: 5 attempts, 100 ms doubling to 10 s, jitter 0.5.
+    pub retry: Backoff,
     /// How long in-flight batches may take to finish after cancellation. Default 10 s.
     pub grace_period: Duration,
     /// Least time between two checkpoint writes (the last one is always written). Default 1 s.
@@ -140,7 +102,7 @@ impl Default for PipelineConfig {
             pressure_stall_after: Duration::from_secs(5),
             max_errors: None,
             max_decompressed_bytes: None,
-            retry: RetryPolicy::default(),
+            retry: Backoff::default(),
             grace_period: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(1),
             progress_interval: Duration::from_secs(1),
@@ -170,7 +132,16 @@ impl PipelineConfig {
         positive("chunk_records", self.chunk_records)?;
         positive("chunk_queue", self.chunk_queue)?;
         positive("max_record_bytes", self.max_record_bytes)?;
-        positive("retry.max_attempts", self.retry.max_attempts as usize)?;
+        if self.retry.max_attempts.is_none() {
+            return Err(StreamError::InvalidConfig {
+                field: "retry.max_attempts",
+                reason: "must be bounded (a write retried forever stalls the run)".into(),
+            });
+        }
+        positive(
+            "retry.max_attempts",
+            self.retry.max_attempts.unwrap_or(0) as usize,
+        )?;
         if self.min_batch_records > self.batch_records {
             return Err(StreamError::InvalidConfig {
                 field: "min_batch_records",
@@ -265,14 +236,5 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let p = RetryPolicy::default();
-        assert_eq!(p.backoff(1, 0.0), Duration::from_millis(100));
-        assert_eq!(p.backoff(2, 0.0), Duration::from_millis(200));
-        assert_eq!(p.backoff(30, 0.0), Duration::from_secs(10));
-        assert_eq!(p.backoff(1, 1.0), Duration::from_millis(50));
     }
 }

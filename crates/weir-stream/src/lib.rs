@@ -72,7 +72,7 @@ pub use concurrency::{
     ConcurrencyLimit, INITIAL_PROBE_WINDOWS, LOWER_LOSS, MAX_PROBE_WINDOWS, RAISE_GAIN,
     WINDOW_MIN_BATCHES,
 };
-pub use config::{PipelineConfig, RetryPolicy};
+pub use config::PipelineConfig;
 pub use deadletter::{DeadLetter, DeadLetterSink, JsonlDeadLetters, MemoryDeadLetters, Stage};
 pub use decode::{CsvRow, DecodeError, Decoded, DecodedRecord, Decoder, Format};
 pub use error::StreamError;
@@ -82,4 +82,6 @@ pub use record::{Position, RawRecord, RecordKind, SourceNames, Staged};
 pub use sink::{Contention, NullSink, Prepared, Sink, SinkBatch, SinkError};
 pub use source::{FileSource, ReaderSource, Source, list_dir};
 pub use tokio_util::sync::CancellationToken;
+/// The retry policy of transient sink errors ([`PipelineConfig::retry`]).
+pub use weir_config::Backoff;
 pub use weir_memwatch::{MemoryGauge, MemoryUsage, ProcessGauge};

@@ -15,7 +15,7 @@ use common::{Row, map_row};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use weir_stream::{
-    CancellationToken, MemoryDeadLetters, Pipeline, PipelineConfig, ReaderSource, RetryPolicy,
+    Backoff, CancellationToken, MemoryDeadLetters, Pipeline, PipelineConfig, ReaderSource,
     RunOutcome, Sink, SinkBatch, SinkError, Stage,
 };
 
@@ -100,10 +100,7 @@ fn run_case(kinds: &[Kind], seed: u64, batch: usize, concurrency: usize, p: f64)
         batch_records: batch,
         min_batch_records: 1,
         concurrency,
-        retry: RetryPolicy {
-            max_attempts: 30,
-            ..Default::default()
-        },
+        retry: Backoff::default().with_max_attempts(30),
         ..Default::default()
     };
     let sink = Arc::new(FlakySink {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::{Row, csv, map_row};
 use weir_stream::{
-    BatchReport, CancellationToken, DeadLetter, DeadLetterSink, MemoryDeadLetters, Pipeline,
-    PipelineConfig, PipelineObserver, ReaderSource, RetryPolicy, RunOutcome, Sink, SinkBatch,
+    Backoff, BatchReport, CancellationToken, DeadLetter, DeadLetterSink, MemoryDeadLetters,
+    Pipeline, PipelineConfig, PipelineObserver, ReaderSource, RunOutcome, Sink, SinkBatch,
     SinkError, Stage, StreamError,
 };
 
@@ -164,12 +164,8 @@ async fn bad_items_are_isolated_with_and_without_indexes() {
 #[tokio::test(start_paused = true)]
 async fn transient_errors_retry_with_backoff_then_fail_the_run() {
     let mut c = cfg(10);
-    c.retry = RetryPolicy {
-        max_attempts: 4,
-        initial_backoff: Duration::from_millis(100),
-        jitter: 0.0,
-        ..Default::default()
-    };
+    c.retry = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10))
+        .with_max_attempts(4);
     let start = tokio::time::Instant::now();
     let (r, sink) = run(
         Mode::AlwaysTransient,

@@ -7,6 +7,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weir_bus::BusError;
+use weir_config::Backoff;
 use weir_subscriptions::SubscriptionManager;
 
 /// Reads change batches from the bus (this replica's own consumer) and publishes each to
@@ -20,7 +21,9 @@ pub fn spawn_changes(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last: Option<u64> = None;
-        let mut delay = Duration::from_millis(200);
+        let policy = Backoff::exponential(Duration::from_millis(200), Duration::from_secs(5));
+        // Failed subscriptions since the last batch received.
+        let mut failures = 0u32;
         loop {
             let Some(b) = bus.wait(&shutdown).await else {
                 return;
@@ -38,7 +41,7 @@ pub fn spawn_changes(
                         };
                         match item {
                             Some(Ok(batch)) => {
-                                delay = Duration::from_millis(200);
+                                failures = 0;
                                 last = Some(batch.seq);
                                 manager.publish(batch);
                             }
@@ -92,11 +95,11 @@ pub fn spawn_changes(
                 }
                 Err(e) => tracing::warn!(error = %e, "gateway feed cannot subscribe"),
             }
+            failures += 1;
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(policy.delay(failures, 0.0)) => {}
                 () = shutdown.cancelled() => return,
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     })
 }

@@ -451,12 +451,7 @@ impl JobManager {
             inner.pool.clone(),
             mapping.clone(),
             Arc::new(publisher.clone()),
-            WriterConfig {
-                // The pool and the pipeline retry transient failures already.
-                max_attempts: 1,
-                job_id: id.to_owned(),
-                ..WriterConfig::default()
-            },
+            WriterConfig::for_pipeline(id),
         ));
         writer
             .ensure_schema()

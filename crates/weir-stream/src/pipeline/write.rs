@@ -130,14 +130,14 @@ async fn write_parts<S: Sink>(
                     break;
                 }
                 Err(SinkError::Transient(msg)) => {
-                    if attempt >= policy.max_attempts {
+                    if !policy.may_retry(attempt) {
                         return Err(StreamError::RetriesExhausted {
                             attempts: attempt,
                             message: msg,
                         });
                     }
                     ctx.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    let wait = policy.backoff(attempt, rand::random::<f64>());
+                    let wait = policy.jittered(attempt);
                     debug!(seq, attempt, ?wait, error = %msg, "transient sink error: retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;

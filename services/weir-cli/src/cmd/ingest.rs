@@ -634,12 +634,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
             pool.clone(),
             mapping.clone(),
             publisher,
-            WriterConfig {
-                // The pool and the pipeline retry transient failures already.
-                max_attempts: 1,
-                job_id: args.job_id.clone(),
-                ..WriterConfig::default()
-            },
+            WriterConfig::for_pipeline(args.job_id.clone()),
         ));
         writer
             .ensure_schema()
