@@ -175,40 +175,6 @@ impl Env {
     }
 }
 
-/// Environment variables every service reads, with what they set (for docs and the deploy
-/// checks).
-pub const COMMON_ENV: &[(&str, &str)] = &[
-    ("NEO4J_URI", "graph.uri"),
-    ("NEO4J_USER", "graph.user"),
-    ("NEO4J_PASSWORD", "graph.password"),
-    ("NEO4J_DATABASE", "graph.database"),
-    ("NATS_URL", "bus.url (NATS bus only)"),
-    ("WEIR_BUS_STREAM", "bus.stream (NATS bus only)"),
-    (
-        "WEIR_BUS_SUBJECT_PREFIX",
-        "bus.subject_prefix (NATS bus only; one per Weir installation sharing a NATS)",
-    ),
-    ("WEIR_BIND", "bind"),
-    (
-        "WEIR_API_KEYS",
-        "auth = api_keys with these comma-separated keys",
-    ),
-    ("WEIR_LOG", "log filter (tracing EnvFilter syntax)"),
-    (
-        "WEIR_ADMIN_BIND",
-        "admin_bind: /metrics and /api/memory/* listener (off when unset)",
-    ),
-    (
-        "WEIR_ADMIN_TOKEN",
-        "admin_token: bearer token for /metrics and /api/memory/*",
-    ),
-    (
-        crate::admin::ALLOW_OPEN_ENV,
-        "1 lets the admin listener run without a token on an address other than loopback \
-         (off by default: it refuses to start)",
-    ),
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;

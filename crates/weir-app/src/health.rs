@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::{BusSlot, GatedGraphReader};
+use crate::BusSlot;
 
 /// One thing a service depends on.
 #[async_trait]
@@ -53,21 +53,6 @@ impl Probe for PoolProbe {
             Err("circuit open: graph server failing".into())
         } else {
             Ok(())
-        }
-    }
-}
-
-/// The graph as the gateway reads it.
-#[derive(Debug)]
-pub struct ReaderProbe(pub Arc<GatedGraphReader>);
-
-#[async_trait]
-impl Probe for ReaderProbe {
-    async fn check(&self) -> Result<(), String> {
-        if self.0.graph_ready().await {
-            Ok(())
-        } else {
-            Err("graph server does not answer".into())
         }
     }
 }

@@ -13,8 +13,6 @@
 //! - [`health`]: `/health` and `/ready` that reflect the graph pool and the bus.
 //! - [`admin`]: the admin listener (`/metrics`, `/api/memory/*`) of weir-metrics.
 //! - [`BusReplay`]: the gateway's `graphChanges(since:)` catch-up, read from the bus.
-//! - [`GatedGraphReader`]: the gateway's graph reader, connected lazily, ready only when the
-//!   graph and the bus both are.
 
 pub mod admin;
 pub mod app;
@@ -28,7 +26,6 @@ pub mod health;
 pub mod health_check;
 pub mod jobs;
 mod publisher;
-mod reader;
 mod replay;
 pub mod settings;
 mod signal;
@@ -36,7 +33,6 @@ mod signal;
 pub use bus::BusSlot;
 pub use error::ServiceError;
 pub use publisher::{BusPublisher, EventsConfig, EventsPolicy};
-pub use reader::GatedGraphReader;
 pub use replay::BusReplay;
 pub use signal::cancel_on_signal;
 pub use weir_gateway::{Authenticator, bearer};
