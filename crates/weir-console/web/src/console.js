@@ -589,6 +589,8 @@ function startTail() {
     e.preventDefault();
     tail.lastSeq = null;
     tail.lastIndex = null;
+    // Rows of the old filter not drawn yet are dropped: what shows from now on matches the new one.
+    tail.pending = [];
     subscribeTail();
   };
   $('tail-pause').onclick = () => {
@@ -596,6 +598,7 @@ function startTail() {
     $('tail-pause').textContent = tail.paused ? 'Resume' : 'Pause';
   };
   $('tail-clear').onclick = () => {
+    tail.pending = [];
     $('tail-rows').innerHTML = '';
   };
   subscribeTail();
