@@ -47,7 +47,9 @@ async fn nats_stopped_mid_ingest_pauses_it_and_nothing_is_lost_or_doubled() {
     let mut client = Ws::subscribe(gw.addr, &label).await;
     wait_subscriptions(gw.addr, 1).await;
 
-    let n: u64 = 12_000;
+    // Enough rows that the job cannot end between two looks at its progress (reported once a
+    // second): on a quiet machine 12,000 did.
+    let n: u64 = 40_000;
     let csv = people_csv(dir.path(), "people.csv", 0, n);
     // The client reads in the background (it answers the gateway's pings meanwhile).
     let reader = tokio::spawn(async move {
@@ -63,7 +65,7 @@ async fn nats_stopped_mid_ingest_pauses_it_and_nothing_is_lost_or_doubled() {
     .await;
     assert_eq!(status, 202, "{body}");
 
-    // Stop NATS once the job has committed something.
+    // Stop NATS as soon as the job reports a commit.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let j = job(ingestd.addr, "outage").await;
@@ -71,7 +73,7 @@ async fn nats_stopped_mid_ingest_pauses_it_and_nothing_is_lost_or_doubled() {
             j["state"], "completed",
             "the job finished before NATS could be stopped: {j}"
         );
-        if j["records_committed"].as_u64().unwrap_or(0) >= 200 {
+        if j["records_committed"].as_u64().unwrap_or(0) > 0 {
             break;
         }
         assert!(
