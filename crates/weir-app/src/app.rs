@@ -250,12 +250,7 @@ pub async fn run_on(
             .await
         }
         None => {
-            let origins: Arc<[String]> = settings.gateway.allowed_origins.clone().into();
-            let routes = routes.layer(axum::middleware::from_fn(
-                move |req: axum::extract::Request, next: axum::middleware::Next| {
-                    weir_gateway::origin::guard(origins.clone(), req, next)
-                },
-            ));
+            let routes = weir_gateway::origin::guarded(routes, &settings.gateway.allowed_origins);
             weir_gateway::listener::serve(
                 listener,
                 crate::health::layer(routes, health),

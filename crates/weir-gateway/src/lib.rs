@@ -232,19 +232,14 @@ impl GatewayState {
 /// The gateway's routes over `state`.
 pub fn router(state: GatewayState) -> Router {
     let body_limit = state.inner.config.limits.max_body_bytes;
-    let origins: Arc<[String]> = state.inner.config.allowed_origins.clone().into();
-    Router::new()
+    let origins = state.inner.config.allowed_origins.clone();
+    let routes = Router::new()
         .route("/graphql", post(graphql_post))
         .route("/graphql/ws", get(ws::upgrade))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                origin::guard(origins.clone(), req, next)
-            },
-        ))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit));
+    origin::guarded(routes, &origins).with_state(state)
 }
 
 /// Serves [`router`] on `listener` with the default [`ListenerConfig`] until `shutdown` fires,

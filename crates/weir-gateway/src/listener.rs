@@ -135,13 +135,7 @@ pub(crate) struct Slot<K: Hash + Eq + Clone> {
 impl<K: Hash + Eq + Clone> Slots<K> {
     /// A slot for `key` unless it holds `cap` already (`cap` 0: no limit).
     pub(crate) fn take(self: &Arc<Self>, key: &K, cap: usize) -> Option<Slot<K>> {
-        let mut m = self.open.lock();
-        let n = m.get(key).copied().unwrap_or(0);
-        if cap > 0 && n >= cap {
-            return None;
-        }
-        m.insert(key.clone(), n + 1);
-        Some(Slot {
+        self.try_add(key, cap).then(|| Slot {
             map: self.clone(),
             key: key.clone(),
         })
@@ -174,13 +168,7 @@ impl<K: Hash + Eq + Clone> Slots<K> {
 
 impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut m = self.map.open.lock();
-        if let Some(n) = m.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.key);
-            }
-        }
+        self.map.sub(&self.key, 1);
     }
 }
 
@@ -276,9 +264,16 @@ pub async fn serve(
             stats: stats.clone(),
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone().layer(axum::Extension(
-            axum::extract::ConnectInfo::<SocketAddr>(peer),
-        )));
+        // The client's address for the handlers (`ConnectInfo`), set on each request: layering
+        // the router per connection would rebuild every route.
+        let routes = router.clone();
+        let svc = TowerToHyperService::new(tower::service_fn(
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+                tower::ServiceExt::oneshot(routes.clone(), req.map(axum::body::Body::new))
+            },
+        ));
         let conn = http
             .serve_connection(TokioIo::new(stream), svc)
             .with_upgrades();

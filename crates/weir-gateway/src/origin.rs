@@ -42,8 +42,18 @@ fn forbidden() -> Response {
         .into_response()
 }
 
-/// Middleware applying the rule to every route it wraps: `axum::middleware::from_fn` with
-/// `move |req, next| origin::guard(list.clone(), req, next)`.
+/// `router` with the rule applied to every route it has, `allowed` listed.
+pub fn guarded<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+    allowed: &[String],
+) -> axum::Router<S> {
+    let list: Arc<[String]> = allowed.into();
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| guard(list.clone(), req, next),
+    ))
+}
+
+/// Middleware applying the rule to the routes it wraps (see [`guarded`]).
 pub async fn guard(allowed_list: Arc<[String]>, req: Request, next: Next) -> Response {
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let upgrade = req.headers().contains_key(header::UPGRADE);

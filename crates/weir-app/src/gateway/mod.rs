@@ -40,14 +40,9 @@ pub async fn serve_gateway(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    let origins: std::sync::Arc<[String]> = state.config().allowed_origins.clone().into();
     // The gateway's own routes check the origin themselves; the rest (jobs, `/changes`, the
-    // console's data) by this layer.
-    let extra = extra.layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            weir_gateway::origin::guard(origins.clone(), req, next)
-        },
-    ));
+    // console's data) here.
+    let extra = weir_gateway::origin::guarded(extra, &state.config().allowed_origins);
     let app = health::layer(weir_gateway::router(state.clone()).merge(extra), health);
     tracing::info!(%addr, "gateway listening");
     let grace = state.config().shutdown_grace;
