@@ -45,6 +45,32 @@ pub fn rel_merge(r: &RelMapping) -> String {
     )
 }
 
+/// `UNWIND $rows AS row MATCH (n:`L` {`k`: row.k0, ...}) DETACH DELETE n`: rows as in
+/// [`node_merge`], without `p`. A key that matches nothing deletes nothing.
+pub fn node_delete(n: &NodeMapping) -> String {
+    let keys: Vec<String> = n
+        .key_properties()
+        .enumerate()
+        .map(|(i, p)| format!("{}: row.k{i}", p.name))
+        .collect();
+    format!(
+        "UNWIND $rows AS row MATCH (n:{} {{{}}}) DETACH DELETE n",
+        n.label,
+        keys.join(", ")
+    )
+}
+
+/// `UNWIND $rows AS row MATCH (a:..)-[r:`T`]->(b:..) DELETE r`: rows as in [`rel_merge`],
+/// without `p`; the end nodes stay.
+pub fn rel_delete(r: &RelMapping) -> String {
+    format!(
+        "UNWIND $rows AS row MATCH {}-[r:{}]->{} DELETE r",
+        end_pattern("a", "s", &r.start),
+        r.rel_type,
+        end_pattern("b", "e", &r.end),
+    )
+}
+
 /// The key schema a mapping needs: one entry per distinct (label, key properties).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeySchema {

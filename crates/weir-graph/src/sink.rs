@@ -97,9 +97,10 @@ impl GraphMapper {
 
 fn map_error(e: RecordError) -> MapError {
     match &e {
-        RecordError::EmptyKey { field, .. } | RecordError::Value { field, .. } => {
-            MapError::field(field.clone(), e.to_string())
-        }
+        RecordError::EmptyKey { field, .. }
+        | RecordError::Value { field, .. }
+        | RecordError::Operation { field, .. } => MapError::field(field.clone(), e.to_string()),
+        RecordError::NothingToDelete => MapError::record(e.to_string()),
     }
 }
 

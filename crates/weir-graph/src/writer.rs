@@ -21,7 +21,7 @@ use weir_events::{
 
 use crate::cypher;
 use crate::error::GraphError;
-use crate::mapping::{MappedRecord, Mapping, canonical_key};
+use crate::mapping::{MappedRecord, Mapping, Op, canonical_key};
 use crate::publish::ChangePublisher;
 use crate::value::Value;
 
@@ -348,8 +348,168 @@ impl<E: CypherExecutor> GraphWriter<E> {
     /// Encodes `records` for one write under the change-batch id `batch_id` (no I/O): rows
     /// de-duplicated, sorted and turned into Bolt parameters, change events built. Done ahead
     /// of the write, it keeps the connection busy while the next batch is encoded.
+    ///
+    /// Consecutive records of one operation ([`Op`]) form a run, encoded on its own and in
+    /// record order: a delete after an upsert of the same key removes it, an upsert after a
+    /// delete writes it anew, all in the one transaction.
     pub fn prepare<R: RecordRef>(&self, batch_id: String, records: &[R]) -> PreparedBatch {
-        let batch_id = batch_id.as_str();
+        let mut out = PreparedBatch {
+            batch_id,
+            queries: Vec::new(),
+            events: Vec::new(),
+            nodes: 0,
+            rels: 0,
+        };
+        let mut start = 0;
+        while start < records.len() {
+            let op = records[start].mapped().op;
+            let end = records[start..]
+                .iter()
+                .position(|r| r.mapped().op != op)
+                .map_or(records.len(), |n| start + n);
+            match op {
+                Op::Upsert => self.prepare_upserts(&records[start..end], &mut out),
+                Op::Delete => self.prepare_deletes(&records[start..end], &mut out),
+            }
+            start = end;
+        }
+        out
+    }
+
+    /// A change event of this writer, committed "now" (the time is set again at the commit).
+    fn event(
+        &self,
+        batch_id: &str,
+        kind: EntityKind,
+        label: &str,
+        key: String,
+        operation: Operation,
+        pos: &SourcePosition,
+    ) -> ChangeEvent {
+        ChangeEvent {
+            version: EVENT_FORMAT_VERSION,
+            seq: 0,
+            index: 0,
+            kind,
+            label: label.to_owned(),
+            key,
+            operation,
+            properties: BTreeMap::new(),
+            start: None,
+            end: None,
+            job_id: self.config.job_id.clone(),
+            batch_id: batch_id.to_owned(),
+            source: pos.clone(),
+            committed_at_ms: 0,
+        }
+    }
+
+    /// Encodes a run of delete records: `DETACH DELETE` per node label, `DELETE` per
+    /// relationship type, de-duplicated and sorted by key; `DELETED` events.
+    fn prepare_deletes<R: RecordRef>(&self, records: &[R], out: &mut PreparedBatch) {
+        let want_events = self.publisher.wants_events();
+        let m = &*self.mapping;
+        let mut nodes: Vec<BTreeMap<Vec<KeyPart>, BoltMap>> = vec![BTreeMap::new(); m.nodes.len()];
+        let mut rels: Vec<BTreeMap<RelKey, BoltMap>> = vec![BTreeMap::new(); m.relationships.len()];
+        let mut events: BTreeMap<(bool, usize, String), ChangeEvent> = BTreeMap::new();
+        for r in records {
+            let rec = r.mapped();
+            let pos = &if want_events {
+                r.position()
+            } else {
+                SourcePosition::default()
+            };
+            for n in &rec.nodes {
+                let nm = &m.nodes[n.mapping];
+                nodes[n.mapping].entry(sort_key(&n.key)).or_insert_with(|| {
+                    let mut row = BoltMap::with_capacity(n.key.len());
+                    for (i, v) in n.key.iter().enumerate() {
+                        row.put(format!("k{i}").into(), v.to_bolt());
+                    }
+                    row
+                });
+                if want_events {
+                    let key = canonical_key(nm.key_properties().map(|p| &p.name), &n.key);
+                    events.insert(
+                        (false, n.mapping, key.clone()),
+                        self.event(
+                            &out.batch_id,
+                            EntityKind::Node,
+                            nm.label.as_str(),
+                            key,
+                            Operation::Deleted,
+                            pos,
+                        ),
+                    );
+                }
+            }
+            for r in &rec.rels {
+                let rm = &m.relationships[r.mapping];
+                rels[r.mapping]
+                    .entry((sort_key(&r.start), sort_key(&r.end)))
+                    .or_insert_with(|| {
+                        let mut row = BoltMap::with_capacity(r.start.len() + r.end.len());
+                        for (i, v) in r.start.iter().enumerate() {
+                            row.put(format!("s{i}").into(), v.to_bolt());
+                        }
+                        for (i, v) in r.end.iter().enumerate() {
+                            row.put(format!("e{i}").into(), v.to_bolt());
+                        }
+                        row
+                    });
+                if want_events {
+                    let sk = canonical_key(rm.start.key.iter().map(|k| &k.0), &r.start);
+                    let ek = canonical_key(rm.end.key.iter().map(|k| &k.0), &r.end);
+                    let mut e = self.event(
+                        &out.batch_id,
+                        EntityKind::Relationship,
+                        rm.rel_type.as_str(),
+                        format!("{sk}->{ek}"),
+                        Operation::Deleted,
+                        pos,
+                    );
+                    e.start = Some(NodeRef {
+                        label: rm.start.label.as_str().to_owned(),
+                        key: sk,
+                    });
+                    e.end = Some(NodeRef {
+                        label: rm.end.label.as_str().to_owned(),
+                        key: ek,
+                    });
+                    events.insert((true, r.mapping, e.key.clone()), e);
+                }
+            }
+        }
+        // Relationships first: a node deleted in the same run would take them along anyway.
+        for (i, rows) in rels.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            out.rels += rows.len() as u64;
+            let list: Vec<BoltType> = rows.into_values().map(BoltType::Map).collect();
+            out.queries.push(
+                Query::new(cypher::rel_delete(&m.relationships[i]))
+                    .param("rows", BoltType::List(BoltList::from(list))),
+            );
+        }
+        for (i, rows) in nodes.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            out.nodes += rows.len() as u64;
+            let list: Vec<BoltType> = rows.into_values().map(BoltType::Map).collect();
+            out.queries.push(
+                Query::new(cypher::node_delete(&m.nodes[i]))
+                    .param("rows", BoltType::List(BoltList::from(list))),
+            );
+        }
+        // Node events before relationship events, like upserts.
+        out.events.extend(events.into_values());
+    }
+
+    /// Encodes a run of upsert records.
+    fn prepare_upserts<R: RecordRef>(&self, records: &[R], out: &mut PreparedBatch) {
+        let batch_id = out.batch_id.clone();
         let want_events = self.publisher.wants_events();
         let m = &*self.mapping;
         // Per node mapping: canonical key -> (row, source, props json).
@@ -361,22 +521,8 @@ impl<E: CypherExecutor> GraphWriter<E> {
             vec![BTreeMap::new(); m.nodes.len()];
         let mut rel_events: Vec<BTreeMap<(String, String), ChangeEvent>> =
             vec![BTreeMap::new(); m.relationships.len()];
-        let now = chrono::Utc::now().timestamp_millis();
-        let event = |kind, label: &str, key: String, props, pos: &SourcePosition| ChangeEvent {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            index: 0,
-            kind,
-            label: label.to_owned(),
-            key,
-            operation: Operation::Merged,
-            properties: props,
-            start: None,
-            end: None,
-            job_id: self.config.job_id.clone(),
-            batch_id: batch_id.to_owned(),
-            source: pos.clone(),
-            committed_at_ms: now,
+        let event = |kind, label: &str, key: String, pos: &SourcePosition| {
+            self.event(&batch_id, kind, label, key, Operation::Merged, pos)
         };
         for (ri, r) in records.iter().enumerate() {
             let rec = r.mapped();
@@ -407,15 +553,7 @@ impl<E: CypherExecutor> GraphWriter<E> {
                     let key = canonical_key(nm.key_properties().map(|p| &p.name), &n.key);
                     let e = node_events[n.mapping]
                         .entry(key.clone())
-                        .or_insert_with(|| {
-                            event(
-                                EntityKind::Node,
-                                nm.label.as_str(),
-                                key,
-                                BTreeMap::new(),
-                                pos,
-                            )
-                        });
+                        .or_insert_with(|| event(EntityKind::Node, nm.label.as_str(), key, pos));
                     e.properties.extend(props_json(&n.props, &nm.properties));
                     e.source = pos.clone();
                 }
@@ -448,7 +586,6 @@ impl<E: CypherExecutor> GraphWriter<E> {
                                 EntityKind::Relationship,
                                 rm.rel_type.as_str(),
                                 format!("{sk}->{ek}"),
-                                BTreeMap::new(),
                                 pos,
                             );
                             e.start = Some(NodeRef {
@@ -466,7 +603,7 @@ impl<E: CypherExecutor> GraphWriter<E> {
                 }
             }
         }
-        let mut queries = Vec::new();
+        let queries = &mut out.queries;
         let (mut n_count, mut r_count) = (0u64, 0u64);
         for (i, rows) in nodes.into_iter().enumerate() {
             if rows.is_empty() {
@@ -490,18 +627,14 @@ impl<E: CypherExecutor> GraphWriter<E> {
                     .param("rows", BoltType::List(BoltList::from(list))),
             );
         }
-        let events = node_events
-            .into_iter()
-            .flat_map(BTreeMap::into_values)
-            .chain(rel_events.into_iter().flat_map(BTreeMap::into_values))
-            .collect();
-        PreparedBatch {
-            batch_id: batch_id.to_owned(),
-            queries,
-            events,
-            nodes: n_count,
-            rels: r_count,
-        }
+        out.events.extend(
+            node_events
+                .into_iter()
+                .flat_map(BTreeMap::into_values)
+                .chain(rel_events.into_iter().flat_map(BTreeMap::into_values)),
+        );
+        out.nodes += n_count;
+        out.rels += r_count;
     }
 
     /// Writes `records` in one transaction under the change-batch id `batch_id`: transient

@@ -225,3 +225,146 @@ async fn concurrent_batches_sharing_end_points_all_commit() {
     assert_eq!(tg.count(&tg.label("Person")).await, 400);
     assert_eq!(tg.count(&tg.label("Company")).await, 5);
 }
+
+const OPS: &str = r#"
+[input]
+operation_field = "op"
+
+[[nodes]]
+label = "Person"
+key = ["id"]
+properties = [{ name = "id", type = "int" }, { name = "name" }]
+
+[[relationships]]
+type = "KNOWS"
+start = { label = "Person", key = { id = "id" } }
+end = { label = "Person", key = { id = "friend" } }
+"#;
+
+#[tokio::test]
+async fn deletes_apply_in_record_order_within_a_batch_and_publish_deleted_events() {
+    use weir_events::Operation;
+    let tg = weir_test_support::graph().await;
+    let p = tg.label("Person");
+    // The mapping's prefix, as on the labels (not `rel_type`'s upper-case form).
+    let knows = format!("{}_KNOWS", tg.namespace);
+    let m = Arc::new(
+        Mapping::parse(OPS, "ops.toml")
+            .unwrap()
+            .with_label_prefix(&format!("{}_", tg.namespace))
+            .unwrap(),
+    );
+    let publisher = Arc::new(MemoryPublisher::new(16));
+    let w = GraphWriter::new(
+        tg.graph.clone(),
+        m.clone(),
+        publisher.clone(),
+        WriterConfig::default(),
+    );
+    w.ensure_schema().await.unwrap();
+    let rec = |i: u64, fields: &[(&str, &str)]| {
+        let pos = SourcePosition {
+            source: Some("ops".into()),
+            line: Some(i),
+            offset: None,
+        };
+        (pos, m.map_record(fields).unwrap())
+    };
+    let records = vec![
+        rec(1, &[("id", "1"), ("name", "one"), ("friend", "2")]),
+        rec(2, &[("id", "2"), ("name", "two"), ("friend", "3")]),
+        rec(3, &[("id", "3"), ("name", "three"), ("friend", "1")]),
+        // The relationship 1->2 only (its start node stays).
+        rec(4, &[("op", "delete"), ("id", "1"), ("friend", "2")]),
+        // Person 3 and its relationships (2->3, 3->1); then 99, which never existed.
+        rec(5, &[("op", "DELETE"), ("id", "3")]),
+        rec(6, &[("op", "delete"), ("id", "99")]),
+        // Written anew after its delete, in the same batch.
+        rec(
+            7,
+            &[
+                ("op", "upsert"),
+                ("id", "3"),
+                ("name", "again"),
+                ("friend", "4"),
+            ],
+        ),
+        rec(8, &[("op", ""), ("id", "4"), ("friend", "1")]),
+    ];
+    w.write(&Batch { id: 1, records }).await.unwrap();
+    assert_eq!(tg.count(&p).await, 4);
+    let row = scalar(
+        &tg,
+        &format!("MATCH (:`{p}`)-[r:`{knows}`]->(:`{p}`) RETURN count(r) AS n"),
+    )
+    .await;
+    assert_eq!(row.get::<i64>("n").unwrap(), 2, "only 3->4 and 4->1");
+    let row = scalar(
+        &tg,
+        &format!("MATCH (n:`{p}` {{id: 3}}) RETURN n.name AS name"),
+    )
+    .await;
+    assert_eq!(row.get::<String>("name").unwrap(), "again");
+    // Deleting again, and deleting what was never there, are no errors.
+    let again = vec![
+        rec(9, &[("op", "delete"), ("id", "4")]),
+        rec(10, &[("op", "delete"), ("id", "4")]),
+        rec(11, &[("op", "delete"), ("id", "12345"), ("friend", "6789")]),
+    ];
+    w.write(&Batch {
+        id: 2,
+        records: again,
+    })
+    .await
+    .unwrap();
+    assert_eq!(tg.count(&p).await, 3);
+    let row = scalar(
+        &tg,
+        &format!("MATCH (:`{p}`)-[r:`{knows}`]->(:`{p}`) RETURN count(r) AS n"),
+    )
+    .await;
+    assert_eq!(
+        row.get::<i64>("n").unwrap(),
+        0,
+        "4's relationships went with it"
+    );
+
+    let batches = publisher.drain();
+    let deleted: Vec<(EntityKind, String, Option<u64>)> = batches[0]
+        .events
+        .iter()
+        .filter(|e| e.operation == Operation::Deleted)
+        .map(|e| (e.kind, e.key.clone(), e.source.line))
+        .collect();
+    assert_eq!(
+        deleted,
+        // Within a run of deletes, like a run of upserts: nodes, then relationships.
+        vec![
+            (EntityKind::Node, "3".into(), Some(5)),
+            (EntityKind::Node, "99".into(), Some(6)),
+            (EntityKind::Relationship, "1->2".into(), Some(4)),
+        ]
+    );
+    // Events in record order: the re-written 3 comes after its delete.
+    let keys: Vec<(String, Operation)> = batches[0]
+        .events
+        .iter()
+        .filter(|e| e.kind == EntityKind::Node && e.key == "3")
+        .map(|e| (e.key.clone(), e.operation))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("3".into(), Operation::Merged),
+            ("3".into(), Operation::Deleted),
+            ("3".into(), Operation::Merged),
+        ]
+    );
+    // A value other than upsert/delete is refused, naming the field.
+    let e = m
+        .map_record([("op", "drop"), ("id", "1")].as_slice())
+        .unwrap_err();
+    assert!(e.to_string().contains("`op`"), "{e}");
+    let e = m.map_record([("op", "delete")].as_slice()).unwrap_err();
+    assert_eq!(e, weir_graph::RecordError::NothingToDelete);
+}

@@ -20,6 +20,13 @@
 //! properties = [{ name = "since", type = "date" }]
 //! ```
 //!
+//! With `[input] operation_field = "op"`, a record whose `op` is `delete` removes the most
+//! specific thing its keys name instead of writing it: the relationships whose two end keys it
+//! carries (the end nodes stay) if there are any, else every node whose key fields it carries
+//! (`DETACH DELETE`: its relationships go too). A key that matches nothing deletes nothing.
+//! `upsert`, a missing or an empty field mean the usual write; any other value is an error
+//! naming the field.
+//!
 //! End-point key types come from the node mapping of that label in the same file, or are
 //! given inline (`key = { id = { field = "person_id", type = "int" } }`), else string.
 //! Every label, type and property name is validated by [`crate::ident`]. Errors name the
@@ -44,7 +51,7 @@ use crate::value::{PropType, Value};
 pub use header::HeaderError;
 pub use key::canonical_key;
 pub use parse::MappingError;
-pub use record::{MappedRecord, NodeRow, Record, RecordError, RelRow};
+pub use record::{MappedRecord, NodeRow, Op, Record, RecordError, RelRow};
 
 /// The mapping format version this crate reads.
 pub const MAPPING_VERSION: u32 = 1;
@@ -65,6 +72,10 @@ pub struct InputHints {
     pub format: Option<InputFormat>,
     /// The CSV delimiter, when given (default `,`).
     pub delimiter: Option<u8>,
+    /// The record field naming each record's operation (`[input] operation_field`): `upsert`
+    /// (also when the field is missing or empty) or `delete`. `None`: every record is an
+    /// upsert.
+    pub operation_field: Option<String>,
 }
 
 /// One mapped property.

@@ -162,7 +162,22 @@ fn compile_input(cx: &Ctx<'_>, i: RawInput) -> Result<InputHints, MappingError> 
             Some(b[0])
         }
     };
-    Ok(InputHints { format, delimiter })
+    let operation_field = match i.operation_field {
+        None => None,
+        Some(f) if f.get_ref().trim().is_empty() => {
+            return Err(cx.err(
+                f.span(),
+                "input.operation_field",
+                "must name a record field (or be left out)",
+            ));
+        }
+        Some(f) => Some(f.into_inner()),
+    };
+    Ok(InputHints {
+        format,
+        delimiter,
+        operation_field,
+    })
 }
 
 fn compile_type(cx: &Ctx<'_>, p: &RawProp, path: &str) -> Result<PropType, MappingError> {

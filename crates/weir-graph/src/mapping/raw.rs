@@ -22,6 +22,7 @@ pub(super) struct RawMapping {
 pub(super) struct RawInput {
     pub(super) format: Option<Spanned<String>>,
     pub(super) delimiter: Option<Spanned<String>>,
+    pub(super) operation_field: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

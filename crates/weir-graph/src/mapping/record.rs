@@ -35,6 +35,17 @@ pub enum RecordError {
         /// The label or type it keys.
         target: String,
     },
+    /// The operation field holds neither `upsert` nor `delete`.
+    #[error("field `{field}` (the operation) is `{value}`; use `upsert` or `delete`")]
+    Operation {
+        /// The operation field.
+        field: String,
+        /// What it held (at most 64 characters of it).
+        value: String,
+    },
+    /// A delete record carries no complete key of any node or relationship of the mapping.
+    #[error("delete record carries the key of no node or relationship of the mapping")]
+    NothingToDelete,
     /// A field does not convert to its type.
     #[error("field `{field}` of {target}: {source}")]
     Value {
@@ -72,9 +83,22 @@ pub struct RelRow {
     pub props: Vec<(usize, Value)>,
 }
 
+/// What a record asks for: its entities written, or removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Op {
+    /// Merge the nodes and relationships by key and set their properties.
+    #[default]
+    Upsert,
+    /// Remove the nodes (`DETACH DELETE`) and relationships the record's keys name; rows carry
+    /// keys only.
+    Delete,
+}
+
 /// What one record maps to.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MappedRecord {
+    /// Write or remove.
+    pub op: Op,
     /// Its nodes.
     pub nodes: Vec<NodeRow>,
     /// Its relationships.
@@ -91,7 +115,8 @@ impl MappedRecord {
                 _ => 32,
             }
         }
-        self.nodes
+        16 + self
+            .nodes
             .iter()
             .map(|n| {
                 64 + n.key.iter().map(v).sum::<usize>()
@@ -152,9 +177,91 @@ fn end_values<R: Record + ?Sized>(
         .collect()
 }
 
+/// The record's operation, read from `field` (see [`Op`]).
+fn operation<R: Record + ?Sized>(rec: &R, field: &str) -> Result<Op, RecordError> {
+    let text = match rec.field(field) {
+        None => return Ok(Op::Upsert),
+        Some(FieldRef::Text(t)) => t.trim().to_owned(),
+        Some(FieldRef::Json(serde_json::Value::Null)) => return Ok(Op::Upsert),
+        Some(FieldRef::Json(serde_json::Value::String(t))) => t.trim().to_owned(),
+        Some(FieldRef::Json(other)) => other.to_string(),
+    };
+    if text.is_empty() || text.eq_ignore_ascii_case("upsert") {
+        Ok(Op::Upsert)
+    } else if text.eq_ignore_ascii_case("delete") {
+        Ok(Op::Delete)
+    } else {
+        Err(RecordError::Operation {
+            field: field.to_owned(),
+            value: text.chars().take(64).collect(),
+        })
+    }
+}
+
 impl Mapping {
-    /// Maps one record to its nodes and relationships.
+    /// The keys of what a delete record names: the relationships whose two end keys it
+    /// carries when there are any (their end nodes stay), else the nodes whose key fields it
+    /// carries. A key field present but of the wrong type is an error.
+    fn map_delete<R: Record + ?Sized>(&self, rec: &R) -> Result<MappedRecord, RecordError> {
+        let mut out = MappedRecord {
+            op: Op::Delete,
+            ..MappedRecord::default()
+        };
+        'nodes: for (mi, n) in self.nodes.iter().enumerate() {
+            let mut key = Vec::with_capacity(n.key.len());
+            for p in n.key_properties() {
+                let Some(f) = rec.field(&p.field) else {
+                    continue 'nodes;
+                };
+                match value::convert(&p.ty, f).map_err(|source| RecordError::Value {
+                    field: p.field.clone(),
+                    target: n.label.as_str().to_owned(),
+                    source,
+                })? {
+                    Some(v) => key.push(v),
+                    None => continue 'nodes,
+                }
+            }
+            out.nodes.push(NodeRow {
+                mapping: mi,
+                key,
+                props: Vec::new(),
+            });
+        }
+        for (mi, r) in self.relationships.iter().enumerate() {
+            // A missing or empty end key names nothing to delete; a wrong type is an error.
+            let ends = end_values(rec, &r.start, &r.rel_type)
+                .and_then(|s| Ok((s, end_values(rec, &r.end, &r.rel_type)?)));
+            let (start, end) = match ends {
+                Ok(ends) => ends,
+                Err(RecordError::EmptyKey { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            out.rels.push(RelRow {
+                mapping: mi,
+                start,
+                end,
+                props: Vec::new(),
+            });
+        }
+        if !out.rels.is_empty() {
+            // The most specific thing named: `{id, friend_id}` removes the relationship, not
+            // the person `id` it starts at.
+            out.nodes.clear();
+        } else if out.nodes.is_empty() {
+            return Err(RecordError::NothingToDelete);
+        }
+        Ok(out)
+    }
+
+    /// Maps one record to its nodes and relationships (their keys only, for a delete record:
+    /// see [`Op`]).
     pub fn map_record<R: Record + ?Sized>(&self, rec: &R) -> Result<MappedRecord, RecordError> {
+        if let Some(field) = &self.input.operation_field
+            && operation(rec, field)? == Op::Delete
+        {
+            return self.map_delete(rec);
+        }
         let mut out = MappedRecord::default();
         for (mi, n) in self.nodes.iter().enumerate() {
             let mut key = Vec::with_capacity(n.key.len());
