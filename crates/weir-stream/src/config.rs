@@ -70,6 +70,12 @@ pub struct PipelineConfig {
     /// layer that retries them for its writes, and each one lowers the adaptive concurrency
     /// limit. Default [`Backoff::default`]: 5 attempts, 100 ms doubling to 10 s, jitter 0.5.
     pub retry: Backoff,
+    /// Least time a batch keeps retrying transient errors, counted from its first failure,
+    /// even past `retry.max_attempts` (waits stay at `retry.max`): an outage of the graph
+    /// server shorter than this pauses the run (the queues fill, intake stops reading) instead
+    /// of failing it. `None`: attempts only. Default `None`; `weir ingest`, `weir consume` and
+    /// ingestd jobs set 5 min.
+    pub retry_budget: Option<Duration>,
     /// How long in-flight batches may take to finish after cancellation. Default 10 s.
     pub grace_period: Duration,
     /// Least time between two checkpoint writes (the last one is always written). Default 1 s.
@@ -103,6 +109,7 @@ impl Default for PipelineConfig {
             max_errors: None,
             max_decompressed_bytes: None,
             retry: Backoff::default(),
+            retry_budget: None,
             grace_period: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(1),
             progress_interval: Duration::from_secs(1),

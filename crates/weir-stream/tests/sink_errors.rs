@@ -22,6 +22,8 @@ enum Mode {
     BadWithIndexes,
     BadWithoutIndexes,
     AlwaysTransient,
+    /// The first this many calls fail transiently (an outage), then every write works.
+    TransientFor(u32),
     FatalAfter(usize),
 }
 
@@ -45,6 +47,9 @@ impl Sink for ScriptSink {
             .collect();
         match self.mode {
             Mode::AlwaysTransient => return Err(SinkError::Transient("timeout".into())),
+            Mode::TransientFor(n) if call < n => {
+                return Err(SinkError::Transient("connection refused".into()));
+            }
             Mode::FatalAfter(n) if call as usize >= n => {
                 return Err(SinkError::Fatal("database gone".into()));
             }
@@ -192,6 +197,52 @@ async fn transient_errors_retry_with_backoff_then_fail_the_run() {
     assert_eq!(summary.retries, 3);
     assert_eq!(summary.records_uncommitted, 5);
     assert!(summary.is_balanced());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_budget_rides_out_an_outage_longer_than_the_attempts_and_then_gives_up() {
+    let mut c = cfg(10);
+    c.retry = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1))
+        .with_max_attempts(3);
+    c.retry_budget = Some(Duration::from_secs(60));
+    // 30 failed writes (about 27 s of waiting) then the server is back: nothing fails.
+    let (r, sink) = run(
+        Mode::TransientFor(30),
+        25,
+        c.clone(),
+        Arc::new(MemoryDeadLetters::new(1)),
+    )
+    .await;
+    let summary = r.unwrap();
+    assert_eq!(summary.outcome, RunOutcome::Completed);
+    assert_eq!(summary.records_committed, 25);
+    assert_eq!(summary.retries, 30);
+    assert_eq!(sink.committed.lock().unwrap().len(), 25);
+    // An outage longer than the budget fails the run, after the budget and not before.
+    c.retry_budget = Some(Duration::from_secs(5));
+    let start = tokio::time::Instant::now();
+    let (r, _) = run(
+        Mode::AlwaysTransient,
+        5,
+        c,
+        Arc::new(MemoryDeadLetters::new(1)),
+    )
+    .await;
+    let err = r.unwrap_err();
+    assert!(
+        matches!(err.cause(), StreamError::RetriesExhausted { attempts, .. } if *attempts > 3),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -346,5 +397,70 @@ async fn error_budget_exceeded_in_intake_still_balances() {
     assert_eq!(
         summary.records_committed,
         sink.committed.lock().unwrap().len() as u64
+    );
+}
+
+/// Counts writes and flushes.
+#[derive(Default)]
+struct CountingDeadLetters {
+    written: std::sync::atomic::AtomicU64,
+    flushed: std::sync::atomic::AtomicU64,
+}
+
+impl DeadLetterSink for CountingDeadLetters {
+    fn write(&self, _: &DeadLetter) -> std::io::Result<()> {
+        self.written.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        self.flushed
+            .store(self.written.load(Ordering::SeqCst), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_commit_watch_moves_forward_to_the_end_with_dead_letters_flushed_first() {
+    let cfg = cfg(7);
+    let sink = Arc::new(ScriptSink {
+        mode: Mode::BadWithIndexes,
+        calls: AtomicU32::new(0),
+        committed: Mutex::new(Vec::new()),
+    });
+    let dl = Arc::new(CountingDeadLetters::default());
+    let (tx, mut rx) = tokio::sync::watch::channel(weir_stream::Position::default());
+    let seen = tokio::spawn({
+        let dl = dl.clone();
+        async move {
+            let mut seen = Vec::new();
+            while rx.changed().await.is_ok() {
+                let p = *rx.borrow_and_update();
+                // Every dead letter written before this announcement was flushed: the
+                // announcement follows a flush, and letters are written before their batch ends.
+                seen.push((p, dl.flushed.load(Ordering::SeqCst)));
+            }
+            seen
+        }
+    });
+    let source = ReaderSource::new(Cursor::new(csv(100).into_bytes()), "e.csv", &cfg);
+    let summary = Pipeline::new(cfg, map_row, sink)
+        .with_dead_letters(dl.clone())
+        .with_commit_watch(tx)
+        .run(source, CancellationToken::new())
+        .await
+        .unwrap();
+    let seen = seen.await.unwrap();
+    assert!(seen.len() > 1, "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].0.offset < w[1].0.offset),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last().unwrap().0, summary.checkpoint);
+    assert_eq!(summary.records_dead_lettered, 10);
+    assert_eq!(
+        seen.last().unwrap().1,
+        10,
+        "all dead letters flushed before the end is announced"
     );
 }

@@ -96,6 +96,7 @@ pub struct Pipeline<M: Mapper, S: Sink<Item = M::Item>> {
     run_id: Arc<str>,
     progress: watch::Sender<ProgressEvent>,
     observer: Option<Arc<dyn PipelineObserver>>,
+    commit_watch: Option<watch::Sender<Position>>,
 }
 
 /// A new run's id: 8 random hex digits.
@@ -141,7 +142,17 @@ impl<M: Mapper, S: Sink<Item = M::Item>> Pipeline<M, S> {
             run_id: new_run_id(),
             progress,
             observer: None,
+            commit_watch: None,
         }
+    }
+
+    /// Sends the commit frontier to `watch` each time it moves: every record before it (by
+    /// [`Position`]) is committed or dead-lettered, and dead letters are flushed to their sink
+    /// before it is sent. A message source acks by it ("ack after commit"); it moves as the
+    /// checkpoint does, but on every finished batch, whether or not there is a checkpoint file.
+    pub fn with_commit_watch(mut self, watch: watch::Sender<Position>) -> Self {
+        self.commit_watch = Some(watch);
+        self
     }
 
     /// The run's id (see [`SinkBatch::run_id`](crate::SinkBatch::run_id)).
@@ -242,6 +253,8 @@ impl<M: Mapper, S: Sink<Item = M::Item>> Pipeline<M, S> {
             started,
             bytes_total,
             observer: self.observer.clone(),
+            commit_watch: self.commit_watch,
+            dead_flushed: 0,
             limit: Arc::new(Limit {
                 state: ConcurrencyLimit::new(cfg.concurrency, cfg.adaptive_concurrency).into(),
                 observer: self.observer.clone(),

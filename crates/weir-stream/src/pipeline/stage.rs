@@ -42,6 +42,9 @@ pub(super) struct SinkStage<S: Sink> {
     pub(super) started: Instant,
     pub(super) bytes_total: Option<u64>,
     pub(super) observer: Option<Arc<dyn PipelineObserver>>,
+    pub(super) commit_watch: Option<tokio::sync::watch::Sender<Position>>,
+    /// Dead letters counted when the sink was last flushed for the commit watch.
+    pub(super) dead_flushed: u64,
     pub(super) limit: Arc<Limit>,
 }
 
@@ -227,6 +230,7 @@ impl<S: Sink> SinkStage<S> {
         if let Err(e) = self.write_checkpoint(frontier, complete) {
             fatal.get_or_insert(e);
         }
+        self.announce(frontier);
         (frontier, abandoned, fatal)
     }
 
@@ -252,8 +256,34 @@ impl<S: Sink> SinkStage<S> {
         tasks.spawn(async move { write_batch(&*sink, &ctx, batch, prepared).await });
     }
 
+    /// Tells the commit watcher (a message source acking what is done) that everything before
+    /// `frontier` is committed or dead-lettered, dead letters on disk first.
+    fn announce(&mut self, frontier: Position) {
+        let Some(w) = &self.commit_watch else {
+            return;
+        };
+        if *w.borrow() == frontier {
+            return;
+        }
+        let dead = self.counters.dead.load(Ordering::Relaxed);
+        let flushed = if dead == self.dead_flushed {
+            Ok(())
+        } else {
+            self.errors.sink.flush()
+        };
+        match flushed {
+            Ok(()) => {
+                self.dead_flushed = dead;
+                w.send_replace(frontier);
+            }
+            // Not announced: the next batch's finish tries again.
+            Err(e) => warn!(error = %e, "dead letters not flushed; holding acks back"),
+        }
+    }
+
     fn finish(&mut self, seq: u64, end: Position) {
         if let Some(frontier) = self.committer.finish(seq, end) {
+            self.announce(frontier);
             let due = self
                 .last_checkpoint
                 .is_none_or(|(at, _)| at.elapsed() >= self.cfg.checkpoint_interval);

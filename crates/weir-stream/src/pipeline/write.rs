@@ -96,6 +96,7 @@ async fn write_parts<S: Sink>(
     let mut stack = vec![items];
     while let Some(mut part) = stack.pop() {
         let mut attempt = 1u32;
+        let mut first_failure: Option<tokio::time::Instant> = None;
         loop {
             report.writes += 1;
             let contention = Contention::default();
@@ -130,7 +131,13 @@ async fn write_parts<S: Sink>(
                     break;
                 }
                 Err(SinkError::Transient(msg)) => {
-                    if !policy.may_retry(attempt) {
+                    let failing_since =
+                        *first_failure.get_or_insert_with(tokio::time::Instant::now);
+                    let within_budget = ctx
+                        .cfg
+                        .retry_budget
+                        .is_some_and(|b| failing_since.elapsed() < b);
+                    if !policy.may_retry(attempt) && !within_budget {
                         return Err(StreamError::RetriesExhausted {
                             attempts: attempt,
                             message: msg,
@@ -138,6 +145,9 @@ async fn write_parts<S: Sink>(
                     }
                     ctx.counters.retries.fetch_add(1, Ordering::Relaxed);
                     let wait = policy.jittered(attempt);
+                    if attempt.is_power_of_two() && attempt >= 4 {
+                        tracing::warn!(seq, attempt, failing_for = ?failing_since.elapsed(), error = %msg, "batch still failing; retrying (intake paused)");
+                    }
                     debug!(seq, attempt, ?wait, error = %msg, "transient sink error: retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
