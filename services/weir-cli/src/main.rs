@@ -38,6 +38,11 @@ enum Command {
     Ping(cmd::ping::PingArgs),
     /// Load CSV / JSON Lines files, directories or stdin into the graph with a mapping.
     Ingest(cmd::ingest::IngestArgs),
+    /// Keep the graph in step with a NATS JetStream subject (a long-running worker; start
+    /// several with the same --consumer to share the work).
+    Consume(cmd::consume::ConsumeArgs),
+    /// Publish a CSV / JSON Lines file's records to a NATS JetStream subject (for `consume`).
+    Publish(cmd::publish::PublishArgs),
     /// Check a mapping file (and show the Cypher it produces).
     Validate(cmd::validate::ValidateArgs),
     /// Write a deterministic synthetic people/companies dataset (for demos and benchmarks).
@@ -60,12 +65,20 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(cmd::EXIT_FATAL);
         }
     };
-    let quiet = matches!(&command, Command::Ingest(a) if a.quiet());
+    let quiet = match &command {
+        Command::Ingest(a) => a.quiet(),
+        Command::Consume(a) => a.quiet(),
+        _ => false,
+    };
     logging::init(&cli.process, &env, quiet);
     cli.process.start_heap_profiling(&env);
     // The memory log line: off unless asked for (`weir ingest` prints its own progress).
     let (memory_log_interval, memory_limit) = match &command {
         Command::Ingest(args) => (
+            cli.process.memory_log_interval.unwrap_or(Duration::ZERO),
+            args.memory_limit(),
+        ),
+        Command::Consume(args) => (
             cli.process.memory_log_interval.unwrap_or(Duration::ZERO),
             args.memory_limit(),
         ),
@@ -94,6 +107,8 @@ fn main() -> std::process::ExitCode {
         match command {
             Command::Ping(args) => cmd::ping::run(args).await,
             Command::Ingest(args) => cmd::ingest::run(args).await,
+            Command::Consume(args) => cmd::consume::run(args).await,
+            Command::Publish(args) => cmd::publish::run(args).await,
             Command::Validate(args) => cmd::validate::run(args),
             Command::Generate(args) => cmd::generate::run(args),
             Command::Serve(_) => unreachable!("served above"),

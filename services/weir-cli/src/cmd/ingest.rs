@@ -53,7 +53,8 @@ pub(crate) enum ProgressMode {
 #[derive(Debug, Args)]
 #[command(after_help = "Exit codes:\n  \
     0  every record read was committed\n  \
-    1  fatal error (bad arguments or mapping, graph unreachable, --max-errors exceeded, ...);\n     \
+    1  fatal error (bad arguments or mapping, graph unreachable at the start or for longer than\n     \
+       --retry-for, --max-errors exceeded, ...);\n     \
        what was committed stays committed; rerun with --resume to continue\n  \
     2  invalid command line\n  \
     3  completed, but some records were dead-lettered (see --dead-letter)\n  \
@@ -100,6 +101,11 @@ pub(crate) struct IngestArgs {
     /// for stdin or several inputs (then --resume needs this flag).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// How long a batch keeps retrying while the graph server is unreachable or refuses writes
+    /// for a passing reason (restart, failover, deadlock) before the run fails: meanwhile
+    /// intake pauses, nothing is lost, and the run goes on by itself when the server is back.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    retry_for: Duration,
     /// Stop (exit 1) once more than this many records were dead-lettered.
     #[arg(long)]
     max_errors: Option<u64>,
@@ -205,7 +211,7 @@ fn detect_format(args: &IngestArgs, mapping: &Mapping) -> Format {
 /// Shrinks the pipeline's buffers until their bound fits in 40 % of `limit` (the rest is the
 /// runtime, the allocator, the pool and the graph driver), down to a floor set by
 /// `max_record_bytes` (1 MiB) and `--concurrency`.
-fn fit_to_limit(cfg: &mut PipelineConfig, limit: u64) {
+pub(crate) fn fit_to_limit(cfg: &mut PipelineConfig, limit: u64) {
     let budget = (limit as f64 * 0.4) as usize;
     while cfg.memory_bound_bytes() > budget {
         if cfg.batch_bytes > 64 << 10 {
@@ -224,8 +230,17 @@ fn fit_to_limit(cfg: &mut PipelineConfig, limit: u64) {
 }
 
 /// Dead letters printed to stderr (the first 20 in full, then a count at the end).
-struct StderrDeadLetters {
+pub(crate) struct StderrDeadLetters {
     shown: std::sync::atomic::AtomicU64,
+}
+
+impl StderrDeadLetters {
+    /// None shown yet.
+    pub(crate) fn new() -> Self {
+        Self {
+            shown: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }
 
 impl DeadLetterSink for StderrDeadLetters {
@@ -251,7 +266,7 @@ impl DeadLetterSink for StderrDeadLetters {
     }
 }
 
-fn human_bytes(b: u64) -> String {
+pub(crate) fn human_bytes(b: u64) -> String {
     let b = b as f64;
     if b >= (1u64 << 30) as f64 {
         format!("{:.2} GiB", b / (1u64 << 30) as f64)
@@ -275,7 +290,7 @@ fn pressure(p: &ProgressEvent) -> String {
     }
 }
 
-fn spawn_progress(
+pub(crate) fn spawn_progress(
     mode: ProgressMode,
     mut rx: tokio::sync::watch::Receiver<ProgressEvent>,
 ) -> tokio::task::JoinHandle<()> {
@@ -414,14 +429,16 @@ impl IngestArgs {
 
 /// The publisher of `--bus`, connected (within the bus's connect timeout); `None` without
 /// `--bus` or with `--events off`.
-async fn connect_bus(
-    args: &IngestArgs,
+pub(crate) async fn connect_bus(
+    bus: Option<BusArg>,
+    events: Option<EventsArg>,
+    max_wait: Duration,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<BusPublisher>> {
-    let Some(BusArg::Nats) = args.bus else {
+    let Some(BusArg::Nats) = bus else {
         return Ok(None);
     };
-    let policy = args.events.map_or(EventsPolicy::Required, Into::into);
+    let policy = events.map_or(EventsPolicy::Required, Into::into);
     if policy == EventsPolicy::Off {
         return Ok(None);
     }
@@ -435,7 +452,7 @@ async fn connect_bus(
         BusSlot::ready(connected),
         EventsConfig {
             policy,
-            max_wait: args.events_max_wait,
+            max_wait,
             ..EventsConfig::default()
         },
         stop,
@@ -444,12 +461,15 @@ async fn connect_bus(
 
 /// `--metrics-bind`: the admin listener with this run's metric `sources` (and memory), until
 /// `stop` fires; `None` without the flag.
-async fn spawn_metrics(
-    args: &IngestArgs,
+pub(crate) async fn spawn_metrics(
+    what: &'static str,
+    metrics_bind: Option<std::net::SocketAddr>,
+    memory_limit: Option<u64>,
+    quiet: bool,
     sources: Sources,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let Some(bind) = args.metrics_bind else {
+    let Some(bind) = metrics_bind else {
         return Ok(None);
     };
     let config = AdminConfig {
@@ -461,17 +481,17 @@ async fn spawn_metrics(
         allow_open: false,
     };
     let (addr, task) = weir_app::admin::spawn_admin(
-        "weir ingest",
+        what,
         bind,
         &config,
         &weir_gateway::ListenerConfig::default(),
-        args.memory_limit,
+        memory_limit,
         sources,
         stop.clone(),
     )
     .await
     .context("--metrics-bind")?;
-    if !args.quiet {
+    if !quiet {
         eprintln!("metrics: http://{addr}/metrics");
     }
     Ok(Some(task))
@@ -499,6 +519,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
         concurrency: args.concurrency,
         adaptive_concurrency: !args.fixed_concurrency,
         max_errors: args.max_errors,
+        retry_budget: Some(args.retry_for),
         ..PipelineConfig::default()
     };
     if let Some(limit) = args.memory_limit {
@@ -549,9 +570,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
             JsonlDeadLetters::open(p)
                 .with_context(|| format!("opening dead-letter file {}", p.display()))?,
         ),
-        None => Arc::new(StderrDeadLetters {
-            shown: std::sync::atomic::AtomicU64::new(0),
-        }),
+        None => Arc::new(StderrDeadLetters::new()),
     };
     let gauge = Arc::new(ProcessGauge::new(args.memory_limit));
     let cancel = CancellationToken::new();
@@ -580,7 +599,10 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     let metrics_task;
     let (result, pool) = if args.dry_run {
         metrics_task = spawn_metrics(
-            &args,
+            "weir ingest",
+            args.metrics_bind,
+            args.memory_limit,
+            args.quiet,
             vec![("stream", Arc::new(stream.clone()) as _)],
             &metrics_stop,
         )
@@ -612,14 +634,18 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
             pool.close().await;
             anyhow::bail!("graph server not reachable at {uri}\n  -> {START_HINT}");
         }
-        let (publisher, bus_publisher) = match connect_bus(&args, cancel.clone()).await? {
-            Some(p) => (Arc::new(p.clone()) as Arc<dyn ChangePublisher>, Some(p)),
-            None => (Arc::new(NoopPublisher) as Arc<dyn ChangePublisher>, None),
-        };
+        let (publisher, bus_publisher) =
+            match connect_bus(args.bus, args.events, args.events_max_wait, cancel.clone()).await? {
+                Some(p) => (Arc::new(p.clone()) as Arc<dyn ChangePublisher>, Some(p)),
+                None => (Arc::new(NoopPublisher) as Arc<dyn ChangePublisher>, None),
+            };
         unpublished = bus_publisher;
         let status = pool.clone();
         metrics_task = spawn_metrics(
-            &args,
+            "weir ingest",
+            args.metrics_bind,
+            args.memory_limit,
+            args.quiet,
             vec![
                 ("stream", Arc::new(stream.clone()) as _),
                 (

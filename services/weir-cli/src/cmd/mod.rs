@@ -1,8 +1,10 @@
 //! The `weir` subcommands, one module each.
 
+pub(crate) mod consume;
 pub(crate) mod generate;
 pub(crate) mod ingest;
 pub(crate) mod ping;
+pub(crate) mod publish;
 pub(crate) mod serve;
 pub(crate) mod validate;
 

@@ -1,0 +1,374 @@
+//! `weir consume`: a long-running worker that keeps the graph in step with a NATS JetStream
+//! subject, through the same mapping, pipeline and pool as `weir ingest`. Workers started with
+//! the same `--consumer` share the stream's messages; each message is acknowledged after its
+//! records are committed (or dead-lettered).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use weir_config::{START_HINT, ServiceSettings};
+use weir_graph::{
+    ChangePublisher, GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig,
+};
+use weir_metrics::StreamMetrics;
+use weir_pool::{Pool, PoolConfig};
+use weir_sources::{DeliverFrom, JetStreamSource, JetStreamSourceConfig};
+use weir_stream::{
+    CancellationToken, DeadLetterSink, Format, JsonlDeadLetters, Pipeline, PipelineConfig,
+    ProcessGauge, RunOutcome, RunSummary, StreamError,
+};
+
+use super::EXIT_FATAL;
+use super::ingest::{
+    BusArg, EventsArg, ProgressMode, StderrDeadLetters, connect_bus, fit_to_limit, parse_size,
+    spawn_metrics, spawn_progress,
+};
+
+/// `--deliver`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DeliverArg {
+    /// Every message the stream holds.
+    All,
+    /// Only messages published after the consumer is created.
+    New,
+    /// The last message, then new ones.
+    Last,
+}
+
+/// Arguments of `weir consume`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Message bodies: one JSON object, or several as JSON Lines (one per line).\n\
+    With `[input] operation_field` in the mapping, records can delete (see `weir validate`).\n\n\
+    Exit codes:\n  \
+    0  stopped by SIGTERM / Ctrl-C (or --exit-when-idle) after acknowledging what was committed\n  \
+    1  fatal error (bad arguments or mapping, graph unreachable at the start or for longer than\n     \
+       --retry-for, dead-letter file unwritable, ...); unacknowledged messages are redelivered"
+)]
+pub(crate) struct ConsumeArgs {
+    /// The mapping file (TOML); check it with `weir validate`.
+    #[arg(long, short)]
+    mapping: PathBuf,
+    /// NATS URL. Default: `NATS_URL`, else nats://127.0.0.1:4222.
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// JetStream stream to read (created with --subject when missing).
+    #[arg(long, default_value = "WEIR_INGEST")]
+    stream: String,
+    /// Subject filter of the consumer (`*` and `>` wildcards allowed).
+    #[arg(long, default_value = "weir.ingest")]
+    subject: String,
+    /// Durable consumer name: workers with the same name share the messages.
+    #[arg(long, default_value = "weir")]
+    consumer: String,
+    /// Where a new consumer starts (an existing one keeps its place).
+    #[arg(long, value_enum, default_value = "all")]
+    deliver: DeliverArg,
+    /// How long the server waits for a message's ack before redelivering it to a worker.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ack_wait: Duration,
+    /// Most messages delivered and not yet acknowledged, across all workers.
+    #[arg(long, default_value_t = 20_000)]
+    max_ack_pending: usize,
+    /// Most records per batch (one write transaction each).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Longest a started batch waits for more records before it is written.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    linger: Duration,
+    /// Most batches written at once (adapts between 1 and this, like `weir ingest`).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Memory limit (e.g. `256MiB`): pulling pauses above 80 % of it and resumes below 70 %.
+    /// Default: the cgroup limit, if any.
+    #[arg(long, value_parser = parse_size)]
+    memory_limit: Option<u64>,
+    /// Append records that cannot be decoded, mapped or written to this JSON Lines file
+    /// (`line` is the message's stream sequence). Default: print them to stderr.
+    #[arg(long)]
+    dead_letter: Option<PathBuf>,
+    /// How long a batch keeps retrying while the graph server is unreachable before the worker
+    /// fails (its messages are then redelivered); meanwhile pulling pauses.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    retry_for: Duration,
+    /// Stop (exit 0) once nothing has arrived for this long and everything read is committed
+    /// (batch runs over a stream, benchmarks). Default: run until SIGTERM / Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    exit_when_idle: Option<Duration>,
+    /// Prefix every label and relationship type.
+    #[arg(long, default_value = "")]
+    label_prefix: String,
+    /// Bolt URI of the graph server (overrides NEO4J_URI).
+    #[arg(long)]
+    uri: Option<String>,
+    /// Job id used in progress and change events.
+    #[arg(long, default_value = "consume")]
+    job_id: String,
+    /// Publish the committed changes to this bus (see `weir ingest --bus`).
+    #[arg(long, value_enum)]
+    bus: Option<BusArg>,
+    /// With `--bus`: `required` (default), `best-effort` or `off` (see `weir ingest --events`).
+    #[arg(long, value_enum, requires = "bus")]
+    events: Option<EventsArg>,
+    /// Serve `/metrics` (stream, consumer, pool, memory) on this address. Default: off.
+    #[arg(long)]
+    metrics_bind: Option<std::net::SocketAddr>,
+    /// Progress lines every 5 s on stderr (`plain`, the default for a worker) or none.
+    #[arg(long, value_enum, default_value = "plain")]
+    progress: ProgressMode,
+    /// Only errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl ConsumeArgs {
+    /// `--quiet`.
+    pub(crate) fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// `--memory-limit`.
+    pub(crate) fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
+    }
+}
+
+/// Cancels `stop` once nothing was read for `idle` and everything read is finished.
+fn spawn_idle_exit(
+    idle: Duration,
+    mut progress: tokio::sync::watch::Receiver<weir_events::ProgressEvent>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut last = (u64::MAX, tokio::time::Instant::now());
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            let p = progress.borrow_and_update().clone();
+            if p.state.is_terminal() {
+                return;
+            }
+            if p.records_read != last.0 {
+                last = (p.records_read, tokio::time::Instant::now());
+                continue;
+            }
+            let finished = p.records_committed + p.records_dead_lettered >= p.records_read;
+            if finished && last.1.elapsed() >= idle {
+                tracing::info!(?idle, "idle: stopping");
+                stop.cancel();
+                return;
+            }
+        }
+    });
+}
+
+fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics) {
+    let secs = s.duration.as_secs_f64();
+    println!(
+        "consume {}",
+        match s.outcome {
+            RunOutcome::Completed | RunOutcome::Cancelled => "stopped",
+            RunOutcome::Failed => "failed",
+        }
+    );
+    println!("  messages received:     {}", m.received());
+    println!("  messages acked:        {}", m.acked());
+    println!("  messages redelivered:  {}", m.redelivered());
+    println!("  messages handed back:  {}", m.naked());
+    println!("  records read:          {}", s.records_read);
+    println!("  records committed:     {}", s.records_committed);
+    println!("  records dead-lettered: {}", s.records_dead_lettered);
+    println!("  records uncommitted:   {}", s.records_uncommitted);
+    println!("  duration:              {secs:.2}s");
+    println!(
+        "  rate:                  {:.0} records/s",
+        s.records_committed as f64 / secs.max(1e-9)
+    );
+    println!("  retries:               {}", s.retries);
+}
+
+/// Runs `weir consume`.
+pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
+    let mapping =
+        Mapping::from_path(&args.mapping).map_err(|e| anyhow::anyhow!("invalid mapping: {e}"))?;
+    let mapping = Arc::new(
+        mapping
+            .with_label_prefix(&args.label_prefix)
+            .map_err(|e| anyhow::anyhow!("invalid --label-prefix: {e}"))?,
+    );
+    if args.batch_size == 0 || args.concurrency == 0 {
+        anyhow::bail!("--batch-size and --concurrency must be at least 1");
+    }
+    let mut cfg = PipelineConfig {
+        job_id: args.job_id.clone(),
+        format: Format::JsonLines,
+        batch_records: args.batch_size,
+        min_batch_records: PipelineConfig::default()
+            .min_batch_records
+            .min(args.batch_size),
+        linger: args.linger,
+        concurrency: args.concurrency,
+        retry_budget: Some(args.retry_for),
+        ..PipelineConfig::default()
+    };
+    if let Some(limit) = args.memory_limit {
+        fit_to_limit(&mut cfg, limit);
+    }
+    let env = weir_app::config::Env::load().context("reading settings")?;
+    let nats_url = args
+        .nats_url
+        .clone()
+        .or_else(|| env.get("NATS_URL").map(str::to_owned))
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let source_cfg = JetStreamSourceConfig {
+        url: nats_url,
+        stream: args.stream.clone(),
+        subject: args.subject.clone(),
+        consumer: args.consumer.clone(),
+        deliver: match args.deliver {
+            DeliverArg::All => DeliverFrom::All,
+            DeliverArg::New => DeliverFrom::New,
+            DeliverArg::Last => DeliverFrom::Last,
+        },
+        ack_wait: args.ack_wait,
+        max_ack_pending: args.max_ack_pending,
+        fetch_messages: args.batch_size,
+        max_record_bytes: cfg.max_record_bytes,
+        ..JetStreamSourceConfig::default()
+    };
+    source_cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let mut settings = ServiceSettings::from_env().context("reading settings")?;
+    if let Some(uri) = &args.uri {
+        settings.graph.uri.clone_from(uri);
+    }
+    let uri = settings.graph.uri.clone();
+    let pool = Pool::new(
+        settings.graph,
+        PoolConfig {
+            max_size: args.concurrency + 1,
+            ..PoolConfig::default()
+        },
+    )
+    .context("creating the graph pool")?;
+    if !pool.wait_ready(Duration::from_secs(15)).await {
+        pool.close().await;
+        anyhow::bail!("graph server not reachable at {uri}\n  -> {START_HINT}");
+    }
+
+    let stop = CancellationToken::new();
+    weir_app::cancel_on_signal(stop.clone());
+    let publisher = match connect_bus(
+        args.bus,
+        args.events,
+        Duration::from_secs(600),
+        stop.clone(),
+    )
+    .await?
+    {
+        Some(p) => Arc::new(p) as Arc<dyn ChangePublisher>,
+        None => Arc::new(NoopPublisher) as Arc<dyn ChangePublisher>,
+    };
+    let writer = Arc::new(GraphWriter::new(
+        pool.clone(),
+        mapping.clone(),
+        publisher,
+        WriterConfig::for_pipeline(args.job_id.clone()),
+    ));
+    writer
+        .ensure_schema()
+        .await
+        .context("creating key constraints")?;
+
+    let (source, commits, acks, consumer_metrics) =
+        JetStreamSource::start(&source_cfg, stop.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !args.quiet {
+        eprintln!(
+            "consuming {}/{} as `{}` (Ctrl-C or SIGTERM to stop)",
+            args.stream, args.subject, args.consumer
+        );
+    }
+    let dead: Arc<dyn DeadLetterSink> = match &args.dead_letter {
+        Some(p) => Arc::new(
+            JsonlDeadLetters::open(p)
+                .with_context(|| format!("opening dead-letter file {}", p.display()))?,
+        ),
+        None => Arc::new(StderrDeadLetters::new()),
+    };
+    let stream = StreamMetrics::new();
+    let metrics_stop = CancellationToken::new();
+    let status = pool.clone();
+    let metrics_task = spawn_metrics(
+        "weir consume",
+        args.metrics_bind,
+        args.memory_limit,
+        args.quiet,
+        vec![
+            ("stream", Arc::new(stream.clone()) as _),
+            ("consumer", consumer_metrics.clone() as _),
+            (
+                "pool",
+                Arc::new(weir_metrics::pool_source("write", move || status.status())) as _,
+            ),
+        ],
+        &metrics_stop,
+    )
+    .await?;
+    let pipeline = Pipeline::new(
+        cfg,
+        GraphMapper::new(mapping),
+        GraphSink::new(writer, args.job_id.clone()),
+    )
+    .with_gauge(Arc::new(ProcessGauge::new(args.memory_limit)))
+    .with_dead_letters(dead.clone())
+    .with_commit_watch(commits);
+    let (pipeline, follower) = stream.attach(pipeline);
+    let progress = spawn_progress(
+        if args.quiet {
+            ProgressMode::None
+        } else {
+            args.progress
+        },
+        pipeline.subscribe(),
+    );
+    if let Some(idle) = args.exit_when_idle {
+        spawn_idle_exit(idle, pipeline.subscribe(), stop.clone());
+    }
+    let result = pipeline.run(source, stop.clone()).await;
+    // The pipeline is done (its commit sender dropped): stop pulling, ack the last commits,
+    // hand back the rest.
+    stop.cancel();
+    acks.finish().await;
+    let _ = progress.await;
+    let _ = follower.await;
+    metrics_stop.cancel();
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    let _ = dead.flush();
+    pool.close().await;
+    match result {
+        Ok(summary) => {
+            if !args.quiet {
+                print_summary(&summary, &consumer_metrics);
+            }
+            Ok(0)
+        }
+        Err(StreamError::Failed { cause, summary }) => {
+            if !args.quiet {
+                print_summary(&summary, &consumer_metrics);
+            }
+            eprintln!("error: {cause}");
+            eprintln!("  unacknowledged messages are redelivered to the next worker");
+            Ok(EXIT_FATAL)
+        }
+        Err(e) => Err(e).context("consume"),
+    }
+}

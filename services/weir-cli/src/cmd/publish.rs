@@ -1,0 +1,184 @@
+//! `weir publish`: put a file's records into a NATS JetStream subject, one JSON object per
+//! message, so the streaming flow (`weir consume`) can be tried with nothing but Weir and
+//! nats-server.
+
+use std::io::{BufRead as _, BufReader, Read};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use weir_sources::{SourceError, connect_nats, publish_records};
+
+/// `--format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PublishFormat {
+    /// CSV with a header row: each row becomes a JSON object of strings keyed by the header.
+    Csv,
+    /// JSON Lines: each non-blank line is sent as it is.
+    Jsonl,
+}
+
+/// Arguments of `weir publish`.
+#[derive(Debug, Args)]
+pub(crate) struct PublishArgs {
+    /// Input file (`-` for stdin); gzip is detected.
+    input: PathBuf,
+    /// NATS URL. Default: `NATS_URL`, else nats://127.0.0.1:4222.
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// JetStream stream (created with --subject when missing).
+    #[arg(long, default_value = "WEIR_INGEST")]
+    stream: String,
+    /// Subject to publish to.
+    #[arg(long, default_value = "weir.ingest")]
+    subject: String,
+    /// Input format. Default: from the file name (`.jsonl`, `.ndjson`, `.json`, with or without
+    /// `.gz`, are JSON Lines; the rest CSV).
+    #[arg(long, value_enum)]
+    format: Option<PublishFormat>,
+    /// CSV delimiter.
+    #[arg(long, default_value = ",")]
+    delimiter: char,
+    /// Records per message (as JSON Lines in one body).
+    #[arg(long, default_value_t = 1)]
+    records_per_message: usize,
+    /// Most messages awaiting the server's ack.
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    /// Only errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Opens the input, gunzipping when it starts with the gzip magic bytes.
+fn open(input: &PathBuf) -> anyhow::Result<Box<dyn Read + Send>> {
+    let raw: Box<dyn Read + Send> = if input.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?,
+        )
+    };
+    let mut r = BufReader::new(raw);
+    let gz = r.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b]))?;
+    Ok(if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(r))
+    } else {
+        Box::new(r)
+    })
+}
+
+/// The records of the input as JSON texts, with errors naming the line.
+fn records(
+    args: &PublishArgs,
+) -> anyhow::Result<Box<dyn Iterator<Item = Result<String, SourceError>> + Send>> {
+    let name = args.input.display().to_string();
+    let jsonl = match args.format {
+        Some(f) => f == PublishFormat::Jsonl,
+        None => {
+            let n = name.to_ascii_lowercase();
+            let n = n.strip_suffix(".gz").unwrap_or(&n);
+            [".jsonl", ".ndjson", ".json"]
+                .iter()
+                .any(|e| n.ends_with(e))
+        }
+    };
+    let reader = open(&args.input)?;
+    let subject = args.subject.clone();
+    let bad = move |line: u64, e: &dyn std::fmt::Display| SourceError::Publish {
+        subject: subject.clone(),
+        reason: format!("reading {name}:{line}: {e}"),
+    };
+    if jsonl {
+        let lines = BufReader::new(reader).lines().enumerate();
+        return Ok(Box::new(lines.filter_map(move |(i, l)| match l {
+            Ok(l) if l.trim().is_empty() => None,
+            Ok(l) => Some(Ok(l)),
+            Err(e) => Some(Err(bad(i as u64 + 1, &e))),
+        })));
+    }
+    let delimiter = u8::try_from(args.delimiter).context("--delimiter must be ASCII")?;
+    let mut csv = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .flexible(false)
+        .from_reader(reader);
+    let header = csv.headers().context("reading the CSV header")?.clone();
+    Ok(Box::new(csv.into_records().map(move |row| {
+        let row = row.map_err(|e| {
+            let line = e.position().map_or(0, csv::Position::line);
+            bad(line, &e)
+        })?;
+        let obj: serde_json::Map<String, serde_json::Value> = header
+            .iter()
+            .zip(row.iter())
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+            .collect();
+        Ok(serde_json::Value::Object(obj).to_string())
+    })))
+}
+
+/// Runs `weir publish`.
+pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<u8> {
+    if args.records_per_message == 0 {
+        anyhow::bail!("--records-per-message must be at least 1");
+    }
+    let env = weir_app::config::Env::load().context("reading settings")?;
+    let url = args
+        .nats_url
+        .clone()
+        .or_else(|| env.get("NATS_URL").map(str::to_owned))
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let client = connect_nats(&url, std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let per = args.records_per_message;
+    let mut recs = records(&args)?;
+    let started = std::time::Instant::now();
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = counted.clone();
+    // Bodies are built on this thread as the publisher takes them (bounded by `in_flight`).
+    let bodies = std::iter::from_fn(move || {
+        let mut body = String::new();
+        for _ in 0..per {
+            let Some(next) = recs.next() else {
+                break;
+            };
+            match next {
+                Ok(r) => {
+                    if !body.is_empty() {
+                        body.push('\n');
+                    }
+                    body.push_str(&r);
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => return Some(Err(e)),
+            }
+            if body.len() > 512 << 10 {
+                break;
+            }
+        }
+        (!body.is_empty()).then(|| Ok(Bytes::from(body)))
+    });
+    let sent = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(publish_records(
+            &client,
+            &args.stream,
+            &args.subject,
+            bodies,
+            args.in_flight,
+        ))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _ = client.flush().await;
+    if !args.quiet {
+        println!(
+            "published {} records in {sent} messages to {} (stream {}) in {:.2}s",
+            counted.load(std::sync::atomic::Ordering::Relaxed),
+            args.subject,
+            args.stream,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(0)
+}
