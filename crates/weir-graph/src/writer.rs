@@ -278,6 +278,22 @@ fn is_constraint_race(e: &GraphError) -> bool {
     matches!(e, GraphError::Data { code, .. } if code.contains("ConstraintValidation"))
 }
 
+/// Appends `UNWIND $rows ...` (`cypher()`) over `rows` to `queries` unless there are none;
+/// returns how many rows it carries.
+fn push_unwind<K>(
+    queries: &mut Vec<Query>,
+    cypher: impl FnOnce() -> String,
+    rows: BTreeMap<K, BoltMap>,
+) -> u64 {
+    if rows.is_empty() {
+        return 0;
+    }
+    let n = rows.len() as u64;
+    let list: Vec<BoltType> = rows.into_values().map(BoltType::Map).collect();
+    queries.push(Query::new(cypher()).param("rows", BoltType::List(BoltList::from(list))));
+    n
+}
+
 /// Sets `props` into the row's property map `p` (later values win).
 fn put_props(p: &mut BoltMap, props: &[(usize, Value)], defs: &[crate::mapping::PropertyMapping]) {
     p.value.reserve(props.len());
@@ -482,26 +498,14 @@ impl<E: CypherExecutor> GraphWriter<E> {
         }
         // Relationships first: a node deleted in the same run would take them along anyway.
         for (i, rows) in rels.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            out.rels += rows.len() as u64;
-            let list: Vec<BoltType> = rows.into_values().map(BoltType::Map).collect();
-            out.queries.push(
-                Query::new(cypher::rel_delete(&m.relationships[i]))
-                    .param("rows", BoltType::List(BoltList::from(list))),
+            out.rels += push_unwind(
+                &mut out.queries,
+                || cypher::rel_delete(&m.relationships[i]),
+                rows,
             );
         }
         for (i, rows) in nodes.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            out.nodes += rows.len() as u64;
-            let list: Vec<BoltType> = rows.into_values().map(BoltType::Map).collect();
-            out.queries.push(
-                Query::new(cypher::node_delete(&m.nodes[i]))
-                    .param("rows", BoltType::List(BoltList::from(list))),
-            );
+            out.nodes += push_unwind(&mut out.queries, || cypher::node_delete(&m.nodes[i]), rows);
         }
         // Node events before relationship events, like upserts.
         out.events.extend(events.into_values());

@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use weir_config::{START_HINT, ServiceSettings};
 use weir_graph::{
     ChangePublisher, GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig,
 };
 use weir_metrics::StreamMetrics;
-use weir_pool::{Pool, PoolConfig};
 use weir_sources::{DeliverFrom, JetStreamSource, JetStreamSourceConfig};
 use weir_stream::{
     CancellationToken, DeadLetterSink, Format, JsonlDeadLetters, Pipeline, PipelineConfig,
@@ -24,7 +22,7 @@ use weir_stream::{
 use super::EXIT_FATAL;
 use super::ingest::{
     BusArg, EventsArg, ProgressMode, StderrDeadLetters, connect_bus, fit_to_limit, parse_size,
-    spawn_metrics, spawn_progress,
+    spawn_metrics, spawn_progress, write_pool,
 };
 
 /// `--deliver`.
@@ -243,23 +241,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     };
     source_cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let mut settings = ServiceSettings::from_env().context("reading settings")?;
-    if let Some(uri) = &args.uri {
-        settings.graph.uri.clone_from(uri);
-    }
-    let uri = settings.graph.uri.clone();
-    let pool = Pool::new(
-        settings.graph,
-        PoolConfig {
-            max_size: args.concurrency + 1,
-            ..PoolConfig::default()
-        },
-    )
-    .context("creating the graph pool")?;
-    if !pool.wait_ready(Duration::from_secs(15)).await {
-        pool.close().await;
-        anyhow::bail!("graph server not reachable at {uri}\n  -> {START_HINT}");
-    }
+    let pool = write_pool(args.uri.as_deref(), args.concurrency).await?;
 
     let stop = CancellationToken::new();
     weir_app::cancel_on_signal(stop.clone());

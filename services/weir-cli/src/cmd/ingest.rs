@@ -497,6 +497,29 @@ pub(crate) async fn spawn_metrics(
     Ok(Some(task))
 }
 
+/// The write pool of a pipeline with `concurrency` batches in flight, on the settings' graph
+/// server (or `uri`), once the server answers (within 15 s, else an error with a hint).
+pub(crate) async fn write_pool(uri: Option<&str>, concurrency: usize) -> anyhow::Result<Pool> {
+    let mut settings = ServiceSettings::from_env().context("reading settings")?;
+    if let Some(uri) = uri {
+        settings.graph.uri = uri.to_owned();
+    }
+    let uri = settings.graph.uri.clone();
+    let pool = Pool::new(
+        settings.graph,
+        PoolConfig {
+            max_size: concurrency + 1,
+            ..PoolConfig::default()
+        },
+    )
+    .context("creating the graph pool")?;
+    if !pool.wait_ready(Duration::from_secs(15)).await {
+        pool.close().await;
+        anyhow::bail!("graph server not reachable at {uri}\n  -> {START_HINT}");
+    }
+    Ok(pool)
+}
+
 /// Runs `weir ingest`; see the exit codes in `--help`.
 pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     let mapping =
@@ -617,23 +640,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
         let _ = follower.await;
         (r, None)
     } else {
-        let mut settings = ServiceSettings::from_env().context("reading settings")?;
-        if let Some(uri) = &args.uri {
-            settings.graph.uri.clone_from(uri);
-        }
-        let uri = settings.graph.uri.clone();
-        let pool = Pool::new(
-            settings.graph,
-            PoolConfig {
-                max_size: args.concurrency + 1,
-                ..PoolConfig::default()
-            },
-        )
-        .context("creating the graph pool")?;
-        if !pool.wait_ready(Duration::from_secs(15)).await {
-            pool.close().await;
-            anyhow::bail!("graph server not reachable at {uri}\n  -> {START_HINT}");
-        }
+        let pool = write_pool(args.uri.as_deref(), args.concurrency).await?;
         let (publisher, bus_publisher) =
             match connect_bus(args.bus, args.events, args.events_max_wait, cancel.clone()).await? {
                 Some(p) => (Arc::new(p.clone()) as Arc<dyn ChangePublisher>, Some(p)),
