@@ -157,14 +157,24 @@ pub async fn run_on(
         Some(writes) => {
             let stream = weir_metrics::StreamMetrics::new();
             sources.push(("stream", Arc::new(stream.clone()) as _));
-            Some(JobManager::new(
+            let nats_url = match &settings.bus {
+                BusConfig::Nats(n) => n.url.clone(),
+                BusConfig::InProcess(_) => "nats://127.0.0.1:4222".to_owned(),
+            };
+            let jobs = JobManager::new(
                 settings.jobs.clone(),
                 writes.clone(),
                 bus.clone(),
                 BusPublisher::new(bus.clone(), settings.jobs.events.clone(), hard_stop.clone()),
                 stream,
                 shutdown.clone(),
-            ))
+                nats_url,
+            );
+            sources.push(("consumer", jobs.consumer_metrics()));
+            jobs.start_configured_streams()
+                .await
+                .map_err(|e| part("jobs.streams")(e.to_string()))?;
+            Some(jobs)
         }
         None => None,
     };

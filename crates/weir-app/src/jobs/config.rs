@@ -63,6 +63,76 @@ pub struct JobsConfig {
     /// What jobs do with their change events when the bus cannot take them (`[jobs.events]`:
     /// `policy = "required" | "best_effort" | "off"`, `max_wait`). Default `required`, 10 min.
     pub events: crate::EventsConfig,
+    /// How long a batch keeps retrying transient graph errors (server down or restarting,
+    /// circuit open) before its job fails. Meanwhile the job's intake pauses: its queues are
+    /// full, nothing more is read or pulled. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retry_for: std::time::Duration,
+    /// Stream jobs (JetStream consumers) running at once; they do not take the file jobs'
+    /// `max_concurrent` slots, since they never end by themselves. Default 4.
+    pub max_stream_jobs: usize,
+    /// Stream jobs started with the service, each `[[jobs.streams]]`. More can be started
+    /// through `POST /jobs/stream`.
+    pub streams: Vec<StreamJobConfig>,
+}
+
+/// A stream job started with the service: a JetStream durable consumer whose messages go
+/// through a mapping into the graph, acknowledged after commit (see `weir consume`, the same
+/// worker as a CLI).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamJobConfig {
+    /// Job id (letters, digits, `-`, `_`; at most 64); also the name of its dead-letter file.
+    pub id: String,
+    /// The mapping file (TOML). Messages hold one JSON object or JSON Lines.
+    pub mapping: PathBuf,
+    /// Prefix for every label and relationship type. Default none.
+    #[serde(default)]
+    pub label_prefix: String,
+    /// The JetStream stream (created with `subject` when missing).
+    pub stream: String,
+    /// The consumer's subject filter.
+    pub subject: String,
+    /// Durable consumer name: every worker (process or job) with this name shares the work.
+    pub consumer: String,
+    /// Where a new consumer starts: `all` (default), `new` or `last`.
+    #[serde(default)]
+    pub deliver: DeliverPolicy,
+    /// NATS URL. Default: the bus's (`bus.url`) with the NATS bus, else
+    /// `nats://127.0.0.1:4222`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How long the server waits for an ack before it redelivers. Default 30 s.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub ack_wait: std::time::Duration,
+    /// Most messages delivered and not acknowledged across every worker. Default 20,000.
+    #[serde(default = "default_max_ack_pending")]
+    pub max_ack_pending: usize,
+}
+
+fn default_ack_wait() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+fn default_max_ack_pending() -> usize {
+    20_000
+}
+
+/// Where a new durable consumer starts in its stream (an existing one keeps its place).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicy {
+    /// Every message the stream holds.
+    #[default]
+    All,
+    /// Messages published after the consumer is created.
+    New,
+    /// The last message, then new ones.
+    Last,
 }
 
 impl JobsConfig {
@@ -107,6 +177,25 @@ impl JobsConfig {
         if self.max_upload_bytes == 0 || self.max_mapping_bytes == 0 {
             return bad("jobs.max_upload_bytes", "must be above zero");
         }
+        if self.retry_for.is_zero() {
+            return bad("jobs.retry_for", "must be above zero");
+        }
+        if self.streams.len() > self.max_stream_jobs {
+            return bad(
+                "jobs.streams",
+                &format!(
+                    "{} stream jobs configured, jobs.max_stream_jobs allows {}",
+                    self.streams.len(),
+                    self.max_stream_jobs
+                ),
+            );
+        }
+        let mut ids = std::collections::HashSet::new();
+        for s in &self.streams {
+            if !ids.insert(s.id.as_str()) {
+                return bad("jobs.streams.id", &format!("`{}` is used twice", s.id));
+            }
+        }
         Ok(())
     }
 }
@@ -134,6 +223,9 @@ impl Default for JobsConfig {
             adaptive_concurrency: true,
             memory_limit: None,
             events: crate::EventsConfig::default(),
+            retry_for: std::time::Duration::from_secs(300),
+            max_stream_jobs: 4,
+            streams: Vec::new(),
         }
     }
 }

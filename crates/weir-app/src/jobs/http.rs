@@ -5,6 +5,11 @@
 //! - `POST /jobs/upload?mapping=<TOML>&format=..&label_prefix=..&id=..` with the records as
 //!   the (streamed) request body: spooled to `jobs.spool_dir` (at most
 //!   `jobs.max_upload_bytes`), then run like a file.
+//! - `POST /jobs/stream` with JSON `{"stream": "...", "subject": "...", "consumer": "...",
+//!   "deliver": "all"|"new"|"last", "ack_wait": "30s", "max_ack_pending": 20000,
+//!   "mapping": "<TOML>", "label_prefix": "...", "id": "..."}`: a stream job, a JetStream
+//!   durable consumer on the service's NATS server (a request cannot name another server: that
+//!   is set in `[[jobs.streams]]` only). It runs until `DELETE /jobs/{id}` or shutdown.
 //! - `GET /jobs`, `GET /jobs/{id}`: status. `DELETE /jobs/{id}`: stop (checkpoint kept).
 //! - `POST /api/mapping/validate` with JSON `{"mapping": "<TOML>", "label_prefix": "..."}`:
 //!   the verdict on a mapping, errors with line and field (see [`crate::validate`]).
@@ -30,7 +35,8 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use crate::jobs::IngestdError;
-use crate::jobs::manager::{InputFormat, JobInput, JobManager, JobSpec};
+use crate::jobs::config::DeliverPolicy;
+use crate::jobs::manager::{InputFormat, JobInput, JobManager, JobSpec, StreamInput};
 
 /// State of the job API.
 #[derive(Clone, Debug)]
@@ -49,6 +55,26 @@ struct FileJob {
     mapping: String,
     #[serde(default)]
     format: Option<InputFormat>,
+    #[serde(default)]
+    label_prefix: String,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Body of `POST /jobs/stream`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamJob {
+    stream: String,
+    subject: String,
+    consumer: String,
+    #[serde(default)]
+    deliver: DeliverPolicy,
+    #[serde(default, with = "humantime_serde")]
+    ack_wait: Option<std::time::Duration>,
+    #[serde(default)]
+    max_ack_pending: Option<usize>,
+    mapping: String,
     #[serde(default)]
     label_prefix: String,
     #[serde(default)]
@@ -119,6 +145,7 @@ pub fn jobs_router(api: JobsApi) -> Router {
             "/jobs/upload",
             post(submit_upload).layer(DefaultBodyLimit::disable()),
         )
+        .route("/jobs/stream", post(submit_stream))
         .route("/jobs/{id}", get(status).delete(cancel))
         .route(
             "/api/mapping/validate",
@@ -143,6 +170,36 @@ async fn submit_file(
             input: JobInput::Path(job.path),
             mapping: job.mapping,
             format: job.format,
+            label_prefix: job.label_prefix,
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(status)).into_response())
+}
+
+async fn submit_stream(
+    State(api): State<JobsApi>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, IngestdError> {
+    authorize(&api, &headers)?;
+    let job: StreamJob = serde_json::from_slice(&body)
+        .map_err(|e| IngestdError::BadRequest(format!("the body is not a stream job: {e}")))?;
+    let defaults = weir_sources::JetStreamSourceConfig::default();
+    let status = api
+        .jobs
+        .submit(JobSpec {
+            id: job.id,
+            input: JobInput::Stream(StreamInput {
+                stream: job.stream,
+                subject: job.subject,
+                consumer: job.consumer,
+                deliver: job.deliver,
+                url: None,
+                ack_wait: job.ack_wait.unwrap_or(defaults.ack_wait),
+                max_ack_pending: job.max_ack_pending.unwrap_or(defaults.max_ack_pending),
+            }),
+            mapping: job.mapping,
+            format: None,
             label_prefix: job.label_prefix,
         })
         .await?;

@@ -16,13 +16,14 @@ use weir_events::{JobState, ProgressEvent};
 use weir_graph::{GraphMapper, GraphSink, GraphWriter, Mapping, WriterConfig};
 use weir_metrics::StreamMetrics;
 use weir_pool::Pool;
+use weir_sources::ConsumerMetrics;
 use weir_stream::{
     CheckpointFile, FileSource, Format, JsonlDeadLetters, Pipeline, PipelineConfig, ProcessGauge,
     RunOutcome, StreamError,
 };
 
 use crate::jobs::IngestdError;
-use crate::jobs::config::JobsConfig;
+use crate::jobs::config::{DeliverPolicy, JobsConfig};
 
 /// Input format of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,56 @@ pub enum JobInput {
     Path(PathBuf),
     /// A request body spooled to this file; deleted when the job ends.
     Spooled(PathBuf),
+    /// A JetStream durable consumer: the job runs until it is stopped.
+    Stream(StreamInput),
+}
+
+/// The JetStream side of a stream job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInput {
+    /// The stream (created with `subject` when missing).
+    pub stream: String,
+    /// The consumer's subject filter.
+    pub subject: String,
+    /// Durable consumer name, shared by every worker of the consumer.
+    pub consumer: String,
+    /// Where a new consumer starts.
+    pub deliver: DeliverPolicy,
+    /// NATS URL; `None`: the service's (see [`JobManager::new`]).
+    pub url: Option<String>,
+    /// How long the server waits for an ack before it redelivers.
+    pub ack_wait: Duration,
+    /// Most messages delivered and not acknowledged across every worker.
+    pub max_ack_pending: usize,
+}
+
+/// What kind of job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// A file or upload: ends when its input does.
+    File,
+    /// A stream consumer: runs until stopped.
+    Stream,
+}
+
+/// A stream job's consumer, as its status shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConsumerStatus {
+    /// The stream.
+    pub stream: String,
+    /// The subject filter.
+    pub subject: String,
+    /// The durable consumer.
+    pub consumer: String,
+    /// Messages this job received.
+    pub messages_received: u64,
+    /// Messages this job acknowledged (their records committed or dead-lettered).
+    pub messages_acked: u64,
+    /// Messages this job received that had been delivered before.
+    pub messages_redelivered: u64,
+    /// The consumer's lag (messages not yet delivered to any worker), as last read.
+    pub messages_pending: Option<u64>,
 }
 
 /// A job to run.
@@ -64,6 +115,8 @@ pub struct JobSpec {
 pub struct JobStatus {
     /// Job id (also the `job_id` of its change and progress events).
     pub id: String,
+    /// File or stream.
+    pub kind: JobKind,
     /// Where it is.
     pub state: JobState,
     /// The input, for display (uploads show `upload`).
@@ -81,19 +134,39 @@ pub struct JobStatus {
     /// Change batches committed whose events could not be published (only with
     /// `events.policy = "best_effort"`; under `required` the job fails instead).
     pub events_unpublished: u64,
-    /// The checkpoint file (kept when the job did not complete, so it can resume).
-    pub checkpoint: PathBuf,
+    /// The checkpoint file (kept when the job did not complete, so it can resume); none for a
+    /// stream job, whose durable consumer keeps its place.
+    pub checkpoint: Option<PathBuf>,
+    /// The dead-letter file.
+    pub dead_letters: PathBuf,
     /// Submission time, RFC 3339.
     pub submitted_at: String,
+    /// A stream job's consumer and its counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<ConsumerStatus>,
 }
 
-struct Entry {
-    status: Mutex<JobStatus>,
-    cancel: CancellationToken,
+pub(super) struct Entry {
+    pub(super) status: Mutex<JobStatus>,
+    pub(super) cancel: CancellationToken,
+    /// A running stream job's consumer counters.
+    pub(super) consumer: Mutex<Option<Arc<ConsumerMetrics>>>,
 }
 
 impl Entry {
-    fn update(&self, p: &ProgressEvent) {
+    /// The status, with a stream job's consumer counters read now.
+    pub(super) fn snapshot(&self) -> JobStatus {
+        let mut s = self.status.lock().clone();
+        if let (Some(c), Some(m)) = (s.consumer.as_mut(), self.consumer.lock().as_ref()) {
+            c.messages_received = m.received();
+            c.messages_acked = m.acked();
+            c.messages_redelivered = m.redelivered();
+            c.messages_pending = m.pending();
+        }
+        s
+    }
+
+    pub(super) fn update(&self, p: &ProgressEvent) {
         let mut s = self.status.lock();
         if !s.state.is_terminal() {
             s.state = p.state;
@@ -111,21 +184,23 @@ impl Entry {
 /// The jobs of one service. Cheap to clone.
 #[derive(Clone)]
 pub struct JobManager {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: JobsConfig,
-    pool: Pool,
-    bus: BusSlot,
-    publisher: BusPublisher,
-    metrics: StreamMetrics,
+pub(super) struct Inner {
+    pub(super) config: JobsConfig,
+    pub(super) pool: Pool,
+    pub(super) bus: BusSlot,
+    pub(super) publisher: BusPublisher,
+    pub(super) metrics: StreamMetrics,
     slots: Arc<Semaphore>,
     /// Uploads being received (`jobs.max_concurrent_uploads`).
     uploads: Arc<Semaphore>,
-    jobs: Mutex<VecDeque<(String, Arc<Entry>)>>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    pub(super) jobs: Mutex<VecDeque<(String, Arc<Entry>)>>,
+    pub(super) shutdown: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    /// Stream jobs' NATS URL when they name none.
+    pub(super) nats_url: String,
 }
 
 impl std::fmt::Debug for JobManager {
@@ -136,7 +211,7 @@ impl std::fmt::Debug for JobManager {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub(super) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
@@ -156,6 +231,7 @@ impl JobManager {
     /// A manager running jobs on `pool`, publishing to the bus in `bus` through `publisher`;
     /// every job's records, batches and backpressure go into `metrics` (the process's
     /// `weir_stream_*` families). Jobs stop (writing their checkpoints) when `shutdown` fires.
+    /// Stream jobs that name no NATS URL use `nats_url`.
     pub fn new(
         config: JobsConfig,
         pool: Pool,
@@ -163,6 +239,7 @@ impl JobManager {
         publisher: BusPublisher,
         metrics: StreamMetrics,
         shutdown: CancellationToken,
+        nats_url: String,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -176,6 +253,7 @@ impl JobManager {
                 jobs: Mutex::new(VecDeque::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
+                nats_url,
             }),
         }
     }
@@ -230,18 +308,27 @@ impl JobManager {
         }
     }
 
+    /// File jobs queued or running (stream jobs have their own bound).
     fn active(&self) -> usize {
         self.inner
             .jobs
             .lock()
             .iter()
-            .filter(|(_, e)| !e.status.lock().state.is_terminal())
+            .filter(|(_, e)| {
+                let s = e.status.lock();
+                s.kind == JobKind::File && !s.state.is_terminal()
+            })
             .count()
     }
 
     /// Accepts a job: checks the mapping and the input, the queue bound and readiness, then
     /// queues it. Returns its first status.
     pub async fn submit(&self, spec: JobSpec) -> Result<JobStatus, IngestdError> {
+        if let JobInput::Stream(input) = spec.input {
+            return self
+                .submit_stream(spec.id, input, &spec.mapping, &spec.label_prefix, true)
+                .await;
+        }
         let result = self.submit_inner(spec.clone()).await;
         if result.is_err()
             && let JobInput::Spooled(p) = &spec.input
@@ -269,6 +356,7 @@ impl JobManager {
         let (path, shown) = match &spec.input {
             JobInput::Path(p) => (self.allowed_path(p)?, p.display().to_string()),
             JobInput::Spooled(p) => (p.clone(), "upload".to_owned()),
+            JobInput::Stream(_) => unreachable!("stream jobs are submitted by submit_stream"),
         };
         let id = match spec.id.clone() {
             Some(id) if valid_id(&id) => id,
@@ -303,6 +391,7 @@ impl JobManager {
         let entry = Arc::new(Entry {
             status: Mutex::new(JobStatus {
                 id: id.clone(),
+                kind: JobKind::File,
                 state: JobState::Queued,
                 input: shown,
                 records_read: 0,
@@ -311,10 +400,16 @@ impl JobManager {
                 bytes_read: 0,
                 error: None,
                 events_unpublished: 0,
-                checkpoint: checkpoint.clone(),
+                checkpoint: Some(checkpoint.clone()),
+                dead_letters: inner
+                    .config
+                    .job_dir
+                    .join(format!("{id}.dead-letters.jsonl")),
                 submitted_at: chrono::Utc::now().to_rfc3339(),
+                consumer: None,
             }),
             cancel: inner.shutdown.child_token(),
+            consumer: Mutex::new(None),
         });
         {
             let mut jobs = inner.jobs.lock();
@@ -326,30 +421,15 @@ impl JobManager {
             }
             let active = jobs
                 .iter()
-                .filter(|(_, e)| !e.status.lock().state.is_terminal())
+                .filter(|(_, e)| {
+                    let s = e.status.lock();
+                    s.kind == JobKind::File && !s.state.is_terminal()
+                })
                 .count();
             if active >= inner.config.max_concurrent + inner.config.max_queued {
                 return Err(IngestdError::Busy { active });
             }
-            jobs.retain(|(j, _)| *j != id);
-            jobs.push_back((id.clone(), entry.clone()));
-            // Forget the oldest finished jobs beyond the history bound.
-            let mut finished = jobs
-                .iter()
-                .filter(|(_, e)| e.status.lock().state.is_terminal())
-                .count();
-            while finished > inner.config.history {
-                match jobs
-                    .iter()
-                    .position(|(_, e)| e.status.lock().state.is_terminal())
-                {
-                    Some(i) => {
-                        jobs.remove(i);
-                        finished -= 1;
-                    }
-                    None => break,
-                }
-            }
+            self.enlist(&mut jobs, &id, entry.clone());
         }
         let first = entry.status.lock().clone();
         let this = self.clone();
@@ -391,7 +471,35 @@ impl JobManager {
         Ok(first)
     }
 
-    async fn publish_final(&self, s: &JobStatus) {
+    /// Puts a new entry in the list (replacing a finished job of the same id) and forgets the
+    /// oldest finished jobs beyond `jobs.history`.
+    pub(super) fn enlist(
+        &self,
+        jobs: &mut VecDeque<(String, Arc<Entry>)>,
+        id: &str,
+        entry: Arc<Entry>,
+    ) {
+        jobs.retain(|(j, _)| j != id);
+        jobs.push_back((id.to_owned(), entry));
+        let mut finished = jobs
+            .iter()
+            .filter(|(_, e)| e.status.lock().state.is_terminal())
+            .count();
+        while finished > self.inner.config.history {
+            match jobs
+                .iter()
+                .position(|(_, e)| e.status.lock().state.is_terminal())
+            {
+                Some(i) => {
+                    jobs.remove(i);
+                    finished -= 1;
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub(super) async fn publish_final(&self, s: &JobStatus) {
         if let Some(bus) = self.inner.bus.get() {
             let ev = ProgressEvent {
                 version: weir_events::EVENT_FORMAT_VERSION,
@@ -470,28 +578,7 @@ impl JobManager {
         .with_checkpoint(ckpt)
         .map_err(|e| IngestdError::Internal(e.to_string()))?;
         let (pipeline, follower) = inner.metrics.attach(pipeline);
-        let mut rx = pipeline.subscribe();
-        let forward = {
-            let entry = entry.clone();
-            let bus = inner.bus.clone();
-            let publisher = publisher.clone();
-            tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    let p = rx.borrow_and_update().clone();
-                    entry.update(&p);
-                    entry.status.lock().events_unpublished = publisher.unpublished();
-                    // Progress is lossy by design: a snapshot superseded by the next one.
-                    if let Some(bus) = bus.get() {
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), bus.publish_progress(&p))
-                                .await;
-                    }
-                    if p.state.is_terminal() {
-                        break;
-                    }
-                }
-            })
-        };
+        let forward = self.forward_progress(entry, &publisher, pipeline.subscribe());
         entry.status.lock().state = JobState::Running;
         tracing::info!(job = %id, input = %path.display(), "job started");
         let result = pipeline.run(source, entry.cancel.clone()).await;
@@ -525,6 +612,33 @@ impl JobManager {
         Ok(())
     }
 
+    /// Copies a running job's progress into its status and onto the bus (`ingestProgress`).
+    pub(super) fn forward_progress(
+        &self,
+        entry: &Arc<Entry>,
+        publisher: &BusPublisher,
+        mut rx: tokio::sync::watch::Receiver<ProgressEvent>,
+    ) -> tokio::task::JoinHandle<()> {
+        let entry = entry.clone();
+        let bus = self.inner.bus.clone();
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let p = rx.borrow_and_update().clone();
+                entry.update(&p);
+                entry.status.lock().events_unpublished = publisher.unpublished();
+                // Progress is lossy by design: a snapshot superseded by the next one.
+                if let Some(bus) = bus.get() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), bus.publish_progress(&p))
+                        .await;
+                }
+                if p.state.is_terminal() {
+                    break;
+                }
+            }
+        })
+    }
+
     /// The status of one job.
     pub fn status(&self, id: &str) -> Option<JobStatus> {
         self.inner
@@ -532,7 +646,7 @@ impl JobManager {
             .lock()
             .iter()
             .find(|(j, _)| j == id)
-            .map(|(_, e)| e.status.lock().clone())
+            .map(|(_, e)| e.snapshot())
     }
 
     /// Every job still known, oldest first.
@@ -541,7 +655,7 @@ impl JobManager {
             .jobs
             .lock()
             .iter()
-            .map(|(_, e)| e.status.lock().clone())
+            .map(|(_, e)| e.snapshot())
             .collect()
     }
 
@@ -557,9 +671,14 @@ impl JobManager {
         }
     }
 
-    /// Jobs queued or running now.
+    /// Jobs queued or running now (file and stream).
     pub fn active_jobs(&self) -> usize {
-        self.active()
+        self.inner
+            .jobs
+            .lock()
+            .iter()
+            .filter(|(_, e)| !e.status.lock().state.is_terminal())
+            .count()
     }
 
     /// Waits, at most `grace`, for every job to stop after the shutdown token fired (running

@@ -14,13 +14,17 @@
 pub mod config;
 pub mod http;
 pub mod manager;
+pub mod stream;
 pub mod validate;
 
 use crate::ServiceError;
 
 pub use config::JobsConfig;
+pub use config::{DeliverPolicy, StreamJobConfig};
 pub use http::{JobsApi, jobs_router};
-pub use manager::{InputFormat, JobInput, JobManager, JobSpec, JobStatus};
+pub use manager::{
+    ConsumerStatus, InputFormat, JobInput, JobKind, JobManager, JobSpec, JobStatus, StreamInput,
+};
 
 /// Errors of the ingest service.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,361 @@
+//! Stream jobs: a JetStream durable consumer inside the service, the same worker as
+//! `weir consume`. Messages (one JSON object, or JSON Lines) go through the job's mapping into
+//! the graph and are acknowledged after their records are committed or dead-lettered; a stream
+//! job runs until it is stopped (`DELETE /jobs/{id}` or shutdown: in-flight batches finish and
+//! are acknowledged, what it still holds is handed back for redelivery).
+//!
+//! Stream jobs are bounded by `jobs.max_stream_jobs`, not by the file jobs' slots. They have no
+//! checkpoint file: the durable consumer is their checkpoint, so a job started again with the
+//! same consumer goes on where the last one stopped (with every worker of that consumer,
+//! whichever process it is in). Dead letters go to `<job_dir>/<id>.dead-letters.jsonl`
+//! (appended, capped by `jobs.max_dead_letter_bytes`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use weir_config::Backoff;
+use weir_events::JobState;
+use weir_graph::{GraphMapper, GraphSink, GraphWriter, Mapping, WriterConfig};
+use weir_metrics::{Encoder, MetricSource};
+use weir_sources::{DeliverFrom, JetStreamSource, JetStreamSourceConfig};
+use weir_stream::{
+    Format, JsonlDeadLetters, Pipeline, PipelineConfig, ProcessGauge, RunOutcome, StreamError,
+};
+
+use crate::jobs::IngestdError;
+use crate::jobs::config::{DeliverPolicy, StreamJobConfig};
+use crate::jobs::manager::{
+    ConsumerStatus, Entry, JobKind, JobManager, JobStatus, StreamInput, valid_id,
+};
+
+impl From<DeliverPolicy> for DeliverFrom {
+    fn from(d: DeliverPolicy) -> Self {
+        match d {
+            DeliverPolicy::All => Self::All,
+            DeliverPolicy::New => Self::New,
+            DeliverPolicy::Last => Self::Last,
+        }
+    }
+}
+
+impl StreamInput {
+    /// The consumer of a `[[jobs.streams]]` entry.
+    pub fn from_config(c: &StreamJobConfig) -> Self {
+        Self {
+            stream: c.stream.clone(),
+            subject: c.subject.clone(),
+            consumer: c.consumer.clone(),
+            deliver: c.deliver,
+            url: c.url.clone(),
+            ack_wait: c.ack_wait,
+            max_ack_pending: c.max_ack_pending,
+        }
+    }
+}
+
+impl JobManager {
+    /// Accepts a stream job: checks the mapping, the consumer settings, the bound on stream
+    /// jobs and (when `require_ready`) readiness, then starts it. Until the graph and the bus
+    /// are ready, and then NATS answers, the job is `queued` with the reason in its `error`.
+    pub(crate) async fn submit_stream(
+        &self,
+        id: Option<String>,
+        input: StreamInput,
+        mapping: &str,
+        label_prefix: &str,
+        require_ready: bool,
+    ) -> Result<JobStatus, IngestdError> {
+        let inner = &self.inner;
+        if inner.shutdown.is_cancelled() {
+            return Err(IngestdError::ShuttingDown);
+        }
+        if mapping.len() > inner.config.max_mapping_bytes {
+            return Err(IngestdError::BadRequest(format!(
+                "mapping larger than {} bytes",
+                inner.config.max_mapping_bytes
+            )));
+        }
+        let mapping = Mapping::parse(mapping, "mapping")
+            .map_err(|e| IngestdError::InvalidMapping(e.to_string()))?
+            .with_label_prefix(label_prefix)
+            .map_err(|e| IngestdError::InvalidMapping(format!("label prefix: {e}")))?;
+        let source = self.source_config(&input);
+        source
+            .validate()
+            .map_err(|e| IngestdError::BadRequest(e.to_string()))?;
+        let id = match id {
+            Some(id) if valid_id(&id) => id,
+            Some(_) => {
+                return Err(IngestdError::BadRequest(
+                    "job id: 1 to 64 letters, digits, `-` or `_`".into(),
+                ));
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        if require_ready && !self.ready().await {
+            return Err(IngestdError::NotReady);
+        }
+        crate::jobs::private_dir(&inner.config.job_dir)
+            .map_err(|e| IngestdError::Internal(format!("job dir: {e}")))?;
+        let entry = Arc::new(Entry {
+            status: Mutex::new(JobStatus {
+                id: id.clone(),
+                kind: JobKind::Stream,
+                state: JobState::Queued,
+                input: format!(
+                    "nats: stream {} subject {} consumer {}",
+                    input.stream, input.subject, input.consumer
+                ),
+                records_read: 0,
+                records_committed: 0,
+                records_dead_lettered: 0,
+                bytes_read: 0,
+                error: None,
+                events_unpublished: 0,
+                checkpoint: None,
+                dead_letters: inner
+                    .config
+                    .job_dir
+                    .join(format!("{id}.dead-letters.jsonl")),
+                submitted_at: chrono::Utc::now().to_rfc3339(),
+                consumer: Some(ConsumerStatus {
+                    stream: input.stream.clone(),
+                    subject: input.subject.clone(),
+                    consumer: input.consumer.clone(),
+                    messages_received: 0,
+                    messages_acked: 0,
+                    messages_redelivered: 0,
+                    messages_pending: None,
+                }),
+            }),
+            cancel: inner.shutdown.child_token(),
+            consumer: Mutex::new(None),
+        });
+        {
+            let mut jobs = inner.jobs.lock();
+            let running = |e: &Arc<Entry>| !e.status.lock().state.is_terminal();
+            if jobs.iter().any(|(j, e)| *j == id && running(e)) {
+                return Err(IngestdError::Conflict(id));
+            }
+            let streams = jobs
+                .iter()
+                .filter(|(_, e)| running(e) && e.status.lock().kind == JobKind::Stream)
+                .count();
+            if streams >= inner.config.max_stream_jobs {
+                return Err(IngestdError::BadRequest(format!(
+                    "{streams} stream jobs are running, jobs.max_stream_jobs allows {}",
+                    inner.config.max_stream_jobs
+                )));
+            }
+            self.enlist(&mut jobs, &id, entry.clone());
+        }
+        let first = entry.status.lock().clone();
+        let this = self.clone();
+        inner.tasks.spawn(async move {
+            while !this.ready().await {
+                entry.status.lock().error =
+                    Some("waiting: the graph server or the bus is not reachable yet".into());
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = entry.cancel.cancelled() => {
+                        entry.status.lock().state = JobState::Cancelled;
+                        return;
+                    }
+                }
+            }
+            if let Err(e) = this
+                .run_stream(&id, &entry, source, Arc::new(mapping))
+                .await
+            {
+                tracing::error!(job = %id, error = %e, "stream job failed");
+                let mut s = entry.status.lock();
+                s.state = JobState::Failed;
+                s.error = Some(e.to_string());
+            }
+            let last = entry.snapshot();
+            this.publish_final(&last).await;
+        });
+        Ok(first)
+    }
+
+    /// Starts the `[[jobs.streams]]` jobs: listed at once, each waits until the graph and
+    /// the bus are ready, then runs until shutdown. An unreadable or invalid mapping file fails
+    /// here, naming the job.
+    pub async fn start_configured_streams(&self) -> Result<(), IngestdError> {
+        for c in self.inner.config.streams.clone() {
+            let mapping = std::fs::read_to_string(&c.mapping).map_err(|e| {
+                IngestdError::Internal(format!(
+                    "jobs.streams `{}`: mapping {}: {e}",
+                    c.id,
+                    c.mapping.display()
+                ))
+            })?;
+            let input = StreamInput::from_config(&c);
+            self.submit_stream(Some(c.id.clone()), input, &mapping, &c.label_prefix, false)
+                .await
+                .map_err(|e| IngestdError::Internal(format!("jobs.streams `{}`: {e}", c.id)))?;
+        }
+        Ok(())
+    }
+
+    /// The running stream jobs' consumer counters (`weir_consumer_*`), for `/metrics`.
+    pub fn consumer_metrics(&self) -> Arc<dyn MetricSource> {
+        let this = self.clone();
+        Arc::new(move |enc: &mut Encoder| {
+            let live: Vec<_> = this
+                .inner
+                .jobs
+                .lock()
+                .iter()
+                .filter_map(|(_, e)| e.consumer.lock().clone())
+                .collect();
+            for m in live {
+                m.collect(enc);
+            }
+        })
+    }
+
+    fn source_config(&self, input: &StreamInput) -> JetStreamSourceConfig {
+        let c = &self.inner.config;
+        JetStreamSourceConfig {
+            url: input
+                .url
+                .clone()
+                .unwrap_or_else(|| self.inner.nats_url.clone()),
+            stream: input.stream.clone(),
+            subject: input.subject.clone(),
+            consumer: input.consumer.clone(),
+            deliver: input.deliver.into(),
+            ack_wait: input.ack_wait,
+            max_ack_pending: input.max_ack_pending,
+            fetch_messages: c.batch_size,
+            ..JetStreamSourceConfig::default()
+        }
+    }
+
+    async fn run_stream(
+        &self,
+        id: &str,
+        entry: &Arc<Entry>,
+        source_cfg: JetStreamSourceConfig,
+        mapping: Arc<Mapping>,
+    ) -> Result<(), IngestdError> {
+        let inner = &self.inner;
+        let c = &inner.config;
+        let cfg = PipelineConfig {
+            job_id: id.to_owned(),
+            format: Format::JsonLines,
+            batch_records: c.batch_size,
+            min_batch_records: PipelineConfig::default()
+                .min_batch_records
+                .min(c.batch_size),
+            concurrency: c.concurrency,
+            adaptive_concurrency: c.adaptive_concurrency,
+            // An unbounded input has no error budget by count; the dead-letter file's cap
+            // bounds the disk.
+            max_errors: None,
+            retry_budget: Some(c.retry_for),
+            ..PipelineConfig::default()
+        };
+        let source_cfg = JetStreamSourceConfig {
+            max_record_bytes: cfg.max_record_bytes,
+            ..source_cfg
+        };
+        // Pulling stops when the job is stopped, or when its pipeline ended by itself.
+        let pull_stop = entry.cancel.child_token();
+        let backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(10))
+            .with_jitter(0.3);
+        let mut attempt = 0;
+        let (source, commits, acks, consumer) = loop {
+            match JetStreamSource::start(&source_cfg, pull_stop.clone()).await {
+                Ok(started) => break started,
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "stream job waiting for NATS");
+                    entry.status.lock().error = Some(format!("waiting: {e}"));
+                    attempt += 1;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.jittered(attempt)) => {}
+                        () = entry.cancel.cancelled() => {
+                            entry.status.lock().state = JobState::Cancelled;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        };
+        entry.status.lock().error = None;
+        *entry.consumer.lock() = Some(consumer);
+        let publisher = inner.publisher.for_job();
+        let writer = Arc::new(GraphWriter::new(
+            inner.pool.clone(),
+            mapping.clone(),
+            Arc::new(publisher.clone()),
+            WriterConfig::for_pipeline(id),
+        ));
+        let dead_path = entry.status.lock().dead_letters.clone();
+        let dead = JsonlDeadLetters::open(dead_path)
+            .map_err(|e| IngestdError::Internal(format!("dead-letter file: {e}")));
+        let schema = writer
+            .ensure_schema()
+            .await
+            .map_err(|e| IngestdError::Internal(format!("creating key constraints: {e}")));
+        let dead = match (dead, schema) {
+            (Ok(d), Ok(_)) => d.with_max_bytes(c.max_dead_letter_bytes),
+            (Err(e), _) | (_, Err(e)) => {
+                pull_stop.cancel();
+                drop(commits);
+                acks.finish().await;
+                *entry.consumer.lock() = None;
+                return Err(e);
+            }
+        };
+        let dead = Arc::new(dead);
+        let pipeline = Pipeline::new(
+            cfg,
+            GraphMapper::new(mapping),
+            GraphSink::new(writer, id.to_owned()),
+        )
+        .with_gauge(Arc::new(ProcessGauge::new(c.memory_limit)))
+        .with_dead_letters(dead.clone())
+        .with_commit_watch(commits);
+        let (pipeline, follower) = inner.metrics.attach(pipeline);
+        let forward = self.forward_progress(entry, &publisher, pipeline.subscribe());
+        entry.status.lock().state = JobState::Running;
+        tracing::info!(job = %id, stream = %source_cfg.stream, consumer = %source_cfg.consumer, "stream job started");
+        let result = pipeline.run(source, entry.cancel.clone()).await;
+        // The pipeline is done (its commit sender dropped): stop pulling, ack the last
+        // commits, hand back the rest.
+        pull_stop.cancel();
+        acks.finish().await;
+        let _ = forward.await;
+        let _ = follower.await;
+        let summary = match result {
+            Ok(s) => s,
+            Err(StreamError::Failed { cause, summary }) => {
+                entry.status.lock().error = Some(cause.to_string());
+                *summary
+            }
+            Err(e) => {
+                *entry.consumer.lock() = None;
+                return Err(IngestdError::Internal(e.to_string()));
+            }
+        };
+        let final_counts = entry.snapshot().consumer;
+        *entry.consumer.lock() = None;
+        let mut st = entry.status.lock();
+        st.consumer = final_counts;
+        st.events_unpublished = publisher.unpublished();
+        st.records_read = summary.records_read;
+        st.records_committed = summary.records_committed;
+        st.records_dead_lettered = summary.records_dead_lettered;
+        st.bytes_read = summary.bytes_read;
+        // A stream has no end of its own: a run that was not failed was stopped.
+        st.state = match summary.outcome {
+            RunOutcome::Failed => JobState::Failed,
+            RunOutcome::Completed | RunOutcome::Cancelled => JobState::Cancelled,
+        };
+        tracing::info!(job = %id, state = ?st.state, committed = st.records_committed, "stream job ended");
+        Ok(())
+    }
+}
