@@ -546,6 +546,7 @@ impl JobManager {
             adaptive_concurrency: c.adaptive_concurrency,
             max_errors: Some(c.max_dead_letters),
             max_decompressed_bytes: Some(c.max_decompressed_bytes),
+            retry_budget: Some(c.retry_for),
             ..PipelineConfig::default()
         };
         let ckpt = CheckpointFile::new(&checkpoint);
