@@ -99,7 +99,9 @@ fn map_error(e: RecordError) -> MapError {
     match &e {
         RecordError::EmptyKey { field, .. }
         | RecordError::Value { field, .. }
-        | RecordError::Operation { field, .. } => MapError::field(field.clone(), e.to_string()),
+        | RecordError::Operation { field, .. }
+        | RecordError::MissingVersion { field }
+        | RecordError::Version { field, .. } => MapError::field(field.clone(), e.to_string()),
         RecordError::NothingToDelete => MapError::record(e.to_string()),
     }
 }

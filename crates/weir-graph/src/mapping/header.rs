@@ -7,18 +7,21 @@ use super::{Mapping, PropertyMapping};
 impl Mapping {
     /// The record fields a CSV header must have, sorted: every field the mapping reads,
     /// except those only read by properties with a `default` (which stand in for a missing
-    /// column by design). Keys and relationship end keys are always required.
+    /// column by design). Keys, relationship end keys and the version field are always
+    /// required.
     pub fn required_fields(&self) -> Vec<&str> {
         let needed = |p: &'_ PropertyMapping| p.default.is_none();
         let mut out: Vec<&str> = self
-            .nodes
-            .iter()
-            .flat_map(|n| {
+            .input
+            .version_field
+            .as_deref()
+            .into_iter()
+            .chain(self.nodes.iter().flat_map(|n| {
                 n.properties
                     .iter()
                     .filter(|p| needed(p))
                     .map(|p| p.field.as_str())
-            })
+            }))
             .chain(self.relationships.iter().flat_map(|r| {
                 r.properties
                     .iter()
@@ -66,9 +69,15 @@ impl Mapping {
     /// Every record field the mapping reads (for header checks), sorted.
     pub fn fields(&self) -> Vec<&str> {
         let mut out: Vec<&str> = self
-            .nodes
-            .iter()
-            .flat_map(|n| n.properties.iter().map(|p| p.field.as_str()))
+            .input
+            .version_field
+            .as_deref()
+            .into_iter()
+            .chain(
+                self.nodes
+                    .iter()
+                    .flat_map(|n| n.properties.iter().map(|p| p.field.as_str())),
+            )
             .chain(self.relationships.iter().flat_map(|r| {
                 r.properties
                     .iter()

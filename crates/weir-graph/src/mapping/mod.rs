@@ -27,6 +27,16 @@
 //! `upsert`, a missing or an empty field mean the usual write; any other value is an error
 //! naming the field.
 //!
+//! With `[input] version_field = "v"`, every record carries an integer version in `v` (a JSON
+//! integer, or the text of one as CSV gives it); a missing, empty or non-integer value is an
+//! error naming the field. The version is stored on every node and relationship the record
+//! writes, in the property `[input] version_property` (default `_version`, which no mapped
+//! property may also be), and a record older than the version stored there is skipped, for
+//! upserts and deletes alike: equal versions apply, so a redelivered record is harmless, and
+//! neither redelivery nor several workers can take the graph back to an older state. A
+//! relationship's end nodes, merged by key, keep their own version. A delete leaves no
+//! tombstone: an older upsert arriving after it creates the entity again.
+//!
 //! End-point key types come from the node mapping of that label in the same file, or are
 //! given inline (`key = { id = { field = "person_id", type = "int" } }`), else string.
 //! Every label, type and property name is validated by [`crate::ident`]. Errors name the
@@ -56,6 +66,9 @@ pub use record::{MappedRecord, NodeRow, Op, Record, RecordError, RelRow};
 /// The mapping format version this crate reads.
 pub const MAPPING_VERSION: u32 = 1;
 
+/// The property that stores a record's version when `[input] version_property` is not given.
+pub const DEFAULT_VERSION_PROPERTY: &str = "_version";
+
 /// Input format named in a mapping file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputFormat {
@@ -76,6 +89,14 @@ pub struct InputHints {
     /// (also when the field is missing or empty) or `delete`. `None`: every record is an
     /// upsert.
     pub operation_field: Option<String>,
+    /// The record field holding each record's integer version (`[input] version_field`).
+    /// `None`: records are not versioned and always apply.
+    pub version_field: Option<String>,
+    /// The property storing the version on nodes and relationships (`[input]
+    /// version_property`, default [`DEFAULT_VERSION_PROPERTY`]); `Some` exactly when
+    /// `version_field` is. Copied into every [`NodeMapping::version`] and
+    /// [`RelMapping::version`].
+    pub version_property: Option<Ident>,
 }
 
 /// One mapped property.
@@ -100,6 +121,9 @@ pub struct NodeMapping {
     pub key: Vec<usize>,
     /// Every property, keys included.
     pub properties: Vec<PropertyMapping>,
+    /// The property holding the version of the record last written to the node, when the
+    /// mapping is versioned ([`InputHints::version_field`]); its statements are guarded by it.
+    pub version: Option<Ident>,
 }
 
 impl NodeMapping {
@@ -129,6 +153,9 @@ pub struct RelMapping {
     pub end: EndMapping,
     /// Relationship properties.
     pub properties: Vec<PropertyMapping>,
+    /// The property holding the version of the record last written to the relationship,
+    /// when the mapping is versioned ([`InputHints::version_field`]).
+    pub version: Option<Ident>,
 }
 
 /// A validated mapping.

@@ -9,8 +9,8 @@ use toml::Spanned;
 
 use super::raw::{RawEnd, RawEndKey, RawInput, RawMapping, RawNode, RawProp, RawRel};
 use super::{
-    EndMapping, InputFormat, InputHints, MAPPING_VERSION, Mapping, NodeMapping, PropertyMapping,
-    RelMapping,
+    DEFAULT_VERSION_PROPERTY, EndMapping, InputFormat, InputHints, MAPPING_VERSION, Mapping,
+    NodeMapping, PropertyMapping, RelMapping,
 };
 use crate::ident::Ident;
 use crate::value::{self, FieldRef, PropType, ScalarType, Value};
@@ -105,8 +105,8 @@ impl Mapping {
                 ),
             ));
         }
-        let input = match raw.input {
-            None => InputHints::default(),
+        let (input, version_span) = match raw.input {
+            None => (InputHints::default(), None),
             Some(i) => compile_input(&cx, i)?,
         };
         let mut nodes = Vec::with_capacity(raw.nodes.len());
@@ -116,6 +116,9 @@ impl Mapping {
         let mut relationships = Vec::with_capacity(raw.relationships.len());
         for (ri, r) in raw.relationships.into_iter().enumerate() {
             relationships.push(compile_rel(&cx, ri, r, &nodes)?);
+        }
+        if let (Some(vp), Some(span)) = (&input.version_property, version_span) {
+            apply_version(&cx, vp, span, &mut nodes, &mut relationships)?;
         }
         if nodes.is_empty() && relationships.is_empty() {
             return Err(MappingError {
@@ -133,7 +136,52 @@ impl Mapping {
     }
 }
 
-fn compile_input(cx: &Ctx<'_>, i: RawInput) -> Result<InputHints, MappingError> {
+/// Sets the version property on every node and relationship mapping, once it is known to be
+/// no mapped property's name (the record's value would overwrite the version, or the reverse).
+/// `span` is where the property is named (or `version_field`, for the default).
+fn apply_version(
+    cx: &Ctx<'_>,
+    vp: &Ident,
+    span: std::ops::Range<usize>,
+    nodes: &mut [NodeMapping],
+    relationships: &mut [RelMapping],
+) -> Result<(), MappingError> {
+    let node_props = nodes
+        .iter()
+        .flat_map(|n| n.properties.iter().map(move |p| (&p.name, &n.label)));
+    let rel_props = relationships.iter().flat_map(|r| {
+        r.properties
+            .iter()
+            .map(move |p| (&p.name, &r.rel_type))
+            .chain(r.start.key.iter().map(move |k| (&k.0, &r.start.label)))
+            .chain(r.end.key.iter().map(move |k| (&k.0, &r.end.label)))
+    });
+    if let Some((_, owner)) = node_props.chain(rel_props).find(|(name, _)| *name == vp) {
+        return Err(cx.err(
+            span,
+            "input.version_property",
+            format!(
+                "`{}` is also a mapped property of `{}`; the version needs a property of its \
+                 own (set `version_property` to another name)",
+                vp.as_str(),
+                owner.as_str()
+            ),
+        ));
+    }
+    for n in nodes {
+        n.version = Some(vp.clone());
+    }
+    for r in relationships {
+        r.version = Some(vp.clone());
+    }
+    Ok(())
+}
+
+/// The `[input]` table, and where the version property is named (for a later error).
+fn compile_input(
+    cx: &Ctx<'_>,
+    i: RawInput,
+) -> Result<(InputHints, Option<std::ops::Range<usize>>), MappingError> {
     let format = match i.format {
         None => None,
         Some(f) => Some(match f.get_ref().as_str() {
@@ -173,11 +221,52 @@ fn compile_input(cx: &Ctx<'_>, i: RawInput) -> Result<InputHints, MappingError> 
         }
         Some(f) => Some(f.into_inner()),
     };
-    Ok(InputHints {
-        format,
-        delimiter,
-        operation_field,
-    })
+    let version_field = match i.version_field {
+        None => None,
+        Some(f) if f.get_ref().trim().is_empty() => {
+            return Err(cx.err(
+                f.span(),
+                "input.version_field",
+                "must name a record field (or be left out)",
+            ));
+        }
+        Some(f) if operation_field.as_ref() == Some(f.get_ref()) => {
+            return Err(cx.err(
+                f.span(),
+                "input.version_field",
+                "must be another field than `operation_field`",
+            ));
+        }
+        Some(f) => Some(f),
+    };
+    let (version_property, version_span) = match (&version_field, i.version_property) {
+        (None, None) => (None, None),
+        (None, Some(p)) => {
+            return Err(cx.err(
+                p.span(),
+                "input.version_property",
+                "only with `version_field` (the record field holding the version)",
+            ));
+        }
+        (Some(f), None) => (
+            Some(Ident::new(DEFAULT_VERSION_PROPERTY).expect("a valid identifier")),
+            Some(f.span()),
+        ),
+        (Some(_), Some(p)) => (
+            Some(cx.ident(&p, "input.version_property", "version property")?),
+            Some(p.span()),
+        ),
+    };
+    Ok((
+        InputHints {
+            format,
+            delimiter,
+            operation_field,
+            version_field: version_field.map(Spanned::into_inner),
+            version_property,
+        },
+        version_span,
+    ))
 }
 
 fn compile_type(cx: &Ctx<'_>, p: &RawProp, path: &str) -> Result<PropType, MappingError> {
@@ -337,6 +426,7 @@ fn compile_node(cx: &Ctx<'_>, ni: usize, n: Spanned<RawNode>) -> Result<NodeMapp
         label,
         key,
         properties,
+        version: None,
     })
 }
 
@@ -434,5 +524,6 @@ fn compile_rel(
         start,
         end,
         properties,
+        version: None,
     })
 }

@@ -23,6 +23,8 @@ pub(super) struct RawInput {
     pub(super) format: Option<Spanned<String>>,
     pub(super) delimiter: Option<Spanned<String>>,
     pub(super) operation_field: Option<Spanned<String>>,
+    pub(super) version_field: Option<Spanned<String>>,
+    pub(super) version_property: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

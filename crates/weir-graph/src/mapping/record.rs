@@ -43,6 +43,22 @@ pub enum RecordError {
         /// What it held (at most 64 characters of it).
         value: String,
     },
+    /// The version field (`[input] version_field`) is missing or empty.
+    #[error(
+        "field `{field}` (the version) is missing or empty; every record needs an integer version"
+    )]
+    MissingVersion {
+        /// The version field.
+        field: String,
+    },
+    /// The version field holds no integer.
+    #[error("field `{field}` (the version) is `{value}`; use an integer")]
+    Version {
+        /// The version field.
+        field: String,
+        /// What it held (at most 64 characters of it).
+        value: String,
+    },
     /// A delete record carries no complete key of any node or relationship of the mapping.
     #[error("delete record carries the key of no node or relationship of the mapping")]
     NothingToDelete,
@@ -99,6 +115,9 @@ pub enum Op {
 pub struct MappedRecord {
     /// Write or remove.
     pub op: Op,
+    /// The record's version (`[input] version_field`), when the mapping is versioned: it is
+    /// written or removed only where the stored version is missing or not newer.
+    pub version: Option<i64>,
     /// Its nodes.
     pub nodes: Vec<NodeRow>,
     /// Its relationships.
@@ -198,6 +217,30 @@ fn operation<R: Record + ?Sized>(rec: &R, field: &str) -> Result<Op, RecordError
     }
 }
 
+/// The record's version, read from `field`: a JSON integer, or the text of one (trimmed).
+fn version<R: Record + ?Sized>(rec: &R, field: &str) -> Result<i64, RecordError> {
+    let missing = || RecordError::MissingVersion {
+        field: field.to_owned(),
+    };
+    let bad = |value: String| RecordError::Version {
+        field: field.to_owned(),
+        value: value.chars().take(64).collect(),
+    };
+    let text = match rec.field(field) {
+        None | Some(FieldRef::Json(serde_json::Value::Null)) => return Err(missing()),
+        Some(FieldRef::Json(serde_json::Value::Number(n))) => {
+            return n.as_i64().ok_or_else(|| bad(n.to_string()));
+        }
+        Some(FieldRef::Text(t)) => t.trim(),
+        Some(FieldRef::Json(serde_json::Value::String(t))) => t.trim(),
+        Some(FieldRef::Json(other)) => return Err(bad(other.to_string())),
+    };
+    if text.is_empty() {
+        return Err(missing());
+    }
+    text.parse().map_err(|_| bad(text.to_owned()))
+}
+
 impl Mapping {
     /// The keys of what a delete record names: the relationships whose two end keys it
     /// carries when there are any (their end nodes stay), else the nodes whose key fields it
@@ -255,13 +298,26 @@ impl Mapping {
     }
 
     /// Maps one record to its nodes and relationships (their keys only, for a delete record:
-    /// see [`Op`]).
+    /// see [`Op`]), with its version when the mapping is versioned.
     pub fn map_record<R: Record + ?Sized>(&self, rec: &R) -> Result<MappedRecord, RecordError> {
-        if let Some(field) = &self.input.operation_field
-            && operation(rec, field)? == Op::Delete
-        {
-            return self.map_delete(rec);
-        }
+        let op = match &self.input.operation_field {
+            Some(field) => operation(rec, field)?,
+            None => Op::Upsert,
+        };
+        let version = match &self.input.version_field {
+            Some(field) => Some(version(rec, field)?),
+            None => None,
+        };
+        let mut out = match op {
+            Op::Delete => self.map_delete(rec)?,
+            Op::Upsert => self.map_upsert(rec)?,
+        };
+        out.version = version;
+        Ok(out)
+    }
+
+    /// The nodes and relationships of an upsert record.
+    fn map_upsert<R: Record + ?Sized>(&self, rec: &R) -> Result<MappedRecord, RecordError> {
         let mut out = MappedRecord::default();
         for (mi, n) in self.nodes.iter().enumerate() {
             let mut key = Vec::with_capacity(n.key.len());

@@ -262,3 +262,191 @@ fn canonical_keys() {
         "a=4,b=x"
     );
 }
+
+const VERSIONED: &str = r#"[input]
+operation_field = "op"
+version_field = "ts"
+
+[[nodes]]
+label = "Person"
+key = ["id"]
+properties = [{ name = "id", type = "int" }, { name = "name" }]
+
+[[relationships]]
+type = "KNOWS"
+start = { label = "Person", key = { id = "id" } }
+end = { label = "Person", key = { id = "friend" } }
+properties = [{ name = "since", type = "int" }]
+"#;
+
+#[test]
+fn version_field_and_property_parse() {
+    let m = Mapping::parse(VERSIONED, "m.toml").unwrap();
+    assert_eq!(m.input.version_field.as_deref(), Some("ts"));
+    let v = Ident::new("_version").unwrap();
+    assert_eq!(m.input.version_property.as_ref(), Some(&v));
+    assert_eq!(m.nodes[0].version.as_ref(), Some(&v));
+    assert_eq!(m.relationships[0].version.as_ref(), Some(&v));
+    // The version column is required in a CSV header.
+    assert!(m.required_fields().contains(&"ts"));
+    assert!(m.fields().contains(&"ts"));
+
+    let m = Mapping::parse(
+        &VERSIONED.replace(
+            "version_field = \"ts\"",
+            "version_field = \"ts\"\nversion_property = \"seq\"",
+        ),
+        "m.toml",
+    )
+    .unwrap();
+    assert_eq!(m.nodes[0].version.as_ref().unwrap().as_str(), "seq");
+    // Label prefixes leave the version property alone.
+    let m = m.with_label_prefix("t_").unwrap();
+    assert_eq!(m.relationships[0].version.as_ref().unwrap().as_str(), "seq");
+
+    // Unversioned mappings have none.
+    let m = Mapping::parse(GOOD, "m.toml").unwrap();
+    assert_eq!(m.input.version_field, None);
+    assert_eq!(m.input.version_property, None);
+    assert!(m.nodes.iter().all(|n| n.version.is_none()));
+    assert!(m.relationships.iter().all(|r| r.version.is_none()));
+}
+
+#[test]
+fn bad_version_settings_name_the_line_and_field() {
+    let with = |extra: &str| VERSIONED.replace("version_field = \"ts\"", extra);
+    // Lines: 1 `[input]`, 2 `operation_field`, 3 the replaced text.
+    let cases = [
+        (
+            "version_field = \"  \"",
+            3,
+            "input.version_field",
+            "must name a record field",
+        ),
+        (
+            "version_field = \"op\"",
+            3,
+            "input.version_field",
+            "operation_field",
+        ),
+        (
+            "version_property = \"seq\"",
+            3,
+            "input.version_property",
+            "only with `version_field`",
+        ),
+        (
+            "version_field = \"ts\"\nversion_property = \"a`b\"",
+            4,
+            "input.version_property",
+            "version property",
+        ),
+        (
+            "version_field = \"ts\"\nversion_property = \"name\"",
+            4,
+            "input.version_property",
+            "`name` is also a mapped property of `Person`",
+        ),
+        (
+            "version_field = \"ts\"\nversion_property = \"since\"",
+            4,
+            "input.version_property",
+            "of `KNOWS`",
+        ),
+        (
+            "version_field = \"ts\"\nversion_property = \"id\"",
+            4,
+            "input.version_property",
+            "`id` is also",
+        ),
+    ];
+    for (extra, line, field, msg) in cases {
+        let e = err(&with(extra));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(line), field),
+            "{extra}: {e}"
+        );
+        assert!(e.message.contains(msg), "{extra}: {e}");
+    }
+    // The default property clashing with a mapped one is named at `version_field`.
+    let e = err(&VERSIONED.replace("{ name = \"name\" }", "{ name = \"_version\" }"));
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (Some(3), "input.version_property")
+    );
+    assert!(e.message.contains("`_version` is also"), "{e}");
+}
+
+#[test]
+fn every_record_of_a_versioned_mapping_carries_an_integer_version() {
+    let m = Mapping::parse(VERSIONED, "m.toml").unwrap();
+    let text = |fields: &[(&str, &str)]| m.map_record(fields);
+    let out = text(&[("id", "1"), ("friend", "2"), ("ts", " 42 ")]).unwrap();
+    assert_eq!((out.op, out.version), (Op::Upsert, Some(42)));
+    let out = text(&[("op", "delete"), ("id", "1"), ("ts", "-3")]).unwrap();
+    assert_eq!((out.op, out.version), (Op::Delete, Some(-3)));
+    for fields in [
+        &[("id", "1"), ("friend", "2")][..],
+        &[("id", "1"), ("friend", "2"), ("ts", "")],
+        &[("op", "delete"), ("id", "1"), ("ts", " ")],
+    ] {
+        assert_eq!(
+            text(fields),
+            Err(RecordError::MissingVersion { field: "ts".into() }),
+            "{fields:?}"
+        );
+    }
+    let e = text(&[("id", "1"), ("friend", "2"), ("ts", "1.5")]).unwrap_err();
+    assert_eq!(
+        e,
+        RecordError::Version {
+            field: "ts".into(),
+            value: "1.5".into()
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "field `ts` (the version) is `1.5`; use an integer"
+    );
+    assert!(
+        text(&[("id", "1"), ("friend", "2")])
+            .unwrap_err()
+            .to_string()
+            .contains("`ts` (the version) is missing or empty"),
+    );
+
+    let json = |s: &str| {
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(s).unwrap();
+        m.map_record(&obj)
+    };
+    assert_eq!(
+        json(r#"{"id": 1, "friend": 2, "ts": 1700000000000}"#)
+            .unwrap()
+            .version,
+        Some(1_700_000_000_000)
+    );
+    assert_eq!(
+        json(r#"{"id": 1, "friend": 2, "ts": "7"}"#)
+            .unwrap()
+            .version,
+        Some(7)
+    );
+    assert!(matches!(
+        json(r#"{"id": 1, "friend": 2, "ts": null}"#),
+        Err(RecordError::MissingVersion { .. })
+    ));
+    for bad in ["2.0", "true", "[1]", "\"x\"", "18446744073709551615"] {
+        assert!(
+            matches!(
+                json(&format!(r#"{{"id": 1, "friend": 2, "ts": {bad}}}"#)),
+                Err(RecordError::Version { ref field, .. }) if field == "ts"
+            ),
+            "{bad}"
+        );
+    }
+    // Unversioned mappings map no version.
+    let m = Mapping::parse(GOOD, "m.toml").unwrap();
+    let rec: Vec<(&str, &str)> = vec![("person_id", "7"), ("company_id", "3"), ("ts", "9")];
+    assert_eq!(m.map_record(rec.as_slice()).unwrap().version, None);
+}
