@@ -4,21 +4,41 @@
 use crate::ident::Ident;
 use crate::mapping::{EndMapping, Mapping, NodeMapping, RelMapping};
 
-/// `UNWIND $rows AS row MERGE (n:`L` {`k`: row.k0, ...}) SET n += row.p`.
-///
-/// Each row is a map `{k0: .., k1: .., p: {..}}`: the key values by position and the other
-/// properties.
-pub fn node_merge(n: &NodeMapping) -> String {
+/// The guard of a versioned statement on the entity `var`: true when its stored version is
+/// missing or not newer than the row's `v` (equal versions apply, so a redelivered record is
+/// harmless).
+fn version_guard(var: &str, prop: &Ident) -> String {
+    format!("{var}.{prop} IS NULL OR {var}.{prop} <= row.v")
+}
+
+/// `{`k`: row.k0, ...}`: a node mapping's key pattern.
+fn node_key(n: &NodeMapping) -> String {
     let keys: Vec<String> = n
         .key_properties()
         .enumerate()
         .map(|(i, p)| format!("{}: row.k{i}", p.name))
         .collect();
-    format!(
-        "UNWIND $rows AS row MERGE (n:{} {{{}}}) SET n += row.p",
-        n.label,
-        keys.join(", ")
-    )
+    format!("{{{}}}", keys.join(", "))
+}
+
+/// `UNWIND $rows AS row MERGE (n:`L` {`k`: row.k0, ...}) SET n += row.p`.
+///
+/// Each row is a map `{k0: .., k1: .., p: {..}}`: the key values by position and the other
+/// properties. When the mapping is versioned ([`NodeMapping::version`], here `_version`), a
+/// row also carries its version `v`, and a node holding a newer one is left as it is:
+/// `... MERGE (n:`L` {..}) WITH n, row WHERE n.`_version` IS NULL OR n.`_version` <= row.v
+/// SET n += row.p, n.`_version` = row.v`. A statement has at most one row per key (the
+/// writer merges a batch's records per key): ArcadeDB evaluates the `WHERE` of every row
+/// before any row's `SET`, so a later row of one key would not see an earlier one's version.
+pub fn node_merge(n: &NodeMapping) -> String {
+    let head = format!("UNWIND $rows AS row MERGE (n:{} {})", n.label, node_key(n));
+    match &n.version {
+        None => format!("{head} SET n += row.p"),
+        Some(v) => format!(
+            "{head} WITH n, row WHERE {} SET n += row.p, n.{v} = row.v",
+            version_guard("n", v)
+        ),
+    }
 }
 
 fn end_pattern(var: &str, prefix: &str, e: &EndMapping) -> String {
@@ -35,36 +55,51 @@ fn end_pattern(var: &str, prefix: &str, e: &EndMapping) -> String {
 ///
 /// End points are merged by key (created with only their key when they do not exist yet), so
 /// a relationship never depends on the order in which batches commit; a node record that
-/// arrives later fills in its properties. Rows are `{s0.., e0.., p: {..}}`.
+/// arrives later fills in its properties. Rows are `{s0.., e0.., p: {..}}`. Versioned
+/// ([`RelMapping::version`]) as [`node_merge`] on `r`, with `v` in each row: `... MERGE
+/// (a)-[r:`T`]->(b) WITH r, row WHERE r.`_version` IS NULL OR r.`_version` <= row.v SET r +=
+/// row.p, r.`_version` = row.v`; the end nodes' versions are not touched.
 pub fn rel_merge(r: &RelMapping) -> String {
-    format!(
-        "UNWIND $rows AS row MERGE {} MERGE {} MERGE (a)-[r:{}]->(b) SET r += row.p",
+    let head = format!(
+        "UNWIND $rows AS row MERGE {} MERGE {} MERGE (a)-[r:{}]->(b)",
         end_pattern("a", "s", &r.start),
         end_pattern("b", "e", &r.end),
         r.rel_type
-    )
+    );
+    match &r.version {
+        None => format!("{head} SET r += row.p"),
+        Some(v) => format!(
+            "{head} WITH r, row WHERE {} SET r += row.p, r.{v} = row.v",
+            version_guard("r", v)
+        ),
+    }
 }
 
 /// `UNWIND $rows AS row MATCH (n:`L` {`k`: row.k0, ...}) DETACH DELETE n`: rows as in
-/// [`node_merge`], without `p`. A key that matches nothing deletes nothing.
+/// [`node_merge`], without `p`. A key that matches nothing deletes nothing. Versioned, a node
+/// holding a newer version than the row's `v` stays: `... MATCH (n:`L` {..}) WHERE
+/// n.`_version` IS NULL OR n.`_version` <= row.v DETACH DELETE n`.
 pub fn node_delete(n: &NodeMapping) -> String {
-    let keys: Vec<String> = n
-        .key_properties()
-        .enumerate()
-        .map(|(i, p)| format!("{}: row.k{i}", p.name))
-        .collect();
+    let guard = match &n.version {
+        None => String::new(),
+        Some(v) => format!(" WHERE {}", version_guard("n", v)),
+    };
     format!(
-        "UNWIND $rows AS row MATCH (n:{} {{{}}}) DETACH DELETE n",
+        "UNWIND $rows AS row MATCH (n:{} {}){guard} DETACH DELETE n",
         n.label,
-        keys.join(", ")
+        node_key(n)
     )
 }
 
 /// `UNWIND $rows AS row MATCH (a:..)-[r:`T`]->(b:..) DELETE r`: rows as in [`rel_merge`],
-/// without `p`; the end nodes stay.
+/// without `p`; the end nodes stay. Versioned, guarded like [`node_delete`] on `r`.
 pub fn rel_delete(r: &RelMapping) -> String {
+    let guard = match &r.version {
+        None => String::new(),
+        Some(v) => format!(" WHERE {}", version_guard("r", v)),
+    };
     format!(
-        "UNWIND $rows AS row MATCH {}-[r:{}]->{} DELETE r",
+        "UNWIND $rows AS row MATCH {}-[r:{}]->{}{guard} DELETE r",
         end_pattern("a", "s", &r.start),
         r.rel_type,
         end_pattern("b", "e", &r.end),
@@ -184,6 +219,58 @@ end = { label = "City", key = { name = "city" } }
             rel_merge(&m.relationships[0]),
             "UNWIND $rows AS row MERGE (a:`Person` {`id`: row.s0}) MERGE (b:`City` {`name`: row.e0}) \
              MERGE (a)-[r:`KNOWS`]->(b) SET r += row.p"
+        );
+    }
+
+    #[test]
+    fn unversioned_deletes_match_by_key_only() {
+        let m = Mapping::parse(M, "m").unwrap();
+        assert_eq!(
+            node_delete(&m.nodes[1]),
+            "UNWIND $rows AS row MATCH (n:`Pair` {`a`: row.k0, `b`: row.k1}) DETACH DELETE n"
+        );
+        assert_eq!(
+            rel_delete(&m.relationships[0]),
+            "UNWIND $rows AS row MATCH (a:`Person` {`id`: row.s0})-[r:`KNOWS`]->(b:`City` {`name`: row.e0}) \
+             DELETE r"
+        );
+    }
+
+    #[test]
+    fn versioned_statements_are_guarded_by_the_stored_version() {
+        let m = Mapping::parse(&format!("[input]\nversion_field = \"ts\"\n{M}"), "m").unwrap();
+        assert_eq!(
+            node_merge(&m.nodes[0]),
+            "UNWIND $rows AS row MERGE (n:`Person` {`id`: row.k0}) WITH n, row \
+             WHERE n.`_version` IS NULL OR n.`_version` <= row.v SET n += row.p, n.`_version` = row.v"
+        );
+        assert_eq!(
+            rel_merge(&m.relationships[0]),
+            "UNWIND $rows AS row MERGE (a:`Person` {`id`: row.s0}) MERGE (b:`City` {`name`: row.e0}) \
+             MERGE (a)-[r:`KNOWS`]->(b) WITH r, row WHERE r.`_version` IS NULL OR r.`_version` <= row.v \
+             SET r += row.p, r.`_version` = row.v"
+        );
+        assert_eq!(
+            node_delete(&m.nodes[1]),
+            "UNWIND $rows AS row MATCH (n:`Pair` {`a`: row.k0, `b`: row.k1}) \
+             WHERE n.`_version` IS NULL OR n.`_version` <= row.v DETACH DELETE n"
+        );
+        assert_eq!(
+            rel_delete(&m.relationships[0]),
+            "UNWIND $rows AS row MATCH (a:`Person` {`id`: row.s0})-[r:`KNOWS`]->(b:`City` {`name`: row.e0}) \
+             WHERE r.`_version` IS NULL OR r.`_version` <= row.v DELETE r"
+        );
+        let m = Mapping::parse(
+            &format!("[input]\nversion_field = \"ts\"\nversion_property = \"seq\"\n{M}"),
+            "m",
+        )
+        .unwrap();
+        assert!(
+            node_merge(&m.nodes[0]).ends_with(
+                "WHERE n.`seq` IS NULL OR n.`seq` <= row.v SET n += row.p, n.`seq` = row.v"
+            ),
+            "{}",
+            node_merge(&m.nodes[0])
         );
     }
 
