@@ -7,6 +7,33 @@
 //! retries them: [`WriterConfig::for_pipeline`]); uniqueness-constraint races per
 //! [`WriterConfig::constraint_attempts`]; data failures can be isolated down to the record.
 //! Executors make one attempt per call and never retry.
+//!
+//! # Order
+//!
+//! - **Within a batch**: record order. Consecutive records of one operation form a run; runs
+//!   are written one after the other in the one transaction, so an upsert, a delete and an
+//!   upsert of one key end with the key written. Within a run a key is written once, with its
+//!   records merged in record order (a later record overrides an earlier one, property by
+//!   property).
+//! - **Across batches of one writer with one batch in flight** (`--concurrency 1`): batches
+//!   commit in input order.
+//! - **Across workers, or with several batches in flight** (`--concurrency` above 1, several
+//!   `weir consume` workers, a redelivery): no order. A mapping with `[input] version_field`
+//!   makes this safe: every statement is guarded by the version stored on the node or
+//!   relationship (see [`crate::cypher::node_merge`]), so a record older than what is stored
+//!   is skipped and the graph never goes back to an older state. Equal versions apply.
+//!   Within a run, a record older than one before it of the same key is ignored for that
+//!   key; records of one version merge property by property; a higher version of a key goes
+//!   in a statement of its own after the lower one's (`Layers`), so each is guarded on its
+//!   own and the outcome is that of applying the records one by one.
+//! - **Deletes leave no tombstone**: once a node or relationship is deleted its version is
+//!   gone with it, so an older upsert that arrives after the delete creates it again.
+//!
+//! Change events are built from the records, before the write: a versioned row that the
+//! server skipped (its stored version was newer) still publishes its `MERGED` or `DELETED`
+//! event, and [`WriteOutcome`] still counts it. The statements do not report which rows
+//! applied: that would need [`CypherExecutor::write_txn`] to return each statement's rows,
+//! which the pool's transaction (`weir_pool::Session::write_txn`) does not.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -199,9 +226,10 @@ impl<T: RecordRef + ?Sized> RecordRef for &T {
 /// What a committed batch wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
-    /// Distinct nodes merged.
+    /// Distinct nodes merged or deleted (rows sent; in a versioned mapping the server may have
+    /// skipped some as older than what it holds).
     pub nodes: u64,
-    /// Distinct relationships merged.
+    /// Distinct relationships merged or deleted (rows sent, likewise).
     pub relationships: u64,
     /// Attempts it took (1 = no retry).
     pub attempts: u32,
@@ -260,6 +288,9 @@ enum KeyPart {
 /// A relationship's place in write order: start key, then end key.
 type RelKey = (Vec<KeyPart>, Vec<KeyPart>);
 
+/// One statement's rows by key, each with the version kept for it (versioned mappings).
+type Rows<K> = BTreeMap<K, (BoltMap, Option<i64>)>;
+
 fn sort_key(values: &[Value]) -> Vec<KeyPart> {
     values
         .iter()
@@ -278,20 +309,111 @@ fn is_constraint_race(e: &GraphError) -> bool {
     matches!(e, GraphError::Data { code, .. } if code.contains("ConstraintValidation"))
 }
 
+/// Whether a record of version `new` supersedes the one kept for its key (`kept`): unversioned
+/// records always do, versioned ones when not older (equal versions apply, like the
+/// statements' guard on the server).
+fn supersedes(new: Option<i64>, kept: Option<i64>) -> bool {
+    match (new, kept) {
+        (Some(n), Some(k)) => n >= k,
+        _ => true,
+    }
+}
+
 /// Appends `UNWIND $rows ...` (`cypher()`) over `rows` to `queries` unless there are none;
-/// returns how many rows it carries.
-fn push_unwind<K>(
-    queries: &mut Vec<Query>,
-    cypher: impl FnOnce() -> String,
-    rows: BTreeMap<K, BoltMap>,
-) -> u64 {
+/// returns how many rows it carries. A row's version, when it has one, goes in as `v`.
+fn push_unwind<K>(queries: &mut Vec<Query>, cypher: impl FnOnce() -> String, rows: Rows<K>) -> u64 {
     if rows.is_empty() {
         return 0;
     }
     let n = rows.len() as u64;
-    let list: Vec<BoltType> = rows.into_values().map(BoltType::Map).collect();
+    let list: Vec<BoltType> = rows
+        .into_values()
+        .map(|(mut row, v)| {
+            if let Some(v) = v {
+                row.put("v".into(), Value::Int(v).to_bolt());
+            }
+            BoltType::Map(row)
+        })
+        .collect();
     queries.push(Query::new(cypher()).param("rows", BoltType::List(BoltList::from(list))));
     n
+}
+
+/// A run's upsert rows of one kind (nodes or relationships) by mapping and key, in layers.
+///
+/// Unversioned, every key has one row in layer 0 that later records override property by
+/// property. Versioned, a key's records of one version merge into one row, a record older than
+/// the highest version seen for its key is ignored, and a record of a higher version starts
+/// the key's row in the next layer. Each layer is a statement of its own, so every version is
+/// guarded on its own, as if the records were applied one by one: with `v1 {name, city}` then
+/// `v3 {name}` and `v2` stored, `v1` is skipped and `v2`'s city stays (one merged row at `v3`
+/// would write `v1`'s city). Within one statement a key has one row (ArcadeDB evaluates every
+/// row's `WHERE` before any row's `SET`).
+struct Layers<K> {
+    /// Per layer, per mapping: key -> (row, its version).
+    layers: Vec<Vec<Rows<K>>>,
+    /// Per mapping, versioned only: key -> (its last layer, the highest version seen).
+    last: Vec<BTreeMap<K, (usize, i64)>>,
+}
+
+impl<K: Ord + Clone> Layers<K> {
+    fn new(mappings: usize) -> Self {
+        Self {
+            layers: vec![vec![BTreeMap::new(); mappings]],
+            last: vec![BTreeMap::new(); mappings],
+        }
+    }
+
+    /// The row a record of version `v` writes `key` of mapping `mi` into (`new_row()` when it
+    /// starts one), or `None` when the record is older than a version seen for the key.
+    fn row(
+        &mut self,
+        mi: usize,
+        key: K,
+        v: Option<i64>,
+        new_row: impl FnOnce() -> BoltMap,
+    ) -> Option<&mut BoltMap> {
+        let layer = match v {
+            None => 0,
+            Some(v) => match self.last[mi].get_mut(&key) {
+                None => {
+                    self.last[mi].insert(key.clone(), (0, v));
+                    0
+                }
+                Some((_, kept)) if v < *kept => return None,
+                Some((layer, kept)) => {
+                    if v > *kept {
+                        *layer += 1;
+                        *kept = v;
+                    }
+                    *layer
+                }
+            },
+        };
+        if layer == self.layers.len() {
+            let mappings = self.last.len();
+            self.layers.push(vec![BTreeMap::new(); mappings]);
+        }
+        let entry = self.layers[layer][mi]
+            .entry(key)
+            .or_insert_with(|| (new_row(), v));
+        Some(&mut entry.0)
+    }
+
+    /// Appends the statements, layer by layer (`cypher(mi)` per mapping); returns the number
+    /// of distinct keys.
+    fn push(self, queries: &mut Vec<Query>, cypher: impl Fn(usize) -> String) -> u64 {
+        let mut keys = 0;
+        for (li, layer) in self.layers.into_iter().enumerate() {
+            for (mi, rows) in layer.into_iter().enumerate() {
+                let n = push_unwind(queries, || cypher(mi), rows);
+                if li == 0 {
+                    keys += n;
+                }
+            }
+        }
+        keys
+    }
 }
 
 /// Sets `props` into the row's property map `p` (later values win).
@@ -425,8 +547,9 @@ impl<E: CypherExecutor> GraphWriter<E> {
     fn prepare_deletes<R: RecordRef>(&self, records: &[R], out: &mut PreparedBatch) {
         let want_events = self.publisher.wants_events();
         let m = &*self.mapping;
-        let mut nodes: Vec<BTreeMap<Vec<KeyPart>, BoltMap>> = vec![BTreeMap::new(); m.nodes.len()];
-        let mut rels: Vec<BTreeMap<RelKey, BoltMap>> = vec![BTreeMap::new(); m.relationships.len()];
+        // Per mapping: key -> (row, the highest version asked for).
+        let mut nodes: Vec<Rows<Vec<KeyPart>>> = vec![BTreeMap::new(); m.nodes.len()];
+        let mut rels: Vec<Rows<RelKey>> = vec![BTreeMap::new(); m.relationships.len()];
         let mut events: BTreeMap<(bool, usize, String), ChangeEvent> = BTreeMap::new();
         for r in records {
             let rec = r.mapped();
@@ -437,13 +560,18 @@ impl<E: CypherExecutor> GraphWriter<E> {
             };
             for n in &rec.nodes {
                 let nm = &m.nodes[n.mapping];
-                nodes[n.mapping].entry(sort_key(&n.key)).or_insert_with(|| {
-                    let mut row = BoltMap::with_capacity(n.key.len());
+                let entry = nodes[n.mapping].entry(sort_key(&n.key)).or_insert_with(|| {
+                    let mut row = BoltMap::with_capacity(n.key.len() + 1);
                     for (i, v) in n.key.iter().enumerate() {
                         row.put(format!("k{i}").into(), v.to_bolt());
                     }
-                    row
+                    (row, rec.version)
                 });
+                // An older delete of a key already asked for changes nothing.
+                if !supersedes(rec.version, entry.1) {
+                    continue;
+                }
+                entry.1 = rec.version;
                 if want_events {
                     let key = canonical_key(nm.key_properties().map(|p| &p.name), &n.key);
                     events.insert(
@@ -461,18 +589,22 @@ impl<E: CypherExecutor> GraphWriter<E> {
             }
             for r in &rec.rels {
                 let rm = &m.relationships[r.mapping];
-                rels[r.mapping]
+                let entry = rels[r.mapping]
                     .entry((sort_key(&r.start), sort_key(&r.end)))
                     .or_insert_with(|| {
-                        let mut row = BoltMap::with_capacity(r.start.len() + r.end.len());
+                        let mut row = BoltMap::with_capacity(r.start.len() + r.end.len() + 1);
                         for (i, v) in r.start.iter().enumerate() {
                             row.put(format!("s{i}").into(), v.to_bolt());
                         }
                         for (i, v) in r.end.iter().enumerate() {
                             row.put(format!("e{i}").into(), v.to_bolt());
                         }
-                        row
+                        (row, rec.version)
                     });
+                if !supersedes(rec.version, entry.1) {
+                    continue;
+                }
+                entry.1 = rec.version;
                 if want_events {
                     let sk = canonical_key(rm.start.key.iter().map(|k| &k.0), &r.start);
                     let ek = canonical_key(rm.end.key.iter().map(|k| &k.0), &r.end);
@@ -516,11 +648,8 @@ impl<E: CypherExecutor> GraphWriter<E> {
         let batch_id = out.batch_id.clone();
         let want_events = self.publisher.wants_events();
         let m = &*self.mapping;
-        // Per node mapping: canonical key -> (row, source, props json).
-        let mut nodes: Vec<BTreeMap<Vec<KeyPart>, (BoltMap, usize)>> =
-            vec![BTreeMap::new(); m.nodes.len()];
-        let mut rels: Vec<BTreeMap<RelKey, (BoltMap, usize)>> =
-            vec![BTreeMap::new(); m.relationships.len()];
+        let mut nodes: Layers<Vec<KeyPart>> = Layers::new(m.nodes.len());
+        let mut rels: Layers<RelKey> = Layers::new(m.relationships.len());
         let mut node_events: Vec<BTreeMap<String, ChangeEvent>> =
             vec![BTreeMap::new(); m.nodes.len()];
         let mut rel_events: Vec<BTreeMap<(String, String), ChangeEvent>> =
@@ -528,7 +657,7 @@ impl<E: CypherExecutor> GraphWriter<E> {
         let event = |kind, label: &str, key: String, pos: &SourcePosition| {
             self.event(&batch_id, kind, label, key, Operation::Merged, pos)
         };
-        for (ri, r) in records.iter().enumerate() {
+        for r in records {
             let rec = r.mapped();
             let pos = &if want_events {
                 r.position()
@@ -537,7 +666,7 @@ impl<E: CypherExecutor> GraphWriter<E> {
             };
             for n in &rec.nodes {
                 let nm = &m.nodes[n.mapping];
-                let entry = nodes[n.mapping].entry(sort_key(&n.key)).or_insert_with(|| {
+                let new_row = || {
                     let mut row = BoltMap::with_capacity(n.key.len() + 1);
                     for (i, v) in n.key.iter().enumerate() {
                         row.put(format!("k{i}").into(), v.to_bolt());
@@ -546,13 +675,16 @@ impl<E: CypherExecutor> GraphWriter<E> {
                         "p".into(),
                         BoltType::Map(BoltMap::with_capacity(nm.properties.len())),
                     );
-                    (row, ri)
-                });
-                // Later records override earlier ones, property by property.
-                if let Some(BoltType::Map(p)) = entry.0.value.get_mut("p") {
+                    row
+                };
+                // Later records override earlier ones, property by property (versioned: those
+                // of the same version; see `Layers`). An older record is ignored for the key.
+                let Some(row) = nodes.row(n.mapping, sort_key(&n.key), rec.version, new_row) else {
+                    continue;
+                };
+                if let Some(BoltType::Map(p)) = row.value.get_mut("p") {
                     put_props(p, &n.props, &nm.properties);
                 }
-                entry.1 = ri;
                 if want_events {
                     let key = canonical_key(nm.key_properties().map(|p| &p.name), &n.key);
                     let e = node_events[n.mapping]
@@ -564,20 +696,22 @@ impl<E: CypherExecutor> GraphWriter<E> {
             }
             for r in &rec.rels {
                 let rm = &m.relationships[r.mapping];
-                let entry = rels[r.mapping]
-                    .entry((sort_key(&r.start), sort_key(&r.end)))
-                    .or_insert_with(|| {
-                        let mut row = BoltMap::with_capacity(r.start.len() + r.end.len() + 1);
-                        for (i, v) in r.start.iter().enumerate() {
-                            row.put(format!("s{i}").into(), v.to_bolt());
-                        }
-                        for (i, v) in r.end.iter().enumerate() {
-                            row.put(format!("e{i}").into(), v.to_bolt());
-                        }
-                        row.put("p".into(), BoltType::Map(BoltMap::new()));
-                        (row, ri)
-                    });
-                if let Some(BoltType::Map(p)) = entry.0.value.get_mut("p") {
+                let new_row = || {
+                    let mut row = BoltMap::with_capacity(r.start.len() + r.end.len() + 1);
+                    for (i, v) in r.start.iter().enumerate() {
+                        row.put(format!("s{i}").into(), v.to_bolt());
+                    }
+                    for (i, v) in r.end.iter().enumerate() {
+                        row.put(format!("e{i}").into(), v.to_bolt());
+                    }
+                    row.put("p".into(), BoltType::Map(BoltMap::new()));
+                    row
+                };
+                let key = (sort_key(&r.start), sort_key(&r.end));
+                let Some(row) = rels.row(r.mapping, key, rec.version, new_row) else {
+                    continue;
+                };
+                if let Some(BoltType::Map(p)) = row.value.get_mut("p") {
                     put_props(p, &r.props, &rm.properties);
                 }
                 if want_events {
@@ -607,38 +741,14 @@ impl<E: CypherExecutor> GraphWriter<E> {
                 }
             }
         }
-        let queries = &mut out.queries;
-        let (mut n_count, mut r_count) = (0u64, 0u64);
-        for (i, rows) in nodes.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            n_count += rows.len() as u64;
-            let list: Vec<BoltType> = rows.into_values().map(|(r, _)| BoltType::Map(r)).collect();
-            queries.push(
-                Query::new(self.node_cypher[i].clone())
-                    .param("rows", BoltType::List(BoltList::from(list))),
-            );
-        }
-        for (i, rows) in rels.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            r_count += rows.len() as u64;
-            let list: Vec<BoltType> = rows.into_values().map(|(r, _)| BoltType::Map(r)).collect();
-            queries.push(
-                Query::new(self.rel_cypher[i].clone())
-                    .param("rows", BoltType::List(BoltList::from(list))),
-            );
-        }
+        out.nodes += nodes.push(&mut out.queries, |i| self.node_cypher[i].clone());
+        out.rels += rels.push(&mut out.queries, |i| self.rel_cypher[i].clone());
         out.events.extend(
             node_events
                 .into_iter()
                 .flat_map(BTreeMap::into_values)
                 .chain(rel_events.into_iter().flat_map(BTreeMap::into_values)),
         );
-        out.nodes += n_count;
-        out.rels += r_count;
     }
 
     /// Writes `records` in one transaction under the change-batch id `batch_id`: transient
@@ -767,5 +877,69 @@ impl<E: CypherExecutor> GraphWriter<E> {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows of `layers`, as (layer, key, version, marks) with the `m` entries written.
+    fn rows(layers: &Layers<u32>) -> Vec<(usize, u32, Option<i64>, Vec<String>)> {
+        let mut out = Vec::new();
+        for (li, layer) in layers.layers.iter().enumerate() {
+            for (k, (row, v)) in &layer[0] {
+                let mut marks: Vec<String> = row.value.keys().map(|s| s.value.clone()).collect();
+                marks.sort();
+                out.push((li, *k, *v, marks));
+            }
+        }
+        out
+    }
+
+    fn write(layers: &mut Layers<u32>, key: u32, v: Option<i64>, mark: &str) -> bool {
+        match layers.row(0, key, v, BoltMap::new) {
+            Some(row) => {
+                row.put(mark.into(), BoltType::from(1i64));
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn unversioned_records_of_a_key_share_one_row() {
+        let mut l = Layers::new(1);
+        for m in ["a", "b", "c"] {
+            assert!(write(&mut l, 1, None, m));
+        }
+        assert_eq!(
+            rows(&l),
+            vec![(0, 1, None, vec!["a".into(), "b".into(), "c".into()])]
+        );
+    }
+
+    #[test]
+    fn versions_of_a_key_go_in_layers_and_older_records_are_ignored() {
+        let mut l = Layers::new(1);
+        assert!(write(&mut l, 1, Some(3), "a"));
+        assert!(!write(&mut l, 1, Some(1), "b"), "older than 3");
+        assert!(write(&mut l, 1, Some(3), "c"), "equal: merged");
+        assert!(write(&mut l, 2, Some(1), "d"));
+        assert!(write(&mut l, 2, Some(5), "e"), "newer: next layer");
+        assert!(!write(&mut l, 2, Some(4), "f"), "older than 5");
+        assert!(write(&mut l, 2, Some(5), "g"));
+        let s = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            rows(&l),
+            vec![
+                (0, 1, Some(3), s(&["a", "c"])),
+                (0, 2, Some(1), s(&["d"])),
+                (1, 2, Some(5), s(&["e", "g"])),
+            ]
+        );
+        let mut queries = Vec::new();
+        assert_eq!(l.push(&mut queries, |_| "Q".into()), 2, "distinct keys");
+        assert_eq!(queries.len(), 2, "one statement per layer");
     }
 }
