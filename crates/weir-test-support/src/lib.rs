@@ -6,6 +6,7 @@
 //! drops. When a service is not reachable the helpers panic with a message that says how to
 //! start it: a test that needs a service never passes by skipping.
 
+pub mod graph_server;
 pub mod nats_server;
 pub mod process;
 pub mod proxy;
