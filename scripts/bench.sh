@@ -3,10 +3,12 @@
 # RSS charts: the full preset's next to BENCHMARKS.md (BENCHMARKS-rss-*.png, which BENCHMARKS.md
 # quotes), the quick preset's in benches/results/ (rss-*-quick.png).
 #
-#   scripts/bench.sh quick   ingest (100 k people, 3 runs, sweep), fan-out (1,000 clients, 3 runs,
-#                            1 and 2 replicas, churn), criterion micro-benches (short)
-#   scripts/bench.sh full    ingest (1 M people → 1.02 M nodes, 2 M relationships, 3 runs), fan-out
-#                            (10,000 clients, 3 runs), criterion micro-benches (default times)
+#   scripts/bench.sh quick   ingest (100 k people, 3 runs, sweep), consume vs ingest (100 k people,
+#                            3 runs), fan-out (1,000 clients, 3 runs, 1 and 2 replicas, churn),
+#                            criterion micro-benches (short)
+#   scripts/bench.sh full    ingest (1 M people → 1.02 M nodes, 2 M relationships, 3 runs), consume
+#                            vs ingest (100 k people, 3 runs), fan-out (10,000 clients, 3 runs),
+#                            criterion micro-benches (default times)
 #
 # Starts the local graph server and NATS first (scripts/dev.sh up); settings as in dev.sh.
 # Run it on a quiet machine: every figure is a median of the runs it makes, and the comparisons
@@ -17,7 +19,7 @@ cd "$REPO"
 preset=${1:-}
 case "$preset" in
   quick | full) ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -36,6 +38,8 @@ else
   # search at 1 M rows would add four passes of ~10 min each.
   target/release/weir-bench-ingest --preset full --bare-concurrency 1
 fi
+log "consume: weir consume (JetStream, 1 and 2 workers) vs weir ingest of the same file"
+target/release/weir-bench-consume --people 100000 --runs 3
 log "fan-out: WebSocket subscriptions on weir-gatewayd over NATS ($preset)"
 target/release/weir-bench-fanout --preset "$preset" --runs 3
 
@@ -49,4 +53,4 @@ for b in "weir-stream pipeline" "weir-pool pool" "weir-graph writer_vs_bare" "we
   log "criterion: cargo bench -p $1 --bench $2"
   cargo bench --locked -p "$1" --bench "$2" "${times[@]}"
 done
-log "done: benches/results/ingest.md, benches/results/fanout.md, RSS charts ($preset), target/criterion/"
+log "done: benches/results/ingest.md, benches/results/consume.md, benches/results/fanout.md, RSS charts ($preset), target/criterion/"
