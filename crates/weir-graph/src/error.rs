@@ -48,6 +48,16 @@ impl GraphError {
         matches!(self, Self::Transient { .. })
     }
 
+    /// Whether the server failed the statement without a reason a client can act on
+    /// (`Neo.DatabaseError.*`: the database failed to serve the request). ArcadeDB reports its
+    /// write conflicts between concurrent writers this way (a multi-page record read while
+    /// another transaction rewrites it: "broken chunk chain", gone on the next read), so the
+    /// sink retries such a write a few times, then isolates its records (see
+    /// [`crate::GraphSink`]).
+    pub fn is_unexplained(&self) -> bool {
+        matches!(self, Self::Fatal { code, .. } if code.starts_with("Neo.DatabaseError."))
+    }
+
     /// Whether the data itself was refused (isolate and dead-letter the record).
     pub fn is_data_error(&self) -> bool {
         matches!(self, Self::Data { .. } | Self::Record(_))
@@ -147,5 +157,15 @@ mod tests {
                 .is_transient()
         );
         assert!(GraphError::from_neo4rs(&neo4rs::Error::ConnectionError).is_transient());
+        // What ArcadeDB sends for a conflict between concurrent writers.
+        let unexplained = GraphError::from_server(
+            "Neo.DatabaseError.General.UnknownError",
+            "Error executing Cypher command: UNWIND $rows AS row MERGE (a:`P` {`id`: row.s0})",
+        );
+        assert!(unexplained.is_unexplained() && !unexplained.is_transient());
+        assert!(
+            !GraphError::from_server("Neo.ClientError.Statement.SyntaxError", "no")
+                .is_unexplained()
+        );
     }
 }

@@ -230,13 +230,36 @@ impl<E: CypherExecutor> GraphSink<E> {
                     None => Ok(()),
                 }
             }
-            Err(e) if e.is_transient() => Err(SinkError::Transient(e.to_string())),
-            Err(e) if e.is_data_error() => Err(SinkError::Data {
-                message: e.to_string(),
-                bad_items: None,
-            }),
-            Err(e) => Err(SinkError::Fatal(e.to_string())),
+            Err(e) => Err(sink_error(e, batch.attempt)),
         }
+    }
+}
+
+/// Attempts a write (a batch, or a part of one being isolated) gets when the server fails it
+/// without a reason ([`GraphError::is_unexplained`]) before its records are isolated.
+pub const UNEXPLAINED_ATTEMPTS: u32 = 4;
+
+/// What the pipeline does with a failed write, on its `attempt`-th try: transient errors are
+/// retried; refused data is isolated and dead-lettered; a failure the server does not explain
+/// is retried like a transient one (on ArcadeDB it is a write conflict between concurrent
+/// writers, which the next try does not meet) and, from [`UNEXPLAINED_ATTEMPTS`] on, isolated
+/// like refused data, so one record the server cannot take is dead-lettered with the server's
+/// message instead of stopping the stream; anything else stops the run.
+fn sink_error(e: GraphError, attempt: u32) -> SinkError {
+    if e.is_transient() || (e.is_unexplained() && attempt < UNEXPLAINED_ATTEMPTS) {
+        SinkError::Transient(e.to_string())
+    } else if e.is_data_error() {
+        SinkError::Data {
+            message: e.to_string(),
+            bad_items: None,
+        }
+    } else if e.is_unexplained() {
+        SinkError::Data {
+            message: format!("the server failed this write {attempt} times without a reason: {e}"),
+            bad_items: None,
+        }
+    } else {
+        SinkError::Fatal(e.to_string())
     }
 }
 
