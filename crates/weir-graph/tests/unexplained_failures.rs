@@ -48,12 +48,15 @@ fn keys(statements: &[Query]) -> Vec<i64> {
     out
 }
 
+/// Whether the `n`-th transaction, holding these keys, fails.
+type FailWhen = Box<dyn Fn(u64, &[i64]) -> bool + Send + Sync>;
+
 /// Fails a write transaction with ArcadeDB's unexplained error when `fails` says so.
 struct Graph {
     calls: AtomicU64,
     failures: AtomicU64,
     committed: Mutex<Vec<i64>>,
-    fails: Box<dyn Fn(u64, &[i64]) -> bool + Send + Sync>,
+    fails: FailWhen,
 }
 
 impl Graph {
