@@ -4,10 +4,13 @@
 //! `deploy/prometheus/rules/weir-alerts.yml` and of every `expr` in
 //! `deploy/grafana/dashboards/weir.json`. Then:
 //! - `weir serve` (in-process bus, a memory limit) runs an upload job; its one `/metrics`
-//!   scrape must hold every name, the write pool's and the read pool's figures apart;
-//! - `weir-ingestd` + `weir-gatewayd` on NATS JetStream: ingestd runs a job; ingestd must export
-//!   the stream, write-pool and memory families, gatewayd the subscription, read-pool, bus and
-//!   memory families, and the two scrapes together every name.
+//!   scrape must hold every name, the write pool's and the read pool's figures apart
+//!   (but the `weir_consumer_*` family: serve runs no streaming consumer);
+//! - `weir-ingestd` + `weir-gatewayd` on NATS JetStream, and a `weir consume` worker on a
+//!   private nats-server (`--metrics-bind`): ingestd runs a job, the worker consumes a
+//!   published file; ingestd must export the stream, write-pool and memory families, gatewayd
+//!   the subscription, read-pool, bus and memory families, the worker the consumer, stream,
+//!   write-pool and memory families, and the three scrapes together every name.
 
 mod support;
 
@@ -17,11 +20,15 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use weir_test_support::nats_server::PrivateNatsServer;
 use weir_test_support::process::{
     ChildProcess, free_port, http_request, http_upload, service_env, url_encode, workspace_binary,
 };
 
 use support::*;
+
+/// Exported only by `weir consume`.
+const CONSUMER_FAMILY: &str = "weir_consumer_";
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -143,7 +150,10 @@ async fn weir_serve_exports_every_metric_deploy_queries() {
 
     let text = scrape(admin);
     let have = exported(&text);
-    let gone = missing(&want, &have);
+    let gone = missing(
+        want.iter().filter(|n| !n.starts_with(CONSUMER_FAMILY)),
+        &have,
+    );
     assert!(
         gone.is_empty(),
         "weir serve does not export {gone:?}, which deploy/ queries"
@@ -202,6 +212,8 @@ async fn ingestd_and_gatewayd_export_every_metric_deploy_queries() {
     };
     let ingest_text = scrape(ingest_admin);
     let (ingest_have, gate_have) = (exported(&ingest_text), exported(&gate_text));
+    let (consume_text, consumer) = consume_example(&graph).await;
+    let consume_have = exported(&consume_text);
 
     let family =
         |prefix: &str| -> Vec<&String> { want.iter().filter(|n| n.starts_with(prefix)).collect() };
@@ -221,13 +233,31 @@ async fn ingestd_and_gatewayd_export_every_metric_deploy_queries() {
                 "weir_memory_",
             ][..],
         ),
+        (
+            "weir consume",
+            &consume_have,
+            &[
+                CONSUMER_FAMILY,
+                "weir_stream_",
+                "weir_pool_",
+                "weir_memory_",
+            ][..],
+        ),
     ] {
         for f in families {
             let gone = missing(family(f), have);
             assert!(gone.is_empty(), "{who} does not export {gone:?}");
         }
     }
-    let union: BTreeSet<String> = ingest_have.union(&gate_have).cloned().collect();
+    assert!(
+        !family(CONSUMER_FAMILY).is_empty(),
+        "deploy/ queries no {CONSUMER_FAMILY}* metric"
+    );
+    let union: BTreeSet<String> = ingest_have
+        .union(&gate_have)
+        .chain(&consume_have)
+        .cloned()
+        .collect();
     let gone = missing(&want, &union);
     assert!(gone.is_empty(), "no binary exports {gone:?}");
     assert_eq!(
@@ -240,5 +270,105 @@ async fn ingestd_and_gatewayd_export_every_metric_deploy_queries() {
     );
     assert!(labelled_metric(&ingest_text, "weir_pool_max_connections", "pool=\"write\"").is_some());
     assert!(labelled_metric(&gate_text, "weir_pool_max_connections", "pool=\"read\"").is_some());
-    drop((ingestd, gatewayd));
+    // The worker's figures: every message acknowledged, every record committed.
+    assert_eq!(
+        labelled_metric(
+            &consume_text,
+            "weir_consumer_messages_acked_total",
+            "consumer=\"deploy\""
+        ),
+        Some(EXAMPLE_JSONL as f64),
+        "{consume_text}"
+    );
+    assert_eq!(
+        weir_test_support::process::metric_value(
+            &consume_text,
+            "weir_stream_records_committed_total"
+        ),
+        Some(EXAMPLE_JSONL as f64),
+        "{consume_text}"
+    );
+    drop((ingestd, gatewayd, consumer));
+}
+
+/// Records of `examples/people/people.jsonl`.
+const EXAMPLE_JSONL: u64 = 200;
+
+/// `examples/people/people.jsonl` published to a private nats-server and consumed by a
+/// `weir consume` worker with `--metrics-bind` and a memory limit, under the graph's namespace
+/// plus `c_`. Returns the worker's `/metrics` once it has acknowledged every message and its
+/// consumer's lag has been read (scraped again after that), and the worker, still running.
+async fn consume_example(
+    graph: &weir_test_support::TestGraph,
+) -> (String, (ChildProcess, PrivateNatsServer)) {
+    let _ = (graph.label("c_Person"), graph.label("c_Company"));
+    let prefix = format!("{}_c_", graph.namespace);
+    let nats = PrivateNatsServer::start_new();
+    let jsonl = repo().join("examples/people/people.jsonl");
+    let mapping = repo().join("examples/people/mapping-jsonl.toml");
+    let env = |cmd: &mut Command| {
+        service_env(cmd, "UNUSED")
+            .env("NATS_URL", nats.url())
+            .env("WEIR_LOG", "warn")
+            .env("WEIR_ADMIN_TOKEN", KEY);
+    };
+    let mut publish = Command::new(workspace_binary("weir"));
+    env(&mut publish);
+    let out = publish
+        .args(["publish", "--stream", "DEPLOY", "--subject", "deploy.in"])
+        .arg(&jsonl)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = Command::new(workspace_binary("weir"));
+    env(&mut cmd);
+    cmd.args([
+        "consume",
+        "--stream",
+        "DEPLOY",
+        "--subject",
+        "deploy.in",
+        "--consumer",
+        "deploy",
+        "--memory-limit",
+        "2GiB",
+        "--progress",
+        "none",
+        "--label-prefix",
+        &prefix,
+    ])
+    .arg("--mapping")
+    .arg(&mapping)
+    .arg("--metrics-bind")
+    .arg(admin.to_string());
+    let worker = ChildProcess::spawn(&mut cmd);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Ok(r) = http_request(admin, "GET", "/metrics", Some(KEY))
+            && r.status == 200
+        {
+            let t = r.text();
+            let acked = labelled_metric(
+                &t,
+                "weir_consumer_messages_acked_total",
+                "consumer=\"deploy\"",
+            );
+            // The lag is read from the server every 5 s: 0 once it was read after the pulls.
+            let lag = labelled_metric(&t, "weir_consumer_pending_messages", "consumer=\"deploy\"");
+            if acked == Some(EXAMPLE_JSONL as f64) && lag == Some(0.0) {
+                return (t, (worker, nats));
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "weir consume did not acknowledge the example's {EXAMPLE_JSONL} messages:\n{}",
+            worker.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
