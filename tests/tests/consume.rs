@@ -1,210 +1,226 @@
 //! Streaming ingestion across real processes: `weir publish` puts a file's records into a
 //! private nats-server's JetStream, two `weir consume` workers share one durable consumer, one
 //! is SIGKILLed mid-stream; the other takes over its unacknowledged messages after `ack_wait`
-//! and the graph ends equal to the file (counts and properties). A poison record is
-//! dead-lettered with its stream sequence, deletes (nodes, and keys never written) apply,
-//! SIGTERM stops a worker with exit 0 and nothing left pending, and `/metrics` carries the
-//! `weir_consumer_*` families.
+//! and the graph ends equal to a clean run (counts of every label and relationship type, and
+//! the sampled people's properties and relationships against a `weir ingest` of them). A
+//! poison record is dead-lettered with its stream sequence, deletes (nodes, and keys never
+//! written) apply, SIGTERM stops a worker with exit 0 and nothing left pending, and `/metrics`
+//! carries the `weir_consumer_*` families.
+//!
+//! "Done" is read from the server, never from the graph: a relationship MERGE creates its end
+//! nodes bare, so the people count reaches the file's while records are still to be written
+//! (or redelivered), and deletes published then would race those writes.
 
+mod consumers;
 mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use consumers::*;
 use support::*;
-use weir_test_support::nats_server::PrivateNatsServer;
-use weir_test_support::process::{
-    ChildProcess, free_port, http_request, service_env, workspace_binary,
-};
+use tokio::time::Instant;
+use weir_test_support::TestGraph;
+use weir_test_support::process::{free_port, http_request, workspace_binary};
 
-const N: u64 = 30_000;
+const N: u64 = 100_000;
 const DELETED: u64 = 100;
+/// Long enough that a live worker acknowledges what it pulled before the server hands it to
+/// the other one (see the report); short enough that the killed worker's messages come back
+/// soon.
+const ACK_WAIT: &str = "10s";
+const LOG: &str = "warn,weir_sources=info";
 
-async fn wait_count(graph: &weir_test_support::TestGraph, label: &str, want: i64) {
-    let deadline = tokio::time::Instant::now() + JOB_DEADLINE;
-    loop {
-        let n = graph.count(label).await;
-        if n == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{label}: {n} of {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// A worker's `weir_consumer_<name>` sample (0 when it does not answer).
+fn consumer_metric(metrics: SocketAddr, name: &str) -> f64 {
+    http_request(metrics, "GET", "/metrics", None)
+        .ok()
+        .and_then(|r| {
+            labelled_metric(
+                &r.text(),
+                &format!("weir_consumer_{name}"),
+                &format!("consumer=\"{CONSUMER}\""),
+            )
+        })
+        .unwrap_or(0.0)
+}
+
+fn acked(metrics: SocketAddr) -> f64 {
+    consumer_metric(metrics, "messages_acked_total")
+}
+
+/// A person's properties, its one KNOWS and one WORKS_AT (the far end's key and the
+/// relationship's properties) and its company's name, under `prefix`, as Bolt values.
+async fn person_view(graph: &TestGraph, prefix: &str, id: i64) -> Vec<neo4rs::BoltType> {
+    let q = format!(
+        "MATCH (p:`{prefix}Person` {{id: $id}}) \
+         OPTIONAL MATCH (p)-[k:`{prefix}KNOWS`]->(f:`{prefix}Person`) \
+         OPTIONAL MATCH (p)-[w:`{prefix}WORKS_AT`]->(c:`{prefix}Company`) \
+         RETURN properties(p) AS p, f.id AS f, properties(k) AS k, c.id AS c, c.name AS cn, \
+         properties(w) AS w"
+    );
+    let mut rows = graph
+        .graph
+        .execute(neo4rs::query(&q).param("id", id))
+        .await
+        .unwrap();
+    let row = rows
+        .next()
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no person {id} under {prefix}"));
+    let view: Vec<neo4rs::BoltType> = ["p", "f", "k", "c", "cn", "w"]
+        .iter()
+        .map(|c| row.get::<neo4rs::BoltType>(c).unwrap())
+        .collect();
+    assert!(
+        rows.next().await.unwrap().is_none(),
+        "person {id} under {prefix}: more than one KNOWS or WORKS_AT"
+    );
+    view
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_one_killed_end_with_the_graph_a_clean_run_gives() {
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let graph = weir_test_support::graph().await;
-    let prefix = format!("{}_", graph.namespace);
-    let person = graph.label("Person");
-    graph.label("Company");
-    let dir = tempfile::tempdir().unwrap();
-    let server = PrivateNatsServer::start_new();
-    let url = server.url();
-
-    // The example mapping, with an operation field.
-    let mapping = dir.path().join("mapping.toml");
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/people/mapping-jsonl.toml"),
-    )
-    .unwrap();
-    std::fs::write(
-        &mapping,
-        text.replace(
-            "[input]\nformat = \"jsonl\"",
-            "[input]\nformat = \"jsonl\"\noperation_field = \"op\"",
-        ),
-    )
-    .unwrap();
-    let data = dir.path().join("people.jsonl");
-    let status = Command::new(workspace_binary("weir"))
-        .args([
-            "generate",
-            "--format",
-            "jsonl",
-            "--people",
-            &N.to_string(),
-            "--out",
-        ])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let rig = Rig::new(&graph);
+    let (_, mut lines) = rig.generate(N);
+    let want = expected_counts(lines.iter().map(String::as_str));
     // A poison record in the middle of the stream.
-    let mut lines: Vec<String> = std::fs::read_to_string(&data)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
     lines.insert(
         (N / 2) as usize,
         r#"{"person_id":"not-a-number","name":"poison"}"#.to_owned(),
     );
-    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
-
-    let env = |cmd: &mut Command| {
-        service_env(cmd, "CONSUME_BUS")
-            .env("NATS_URL", &url)
-            .env("WEIR_LOG", "warn");
-    };
-    let publish = |file: &std::path::Path| {
-        let mut cmd = Command::new(workspace_binary("weir"));
-        env(&mut cmd);
-        let out = cmd
-            .args(["publish", "--stream", "PEOPLE_IN", "--subject", "people.in"])
-            .arg(file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let worker = |name: &str, metrics: Option<SocketAddr>| {
-        let mut cmd = Command::new(workspace_binary("weir"));
-        env(&mut cmd);
-        cmd.args([
-            "consume",
-            "--stream",
-            "PEOPLE_IN",
-            "--subject",
-            "people.in",
-            "--consumer",
-            "people",
-            "--ack-wait",
-            "3s",
-            "--progress",
-            "none",
-        ])
-        .arg("--mapping")
-        .arg(&mapping)
-        .arg("--label-prefix")
-        .arg(&prefix)
-        .arg("--dead-letter")
-        .arg(dir.path().join(format!("dead-{name}.jsonl")));
-        if let Some(m) = metrics {
-            cmd.arg("--metrics-bind").arg(m.to_string());
-        }
-        ChildProcess::spawn(&mut cmd)
-    };
-
-    let out = publish(&data);
+    let data = rig.write("people.jsonl", &lines);
+    let out = rig.publish(&data);
     assert!(
         out.contains(&format!("published {} records", N + 1)),
         "{out}"
     );
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut survivor = worker("a", Some(metrics));
-    let doomed = worker("b", None);
-    // Kill one worker mid-stream (its batches in flight and pulled messages unacknowledged).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while graph.count(&person).await < (N / 3) as i64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing committed: {}\n{}",
-            survivor.stderr(),
-            doomed.stderr()
-        );
+    phase("published");
+
+    let ma = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mb = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut a = rig.worker("a", ACK_WAIT, Some(ma), &[], LOG);
+    let b = rig.worker("b", ACK_WAIT, Some(mb), &[], LOG);
+    // Kill b mid-stream, once it has acknowledged a sixth of the messages (both take about
+    // as much, so about a third is done): its batches in flight and pulled messages are left
+    // unacknowledged.
+    let deadline = Instant::now() + JOB_DEADLINE;
+    while acked(mb) < (N / 6) as f64 {
+        rig.assert_alive(&[("a", &a, Some(ma)), ("b", &b, Some(mb))], &["a", "b"])
+            .await;
+        if Instant::now() >= deadline {
+            panic!(
+                "worker b never acknowledged {} messages{}",
+                N / 6,
+                rig.report(&[("a", &a, Some(ma)), ("b", &b, Some(mb))])
+                    .await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    drop(doomed); // SIGKILL
-    wait_count(&graph, &person, N as i64).await;
+    let (b_received, b_acked) = (consumer_metric(mb, "messages_received_total"), acked(mb));
+    kill(&b, "KILL");
+    phase(&format!(
+        "killed b: it had received {b_received} messages and acked {b_acked}; a acked {}",
+        acked(ma)
+    ));
+    rig.wait_drained(
+        N + 1,
+        JOB_DEADLINE,
+        &[("a", &a, Some(ma)), ("b", &b, None)],
+        &["a"],
+    )
+    .await;
+    phase("drained");
 
-    // Properties equal the file's (a sample), after redeliveries.
-    for line in lines.iter().step_by(997).filter(|l| !l.contains("poison")) {
+    // Everything acknowledged is committed: the graph is the file's, exactly.
+    let have = rig.graph_counts(&graph).await;
+    assert_eq!(
+        have,
+        want,
+        "{}",
+        rig.report(&[("a", &a, Some(ma)), ("b", &b, None)]).await
+    );
+
+    // A sample of the people equals a clean run of their records (`weir ingest` under
+    // another prefix): properties, KNOWS and WORKS_AT with theirs, the company's name.
+    let sample: Vec<String> = lines
+        .iter()
+        .step_by(997)
+        .filter(|l| !l.contains("poison"))
+        .cloned()
+        .collect();
+    let sample_file = rig.write("sample.jsonl", &sample);
+    let reference = format!("{}ref_", rig.prefix);
+    let _ = (graph.label("ref_Person"), graph.label("ref_Company"));
+    let mut cmd = Command::new(workspace_binary("weir"));
+    weir_test_support::process::service_env(&mut cmd, "UNUSED");
+    let ingest = cmd
+        .args(["ingest", "--progress", "none", "--label-prefix", &reference])
+        .arg("--mapping")
+        .arg(&rig.mapping)
+        .arg(&sample_file)
+        .output()
+        .unwrap();
+    assert!(
+        ingest.status.success(),
+        "weir ingest: {}",
+        String::from_utf8_lossy(&ingest.stderr)
+    );
+    for line in &sample {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let id = v["person_id"].as_i64().unwrap();
-        let mut rows = graph
-            .graph
-            .execute(neo4rs::query(&format!(
-                "MATCH (p:`{person}` {{id: $id}}) RETURN p.name AS name, p.email AS email, p.age AS age"
-            )).param("id", id))
-            .await
-            .unwrap();
-        let row = rows.next().await.unwrap().expect("the person");
-        assert_eq!(
-            row.get::<String>("name").unwrap(),
-            v["name"].as_str().unwrap()
+        let (got, clean) = (
+            person_view(&graph, &rig.prefix, id).await,
+            person_view(&graph, &reference, id).await,
         );
-        assert_eq!(
-            row.get::<String>("email").unwrap(),
-            v["email"].as_str().unwrap()
+        assert_eq!(got, clean, "person {id}: {line}");
+        assert!(
+            format!("{:?}", got[0]).contains(v["email"].as_str().unwrap()),
+            "person {id}: {got:?}"
         );
-        assert_eq!(row.get::<i64>("age").unwrap(), v["age"].as_i64().unwrap());
     }
+    phase(&format!(
+        "{} sampled people equal a clean run",
+        sample.len()
+    ));
 
-    // Deletes, once the upserts are in (several workers give no order across messages):
-    // people 1..=100 (their relationships with them) and a key never written.
-    let deletes = dir.path().join("deletes.jsonl");
+    // Deletes: people 1..=100 (their relationships with them) and a key never written.
     let mut body: Vec<String> = (1..=DELETED)
         .map(|id| format!(r#"{{"op":"delete","person_id":{id}}}"#))
         .collect();
     body.push(r#"{"op":"delete","person_id":987654321}"#.to_owned());
-    std::fs::write(&deletes, body.join("\n")).unwrap();
-    publish(&deletes);
-    wait_count(&graph, &person, (N - DELETED) as i64).await;
-    let mut rows = graph
-        .graph
-        .execute(neo4rs::query(&format!(
-            "MATCH (p:`{person}`) WHERE p.id <= {DELETED} RETURN count(p) AS n"
-        )))
-        .await
-        .unwrap();
+    let deletes = rig.write("deletes.jsonl", &body);
+    rig.publish(&deletes);
+    let last = N + 1 + DELETED + 1;
+    rig.wait_drained(
+        last,
+        Duration::from_secs(120),
+        &[("a", &a, Some(ma)), ("b", &b, None)],
+        &["a"],
+    )
+    .await;
+    let person = rig.name("Person");
+    assert_eq!(graph.count(&person).await, want.people - DELETED as i64);
     assert_eq!(
-        rows.next().await.unwrap().unwrap().get::<i64>("n").unwrap(),
+        query_n(
+            &graph,
+            &format!("MATCH (p:`{person}`) WHERE p.id <= {DELETED} RETURN count(p) AS n")
+        )
+        .await,
         0
     );
+    phase("deleted");
 
     // The worker's metrics.
-    let m = http_request(metrics, "GET", "/metrics", None).expect("metrics");
-    let text = m.text();
+    let text = http_request(ma, "GET", "/metrics", None)
+        .expect("metrics")
+        .text();
     for name in [
         "weir_consumer_messages_received_total",
         "weir_consumer_messages_acked_total",
@@ -220,41 +236,28 @@ async fn two_workers_one_killed_end_with_the_graph_a_clean_run_gives() {
     let redelivered = labelled_metric(
         &text,
         "weir_consumer_redeliveries_total",
-        "consumer=\"people\"",
+        &format!("consumer=\"{CONSUMER}\""),
     )
     .unwrap_or(0.0);
     assert!(
         redelivered > 0.0,
         "the killed worker's messages came back:\n{text}"
     );
+    phase(&format!(
+        "a: received {} messages, {redelivered} of them redelivered",
+        consumer_metric(ma, "messages_received_total")
+    ));
 
     // SIGTERM: exit 0, nothing left pending or unacknowledged.
-    let term = Command::new("kill")
-        .args(["-TERM", &survivor.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = survivor.wait(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(0), "{}", survivor.stderr());
-    let nats = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(nats);
-    let mut stream = js.get_stream("PEOPLE_IN").await.unwrap();
-    let _ = stream.info().await.unwrap();
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-        stream.get_consumer("people").await.unwrap();
-    let info = consumer.info().await.unwrap();
+    kill(&a, "TERM");
+    let status = a.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", a.stderr());
+    let info = rig.info().await.unwrap();
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{info:?}");
 
-    // The poison record: dead-lettered once, by whichever worker had it, with its sequence.
-    let dead: Vec<serde_json::Value> = ["a", "b"]
-        .iter()
-        .filter_map(|w| std::fs::read_to_string(dir.path().join(format!("dead-{w}.jsonl"))).ok())
-        .flat_map(|t| {
-            t.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    // The poison record: dead-lettered once or more (by whichever worker had it; b may have
+    // written it before it was killed), with its sequence, and nothing else.
+    let dead = rig.dead_letters(&["a", "b"]);
     assert!(!dead.is_empty(), "the poison record is dead-lettered");
     assert!(
         dead.iter()
@@ -269,5 +272,6 @@ async fn two_workers_one_killed_end_with_the_graph_a_clean_run_gives() {
         dead[0]["error"].as_str().unwrap().contains("person_id"),
         "{dead:?}"
     );
-    assert_eq!(graph.count(&person).await, (N - DELETED) as i64);
+    assert_eq!(graph.count(&person).await, want.people - DELETED as i64);
+    phase("done");
 }
