@@ -153,3 +153,36 @@ async fn a_tight_memory_limit_pauses_pulling_and_the_run_still_completes() {
             .join("\n")
     );
 }
+
+/// `--exit-when-idle` counts only time the worker could have read: a pause on memory pressure
+/// reads nothing by choice, and messages still on the server mean work is left. A worker that
+/// took its pauses for idleness stopped with most of the stream unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_when_idle_does_not_stop_a_worker_paused_on_memory_pressure() {
+    let graph = weir_test_support::graph().await;
+    let rig = Rig::new(&graph);
+    let (data, lines) = rig.generate_with(PEOPLE, &["--pad", "2000"]);
+    let want = expected_counts(lines.iter().map(String::as_str));
+    assert!(
+        rig.publish(&data)
+            .contains(&format!("published {PEOPLE} records"))
+    );
+    let mut worker = rig.worker(
+        "a",
+        "30s",
+        None,
+        &["--memory-limit", LIMIT, "--exit-when-idle", "1s"],
+        "warn,weir_stream=info",
+    );
+    let status = worker.wait(Duration::from_secs(300));
+    let log = worker.stderr();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("memory pressure high: intake paused"),
+        "the worker never paused, so this run shows nothing:\n{log}"
+    );
+    let have = rig.graph_counts(&graph).await;
+    assert_eq!(have, want, "stopped early:\n{log}");
+    let info = rig.info().await.unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{info:?}");
+}

@@ -21,8 +21,8 @@ use weir_stream::{
 
 use super::EXIT_FATAL;
 use super::ingest::{
-    BusArg, EventsArg, ProgressMode, StderrDeadLetters, connect_bus, fit_to_limit, parse_size,
-    spawn_metrics, spawn_progress, write_pool,
+    BusArg, EventsArg, ProgressMode, SettingsArgs, StderrDeadLetters, connect_bus, fit_to_limit,
+    parse_size, spawn_metrics, spawn_progress, write_pool,
 };
 
 /// `--deliver`.
@@ -48,8 +48,11 @@ pub(crate) enum DeliverArg {
 )]
 pub(crate) struct ConsumeArgs {
     /// The mapping file (TOML); check it with `weir validate`.
-    #[arg(long, short)]
-    mapping: PathBuf,
+    #[arg(long, short, required_unless_present = "show_config")]
+    mapping: Option<PathBuf>,
+    /// Settings file, `--show-config`.
+    #[command(flatten)]
+    settings: SettingsArgs,
     /// NATS URL. Default: `NATS_URL`, else nats://127.0.0.1:4222.
     #[arg(long)]
     nats_url: Option<String>,
@@ -89,7 +92,8 @@ pub(crate) struct ConsumeArgs {
     #[arg(long)]
     dead_letter: Option<PathBuf>,
     /// How long a batch keeps retrying while the graph server is unreachable before the worker
-    /// fails (its messages are then redelivered); meanwhile pulling pauses.
+    /// fails (its messages are then redelivered); meanwhile pulling pauses. A worker started
+    /// while the server is down waits this long for it too.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     retry_for: Duration,
     /// Stop (exit 0) once nothing has arrived for this long and everything read is committed
@@ -134,10 +138,13 @@ impl ConsumeArgs {
     }
 }
 
-/// Cancels `stop` once nothing was read for `idle` and everything read is finished.
+/// Cancels `stop` once nothing was read for `idle`, everything read is finished, intake is not
+/// paused on memory pressure (a paused worker reads nothing because it chose not to) and the
+/// server has no message left for the consumer (when its lag has been read).
 fn spawn_idle_exit(
     idle: Duration,
     mut progress: tokio::sync::watch::Receiver<weir_events::ProgressEvent>,
+    consumer: Arc<weir_sources::ConsumerMetrics>,
     stop: CancellationToken,
 ) {
     tokio::spawn(async move {
@@ -151,12 +158,14 @@ fn spawn_idle_exit(
             if p.state.is_terminal() {
                 return;
             }
-            if p.records_read != last.0 {
+            let paused = p.pressure == weir_events::PressureState::High;
+            if p.records_read != last.0 || paused {
                 last = (p.records_read, tokio::time::Instant::now());
                 continue;
             }
             let finished = p.records_committed + p.records_dead_lettered >= p.records_read;
-            if finished && last.1.elapsed() >= idle {
+            let drained = consumer.pending().is_none_or(|n| n == 0);
+            if finished && drained && last.1.elapsed() >= idle {
                 tracing::info!(?idle, "idle: stopping");
                 stop.cancel();
                 return;
@@ -165,8 +174,49 @@ fn spawn_idle_exit(
     });
 }
 
-fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics) {
+/// Bytes per pull under a memory limit: a sixteenth of it, never more than `default` and never
+/// less than a NATS message can be (1 MiB payload and its headers), or the pull could never
+/// return the next message.
+fn fetch_bytes_for_limit(limit: u64, default: usize) -> usize {
+    const MIN: usize = (1 << 20) + (64 << 10);
+    usize::try_from(limit / 16)
+        .unwrap_or(usize::MAX)
+        .clamp(MIN, default.max(MIN))
+}
+
+/// The time from the first record read to the last commit, measured from the progress feed;
+/// the task ends with the pipeline.
+fn spawn_busy_clock(
+    mut progress: tokio::sync::watch::Receiver<weir_events::ProgressEvent>,
+) -> tokio::task::JoinHandle<Option<Duration>> {
+    tokio::spawn(async move {
+        let mut first: Option<tokio::time::Instant> = None;
+        let mut last_done = (0u64, None::<tokio::time::Instant>);
+        loop {
+            {
+                let p = progress.borrow_and_update();
+                let now = tokio::time::Instant::now();
+                if p.records_read > 0 && first.is_none() {
+                    first = Some(now);
+                }
+                let done = p.records_committed + p.records_dead_lettered;
+                if done != last_done.0 {
+                    last_done = (done, Some(now));
+                }
+            }
+            if progress.changed().await.is_err() {
+                break;
+            }
+        }
+        Some(last_done.1?.saturating_duration_since(first?)).filter(|d| !d.is_zero())
+    })
+}
+
+fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics, busy: Option<Duration>) {
     let secs = s.duration.as_secs_f64();
+    // A worker waits for messages most of its life: the rate is over the time from the first
+    // record read to the last commit, when known.
+    let rate_secs = busy.map_or(secs, |d| d.as_secs_f64());
     println!(
         "consume {}",
         match s.outcome {
@@ -184,16 +234,24 @@ fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics) {
     println!("  records uncommitted:   {}", s.records_uncommitted);
     println!("  duration:              {secs:.2}s");
     println!(
-        "  rate:                  {:.0} records/s",
-        s.records_committed as f64 / secs.max(1e-9)
+        "  rate:                  {:.0} records/s (first record read to last commit)",
+        s.records_committed as f64 / rate_secs.max(1e-9)
     );
     println!("  retries:               {}", s.retries);
 }
 
 /// Runs `weir consume`.
 pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
+    let settings = args
+        .settings
+        .resolve(args.uri.as_deref(), args.memory_limit)?;
+    if args.settings.show(&settings) {
+        return Ok(0);
+    }
+    let memory_limit = settings.memory_limit();
+    let mapping_path = args.mapping.as_deref().context("--mapping is required")?;
     let mapping =
-        Mapping::from_path(&args.mapping).map_err(|e| anyhow::anyhow!("invalid mapping: {e}"))?;
+        Mapping::from_path(mapping_path).map_err(|e| anyhow::anyhow!("invalid mapping: {e}"))?;
     let mapping = Arc::new(
         mapping
             .with_label_prefix(&args.label_prefix)
@@ -214,7 +272,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         retry_budget: Some(args.retry_for),
         ..PipelineConfig::default()
     };
-    if let Some(limit) = args.memory_limit {
+    if let Some(limit) = memory_limit {
         fit_to_limit(&mut cfg, limit);
     }
     let env = weir_app::config::Env::load().context("reading settings")?;
@@ -239,13 +297,18 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         max_record_bytes: cfg.max_record_bytes,
         ..JetStreamSourceConfig::default()
     };
+    let mut source_cfg = source_cfg;
+    if let Some(limit) = memory_limit {
+        source_cfg.fetch_max_bytes = fetch_bytes_for_limit(limit, source_cfg.fetch_max_bytes);
+    }
     source_cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let pool = write_pool(args.uri.as_deref(), args.concurrency).await?;
+    let pool = write_pool(&settings, args.concurrency, args.retry_for).await?;
 
     let stop = CancellationToken::new();
     weir_app::cancel_on_signal(stop.clone());
     let publisher = match connect_bus(
+        &settings,
         args.bus,
         args.events,
         Duration::from_secs(600),
@@ -290,7 +353,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     let metrics_task = spawn_metrics(
         "weir consume",
         args.metrics_bind,
-        args.memory_limit,
+        memory_limit,
         args.quiet,
         vec![
             ("stream", Arc::new(stream.clone()) as _),
@@ -308,7 +371,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         GraphMapper::new(mapping),
         GraphSink::new(writer, args.job_id.clone()),
     )
-    .with_gauge(Arc::new(ProcessGauge::new(args.memory_limit)))
+    .with_gauge(Arc::new(ProcessGauge::new(memory_limit)))
     .with_dead_letters(dead.clone())
     .with_commit_watch(commits);
     let (pipeline, follower) = stream.attach(pipeline);
@@ -320,8 +383,14 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         },
         pipeline.subscribe(),
     );
+    let busy = spawn_busy_clock(pipeline.subscribe());
     if let Some(idle) = args.exit_when_idle {
-        spawn_idle_exit(idle, pipeline.subscribe(), stop.clone());
+        spawn_idle_exit(
+            idle,
+            pipeline.subscribe(),
+            consumer_metrics.clone(),
+            stop.clone(),
+        );
     }
     let result = pipeline.run(source, stop.clone()).await;
     // The pipeline is done (its commit sender dropped): stop pulling, ack the last commits,
@@ -336,21 +405,38 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     }
     let _ = dead.flush();
     pool.close().await;
+    let busy = busy.await.ok().flatten();
     match result {
         Ok(summary) => {
             if !args.quiet {
-                print_summary(&summary, &consumer_metrics);
+                print_summary(&summary, &consumer_metrics, busy);
             }
             Ok(0)
         }
         Err(StreamError::Failed { cause, summary }) => {
             if !args.quiet {
-                print_summary(&summary, &consumer_metrics);
+                print_summary(&summary, &consumer_metrics, busy);
             }
             eprintln!("error: {cause}");
             eprintln!("  unacknowledged messages are redelivered to the next worker");
             Ok(EXIT_FATAL)
         }
         Err(e) => Err(e).context("consume"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fetch_bytes_for_limit;
+
+    #[test]
+    fn pulls_shrink_with_the_memory_limit_but_still_fit_one_message() {
+        let default = 4 << 20;
+        assert_eq!(fetch_bytes_for_limit(1 << 30, default), default);
+        assert_eq!(fetch_bytes_for_limit(40 << 20, default), (40 << 20) / 16);
+        assert_eq!(
+            fetch_bytes_for_limit(8 << 20, default),
+            (1 << 20) + (64 << 10)
+        );
     }
 }

@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use weir_app::admin::Sources;
 use weir_app::settings::AdminConfig;
+use weir_app::settings::{Role, Settings, config_path};
 use weir_app::{BusPublisher, BusSlot, EventsConfig, EventsPolicy};
-use weir_config::{START_HINT, Secret, ServiceSettings};
+use weir_config::{START_HINT, Secret};
 use weir_events::{PressureState, ProgressEvent};
 use weir_graph::{
     ChangePublisher, GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig,
@@ -61,11 +62,14 @@ pub(crate) enum ProgressMode {
     4  interrupted (Ctrl-C); rerun with --resume to continue")]
 pub(crate) struct IngestArgs {
     /// Input files or directories (their files, sorted); `-` reads stdin. Gzip is detected.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "show_config")]
     inputs: Vec<PathBuf>,
     /// The mapping file (TOML); check it with `weir validate`.
-    #[arg(long, short)]
-    mapping: PathBuf,
+    #[arg(long, short, required_unless_present = "show_config")]
+    mapping: Option<PathBuf>,
+    /// Settings file, `--show-config`.
+    #[command(flatten)]
+    settings: SettingsArgs,
     /// Input format; default: the mapping's `[input] format`, else from the file name
     /// (`.jsonl`, `.ndjson`, `.json` with or without `.gz` are JSON Lines, the rest CSV).
     #[arg(long, value_enum)]
@@ -430,6 +434,7 @@ impl IngestArgs {
 /// The publisher of `--bus`, connected (within the bus's connect timeout); `None` without
 /// `--bus` or with `--events off`.
 pub(crate) async fn connect_bus(
+    settings: &Settings,
     bus: Option<BusArg>,
     events: Option<EventsArg>,
     max_wait: Duration,
@@ -442,10 +447,7 @@ pub(crate) async fn connect_bus(
     if policy == EventsPolicy::Off {
         return Ok(None);
     }
-    let env = weir_app::config::Env::load().context("reading settings")?;
-    let mut bus = weir_bus::BusConfig::Nats(weir_bus::NatsBusConfig::default());
-    env.apply_bus(&mut bus);
-    let connected = weir_bus::Bus::connect(&bus)
+    let connected = weir_bus::Bus::connect(&settings.bus)
         .await
         .context("connecting to the bus (--bus nats; NATS_URL)")?;
     Ok(Some(BusPublisher::new(
@@ -499,21 +501,77 @@ pub(crate) async fn spawn_metrics(
 
 /// The write pool of a pipeline with `concurrency` batches in flight, on the settings' graph
 /// server (or `uri`), once the server answers (within 15 s, else an error with a hint).
-pub(crate) async fn write_pool(uri: Option<&str>, concurrency: usize) -> anyhow::Result<Pool> {
-    let mut settings = ServiceSettings::from_env().context("reading settings")?;
-    if let Some(uri) = uri {
-        settings.graph.uri = uri.to_owned();
+/// `--config` and `--show-config` of `weir ingest` and `weir consume`.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct SettingsArgs {
+    /// Settings file (TOML): the `graph`, `pool`, `bus`, `memory` and `log` sections of the
+    /// services' settings file (`weir-ingestd config schema` prints its JSON Schema; unknown
+    /// keys are refused). Env `WEIR_CONFIG`. Flags override it, it overrides the defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the resolved settings (defaults < file < environment < flags) as TOML, secrets
+    /// masked, and exit.
+    #[arg(long)]
+    show_config: bool,
+}
+
+impl SettingsArgs {
+    /// The settings of a run: defaults, the file, the environment, then the flags given.
+    pub(crate) fn resolve(
+        &self,
+        uri: Option<&str>,
+        memory_limit: Option<u64>,
+    ) -> anyhow::Result<Settings> {
+        let env = weir_app::config::Env::load().context("reading settings")?;
+        let file = config_path(self.config.clone(), &env);
+        let mut s = Settings::load(Role::Ingest, file.as_deref(), &env)?;
+        if let Some(uri) = uri {
+            s.graph.uri = uri.to_owned();
+        }
+        if let Some(l) = memory_limit {
+            s.memory.limit = Some(weir_config::ByteSize(l));
+        }
+        s.validate(Role::Ingest)?;
+        Ok(s)
     }
+
+    /// `--show-config`: prints `s` and says so.
+    pub(crate) fn show(&self, s: &Settings) -> bool {
+        if self.show_config {
+            print!("{}", s.show(Role::Ingest));
+        }
+        self.show_config
+    }
+}
+
+/// The write pool, once the graph server answers: within 15 s for a run (quick feedback on a
+/// wrong address), within `wait` for a long-running worker (started with the server down, it
+/// says so and waits instead of exiting).
+pub(crate) async fn write_pool(
+    settings: &Settings,
+    concurrency: usize,
+    wait: Duration,
+) -> anyhow::Result<Pool> {
     let uri = settings.graph.uri.clone();
     let pool = Pool::new(
-        settings.graph,
+        settings.graph.clone(),
         PoolConfig {
             max_size: concurrency + 1,
-            ..PoolConfig::default()
+            ..settings.pool.clone()
         },
     )
     .context("creating the graph pool")?;
-    if !pool.wait_ready(Duration::from_secs(15)).await {
+    let first = wait.min(Duration::from_secs(15));
+    let mut ready = pool.wait_ready(first).await;
+    if !ready && wait > first {
+        tracing::warn!(
+            uri = %uri,
+            "graph server not reachable yet: waiting up to {}",
+            humantime::format_duration(wait)
+        );
+        ready = pool.wait_ready(wait - first).await;
+    }
+    if !ready {
         pool.close().await;
         anyhow::bail!("graph server not reachable at {uri}\n  -> {START_HINT}");
     }
@@ -522,8 +580,16 @@ pub(crate) async fn write_pool(uri: Option<&str>, concurrency: usize) -> anyhow:
 
 /// Runs `weir ingest`; see the exit codes in `--help`.
 pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
+    let settings = args
+        .settings
+        .resolve(args.uri.as_deref(), args.memory_limit)?;
+    if args.settings.show(&settings) {
+        return Ok(0);
+    }
+    let memory_limit = settings.memory_limit();
+    let mapping_path = args.mapping.as_deref().context("--mapping is required")?;
     let mapping =
-        Mapping::from_path(&args.mapping).map_err(|e| anyhow::anyhow!("invalid mapping: {e}"))?;
+        Mapping::from_path(mapping_path).map_err(|e| anyhow::anyhow!("invalid mapping: {e}"))?;
     let mapping = Arc::new(
         mapping
             .with_label_prefix(&args.label_prefix)
@@ -545,7 +611,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
         retry_budget: Some(args.retry_for),
         ..PipelineConfig::default()
     };
-    if let Some(limit) = args.memory_limit {
+    if let Some(limit) = memory_limit {
         fit_to_limit(&mut cfg, limit);
     }
 
@@ -595,7 +661,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
         ),
         None => Arc::new(StderrDeadLetters::new()),
     };
-    let gauge = Arc::new(ProcessGauge::new(args.memory_limit));
+    let gauge = Arc::new(ProcessGauge::new(memory_limit));
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -624,7 +690,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
         metrics_task = spawn_metrics(
             "weir ingest",
             args.metrics_bind,
-            args.memory_limit,
+            memory_limit,
             args.quiet,
             vec![("stream", Arc::new(stream.clone()) as _)],
             &metrics_stop,
@@ -640,18 +706,25 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
         let _ = follower.await;
         (r, None)
     } else {
-        let pool = write_pool(args.uri.as_deref(), args.concurrency).await?;
-        let (publisher, bus_publisher) =
-            match connect_bus(args.bus, args.events, args.events_max_wait, cancel.clone()).await? {
-                Some(p) => (Arc::new(p.clone()) as Arc<dyn ChangePublisher>, Some(p)),
-                None => (Arc::new(NoopPublisher) as Arc<dyn ChangePublisher>, None),
-            };
+        let pool = write_pool(&settings, args.concurrency, Duration::from_secs(15)).await?;
+        let (publisher, bus_publisher) = match connect_bus(
+            &settings,
+            args.bus,
+            args.events,
+            args.events_max_wait,
+            cancel.clone(),
+        )
+        .await?
+        {
+            Some(p) => (Arc::new(p.clone()) as Arc<dyn ChangePublisher>, Some(p)),
+            None => (Arc::new(NoopPublisher) as Arc<dyn ChangePublisher>, None),
+        };
         unpublished = bus_publisher;
         let status = pool.clone();
         metrics_task = spawn_metrics(
             "weir ingest",
             args.metrics_bind,
-            args.memory_limit,
+            memory_limit,
             args.quiet,
             vec![
                 ("stream", Arc::new(stream.clone()) as _),
