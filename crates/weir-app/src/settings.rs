@@ -343,7 +343,27 @@ impl Settings {
                 }
             }
         }
-        crate::config::parse_toml(&toml::to_string(&merged).unwrap_or_default(), path)
+        // The merged text is not the user's: name the file, the section and the key, not a
+        // line of the merged text.
+        let text = toml::to_string(&merged).unwrap_or_default();
+        toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let section = e
+                .span()
+                .and_then(|span| text[..span.start].rfind("\n["))
+                .and_then(|at| {
+                    let rest = &text[at + 2..];
+                    rest.find(']').map(|end| rest[..end].to_owned())
+                });
+            ServiceError::Invalid {
+                field: "config",
+                reason: match section {
+                    Some(section) => {
+                        format!("{}: in [{section}]: {}", path.display(), e.message().trim())
+                    }
+                    None => format!("{}: {}", path.display(), e.message().trim()),
+                },
+            }
+        })
     }
 
     /// Applies the environment ([`ENV`]).
@@ -643,7 +663,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("introspectoin") && e.contains("weir.toml"),
+            e.contains("introspectoin") && e.contains("weir.toml") && e.contains("[gateway]"),
+            "{e}"
+        );
+        // The line of the merged text means nothing to the user: none is shown.
+        assert!(!e.contains("line "), "{e}");
+        let e = Settings::from_toml(
+            Role::Ingest,
+            "[graph]
+bogus = 1
+",
+            path(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("weir.toml: in [graph]: unknown field `bogus`"),
             "{e}"
         );
     }
