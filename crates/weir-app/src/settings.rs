@@ -2,10 +2,10 @@
 //! variables, one set of flags, applied in one order — defaults < file < environment < flags.
 //!
 //! [`Settings`] holds every section a Weir process can have; a [`Role`] (`weir serve`,
-//! `weir-ingestd`, `weir-gatewayd`, `weir ingest`) says which sections it uses and what its
-//! defaults are. A file may only set the sections of its role: a `[jobs]` section given to
-//! `weir-gatewayd` is an error that names the file and the section, as is any unknown key (the
-//! TOML error names the key, line and column). [`ENV`] lists every environment variable and
+//! `weir-ingestd`, `weir-gatewayd`, `weir ingest` / `weir consume`) says which sections it uses
+//! and what its defaults are. A file may only set the sections of its role: a `[jobs]` section
+//! given to `weir-gatewayd` is an error that names the file and the section, as is any unknown
+//! key (named with its file and section). [`ENV`] lists every environment variable and
 //! the setting it sets. `config show` prints the resolved settings of a role with every secret
 //! masked, credentials inside URLs included; `config schema` prints the JSON Schema of the
 //! file (committed as `schemas/config.schema.json`).
@@ -48,7 +48,7 @@ impl Role {
             Self::Serve => "weir serve",
             Self::Ingestd => "weir-ingestd",
             Self::Gatewayd => "weir-gatewayd",
-            Self::Ingest => "weir ingest",
+            Self::Ingest => "weir ingest / weir consume",
         }
     }
 
@@ -98,7 +98,7 @@ impl Role {
                 "log",
                 "shutdown_grace",
             ],
-            Self::Ingest => &["graph", "pool", "bus", "jobs", "memory", "log"],
+            Self::Ingest => &["graph", "pool", "bus", "memory", "log"],
         }
     }
 
@@ -279,7 +279,15 @@ impl Settings {
                     Duration::from_secs(60)
                 },
             },
-            log: LogConfig::default(),
+            // A one-shot run prints its own progress: the library's info lines would be noise.
+            log: if role == Role::Ingest {
+                LogConfig {
+                    filter: "warn,weir=info".into(),
+                    ..LogConfig::default()
+                }
+            } else {
+                LogConfig::default()
+            },
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -405,7 +413,7 @@ impl Settings {
             }
             None => {}
         }
-        if role.has_jobs() || role == Role::Ingest {
+        if role.has_jobs() {
             if let Some(n) = env.parse("WEIR_MAX_JOBS")? {
                 self.jobs.max_concurrent = n;
             }
@@ -469,7 +477,7 @@ impl Settings {
             g.validate().map_err(|e| invalid("gateway", &e))?;
             self.replay.validate()?;
         }
-        if role.has_jobs() || role == Role::Ingest {
+        if role.has_jobs() {
             self.jobs.validate()?;
         }
         Ok(())
@@ -538,17 +546,11 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Replaces `user:password@` in every string that looks like a URL with `***@`.
+/// Replaces `user:password@` in every string that looks like a URL (or a list of them) with
+/// `***@` ([`weir_config::redact_url`]).
 fn mask_url_credentials(v: &mut serde_json::Value) {
     match v {
-        serde_json::Value::String(s) => {
-            if let Some((scheme, rest)) = s.split_once("://")
-                && let Some((creds, host)) = rest.split_once('@')
-                && !creds.contains('/')
-            {
-                *s = format!("{scheme}://***@{host}");
-            }
-        }
+        serde_json::Value::String(s) if s.contains("://") => *s = weir_config::redact_url(s),
         serde_json::Value::Array(a) => a.iter_mut().for_each(mask_url_credentials),
         serde_json::Value::Object(m) => m.values_mut().for_each(mask_url_credentials),
         _ => {}
@@ -719,7 +721,7 @@ bogus = 1
             keys: vec![Secret::new("api-key-456")],
         };
         if let BusConfig::Nats(n) = &mut s.bus {
-            n.url = "nats://alice:s3cret@nats.example:4222".into();
+            n.url = "nats://alice:s3cret@nats.example:4222,nats://bob:pw2@n2:4222".into();
         }
         let shown = s.show(Role::Gatewayd);
         for secret in [
@@ -728,10 +730,15 @@ bogus = 1
             "api-key-456",
             "s3cret",
             "alice",
+            "bob",
+            "pw2",
         ] {
             assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
         }
-        assert!(shown.contains("nats://***@nats.example:4222"), "{shown}");
+        assert!(
+            shown.contains("nats://***@nats.example:4222,nats://***@n2:4222"),
+            "{shown}"
+        );
         assert!(!shown.contains("[jobs]"), "{shown}");
         assert!(shown.contains("[gateway"), "{shown}");
     }

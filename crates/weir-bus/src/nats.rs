@@ -62,19 +62,6 @@ impl std::fmt::Debug for NatsBus {
 }
 
 /// The URL without user info, for messages (credentials are never logged).
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => match url.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => url.to_owned(),
-        },
-    }
-}
-
 fn boxed<E: std::error::Error + Send + Sync + 'static>(
     e: E,
 ) -> Box<dyn std::error::Error + Send + Sync> {
@@ -86,7 +73,7 @@ impl NatsBus {
     /// reconnects, then creates the stream or updates its limits.
     pub async fn connect(config: &NatsBusConfig) -> Result<Self, BusError> {
         config.validate()?;
-        let endpoint = redact(&config.url);
+        let endpoint = weir_config::redact_url(&config.url);
         let unavailable = |reason: String| BusError::Unavailable {
             endpoint: endpoint.clone(),
             reason,
@@ -821,20 +808,5 @@ impl Cursor {
                 "too many change batches open at once: gave up the oldest"
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redact_hides_credentials() {
-        assert_eq!(
-            redact("nats://user:pw@10.0.0.1:4222"),
-            "nats://***@10.0.0.1:4222"
-        );
-        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-        assert_eq!(redact("tok@host:4222"), "***@host:4222");
     }
 }

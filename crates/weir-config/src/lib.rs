@@ -302,6 +302,30 @@ pub fn parse_env_file(path: &Path) -> Result<HashMap<String, String>, ConfigErro
     })
 }
 
+/// A server address (or a comma-separated list of them, as NATS takes) with every credential
+/// replaced by `***`: `nats://u:p@h:4222,tok@h2:4222` becomes `nats://***@h:4222,***@h2:4222`.
+/// The one masking of URLs for logs, errors and `config show`.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, one),
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let masked = match rest[..authority_end].rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}{}", &rest[authority_end..]),
+                None => rest.to_owned(),
+            };
+            match scheme {
+                Some(scheme) => format!("{scheme}://{masked}"),
+                None => masked,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn parse_env_text(text: &str) -> Result<HashMap<String, String>, usize> {
     let mut out = HashMap::new();
     for (i, raw) in text.lines().enumerate() {
@@ -325,6 +349,26 @@ fn parse_env_text(text: &str) -> Result<HashMap<String, String>, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_url_masks_every_credential_of_every_server() {
+        for (url, want) in [
+            ("nats://user:pw@10.0.0.1:4222", "nats://***@10.0.0.1:4222"),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("tok@host:4222", "***@host:4222"),
+            (
+                "nats://t@h:4222,nats://u:p@h2:4222",
+                "nats://***@h:4222,nats://***@h2:4222",
+            ),
+            ("bolt://neo:s3cret@db:7687/x@y", "bolt://***@db:7687/x@y"),
+            (
+                "neo4j+s://a:b@c@db.example:7687",
+                "neo4j+s://***@db.example:7687",
+            ),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
 
     #[test]
     fn secret_never_prints() {

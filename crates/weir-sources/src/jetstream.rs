@@ -184,20 +184,9 @@ impl JetStreamSourceConfig {
     }
 }
 
-/// The URL without user info, for messages.
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 /// Connects to NATS with unlimited reconnects (backing off to 2 s) within `timeout`.
 pub async fn connect_nats(url: &str, timeout: Duration) -> Result<async_nats::Client, SourceError> {
-    let endpoint = redact(url);
+    let endpoint = weir_config::redact_url(url);
     let options = async_nats::ConnectOptions::new()
         .connection_timeout(timeout)
         .request_timeout(Some(timeout))
@@ -776,6 +765,5 @@ mod tests {
         ] {
             assert!(c.validate().is_err(), "{c:?}");
         }
-        assert_eq!(redact("nats://u:p@h:4222"), "nats://***@h:4222");
     }
 }

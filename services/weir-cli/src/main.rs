@@ -70,7 +70,13 @@ fn main() -> std::process::ExitCode {
         Command::Consume(a) => a.quiet(),
         _ => false,
     };
-    logging::init(&cli.process, &env, quiet);
+    // `weir ingest` / `weir consume` read `[log]` from their settings file too.
+    let log = match &command {
+        Command::Ingest(a) => a.settings_args().log(&env),
+        Command::Consume(a) => a.settings_args().log(&env),
+        _ => None,
+    };
+    logging::init(&cli.process, &env, quiet, log);
     cli.process.start_heap_profiling(&env);
     // The memory log line: off unless asked for (`weir ingest` prints its own progress).
     let (memory_log_interval, memory_limit) = match &command {

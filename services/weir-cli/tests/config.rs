@@ -133,3 +133,61 @@ fn the_run_uses_the_files_graph_address() {
         "{err}"
     );
 }
+
+fn dry_run_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mapping = dir.join("m.toml");
+    std::fs::write(
+        &mapping,
+        "[[nodes]]\nlabel = \"Person\"\nkey = [\"id\"]\nproperties = [{ name = \"id\" }]\n",
+    )
+    .unwrap();
+    let data = dir.join("p.csv");
+    std::fs::write(&data, "id\n1\n2\n").unwrap();
+    (mapping, data)
+}
+
+/// `[log]` of the settings file sets the run's log filter (the environment's `WEIR_LOG` over
+/// it); without it the run logs its info line.
+#[test]
+fn the_files_log_section_sets_the_log_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mapping, data) = dry_run_files(dir.path());
+    let run = |config: Option<&std::path::Path>, weir_log: Option<&str>| {
+        let mut c = weir(dir.path());
+        c.args(["ingest", "--dry-run", "--progress", "none", "--mapping"])
+            .arg(&mapping)
+            .arg(&data);
+        if let Some(f) = config {
+            c.arg("--config").arg(f);
+        }
+        if let Some(l) = weir_log {
+            c.env("WEIR_LOG", l);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let info = run(None, None);
+    assert!(info.contains("INFO"), "the default logs info lines: {info}");
+    let file = dir.path().join("weir.toml");
+    std::fs::write(&file, "[log]\nfilter = \"error\"\n").unwrap();
+    let quiet = run(Some(&file), None);
+    assert!(!quiet.contains("INFO"), "[log] filter = error: {quiet}");
+    let env = run(Some(&file), Some("info"));
+    assert!(env.contains("INFO"), "WEIR_LOG beats the file: {env}");
+}
+
+/// `--quiet` prints errors only: a run that succeeds prints nothing at all.
+#[test]
+fn quiet_success_prints_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mapping, data) = dry_run_files(dir.path());
+    let out = weir(dir.path())
+        .args(["ingest", "--dry-run", "--quiet", "--mapping"])
+        .arg(&mapping)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+}

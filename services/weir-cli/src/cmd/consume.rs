@@ -53,7 +53,8 @@ pub(crate) struct ConsumeArgs {
     /// Settings file, `--show-config`.
     #[command(flatten)]
     settings: SettingsArgs,
-    /// NATS URL. Default: `NATS_URL`, else nats://127.0.0.1:4222.
+    /// NATS URL of the stream. Default: `NATS_URL`, else the settings file's `bus.url`, else
+    /// nats://127.0.0.1:4222.
     #[arg(long)]
     nats_url: Option<String>,
     /// JetStream stream to read (created with --subject when missing).
@@ -127,6 +128,11 @@ pub(crate) struct ConsumeArgs {
 }
 
 impl ConsumeArgs {
+    /// `--config` / `--show-config`.
+    pub(crate) fn settings_args(&self) -> &SettingsArgs {
+        &self.settings
+    }
+
     /// `--quiet`.
     pub(crate) fn quiet(&self) -> bool {
         self.quiet
@@ -242,9 +248,9 @@ fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics, busy: Option
 
 /// Runs `weir consume`.
 pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
-    let settings = args
-        .settings
-        .resolve(args.uri.as_deref(), args.memory_limit)?;
+    let settings =
+        args.settings
+            .resolve(args.uri.as_deref(), args.memory_limit, args.concurrency)?;
     if args.settings.show(&settings) {
         return Ok(0);
     }
@@ -275,12 +281,14 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     if let Some(limit) = memory_limit {
         fit_to_limit(&mut cfg, limit);
     }
-    let env = weir_app::config::Env::load().context("reading settings")?;
+    // The stream's NATS: the flag, else the settings' (`bus.url`, `NATS_URL`).
     let nats_url = args
         .nats_url
         .clone()
-        .or_else(|| env.get("NATS_URL").map(str::to_owned))
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+        .unwrap_or_else(|| match &settings.bus {
+            weir_bus::BusConfig::Nats(n) => n.url.clone(),
+            weir_bus::BusConfig::InProcess(_) => "nats://127.0.0.1:4222".into(),
+        });
     let source_cfg = JetStreamSourceConfig {
         url: nats_url,
         stream: args.stream.clone(),
@@ -303,7 +311,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     }
     source_cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let pool = write_pool(&settings, args.concurrency, args.retry_for).await?;
+    let pool = write_pool(&settings, args.retry_for).await?;
 
     let stop = CancellationToken::new();
     weir_app::cancel_on_signal(stop.clone());

@@ -19,7 +19,7 @@ use weir_graph::{
     ChangePublisher, GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig,
 };
 use weir_metrics::StreamMetrics;
-use weir_pool::{Pool, PoolConfig};
+use weir_pool::Pool;
 use weir_stream::{
     CancellationToken, CheckpointFile, DeadLetter, DeadLetterSink, FileSource, Format,
     JsonlDeadLetters, NullSink, Pipeline, PipelineConfig, ProcessGauge, RunOutcome, RunSummary,
@@ -420,6 +420,11 @@ fn print_summary(s: &RunSummary, dry_run: bool, dead_letter: Option<&Path>) {
 }
 
 impl IngestArgs {
+    /// `--config` / `--show-config`.
+    pub(crate) fn settings_args(&self) -> &SettingsArgs {
+        &self.settings
+    }
+
     /// `--quiet`: only errors are printed (the log included).
     pub(crate) fn quiet(&self) -> bool {
         self.quiet
@@ -505,7 +510,7 @@ pub(crate) async fn spawn_metrics(
 #[derive(Clone, Debug, Args)]
 pub(crate) struct SettingsArgs {
     /// Settings file (TOML): the `graph`, `pool`, `bus`, `memory` and `log` sections of the
-    /// services' settings file (`weir-ingestd config schema` prints its JSON Schema; unknown
+    /// services' settings file (`pool.max_size` is set from `--concurrency`) (`weir-ingestd config schema` prints its JSON Schema; unknown
     /// keys are refused). Env `WEIR_CONFIG`. Flags override it, it overrides the defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -521,6 +526,7 @@ impl SettingsArgs {
         &self,
         uri: Option<&str>,
         memory_limit: Option<u64>,
+        concurrency: usize,
     ) -> anyhow::Result<Settings> {
         let env = weir_app::config::Env::load().context("reading settings")?;
         let file = config_path(self.config.clone(), &env);
@@ -531,8 +537,19 @@ impl SettingsArgs {
         if let Some(l) = memory_limit {
             s.memory.limit = Some(weir_config::ByteSize(l));
         }
+        // One writer per batch in flight, and one to spare for schema and checks.
+        s.pool.max_size = concurrency.saturating_add(1);
         s.validate(Role::Ingest)?;
         Ok(s)
+    }
+
+    /// The `[log]` settings (defaults < file < `WEIR_LOG` / `WEIR_LOG_FORMAT`), to set logging
+    /// up before the run; `None` when the settings cannot be read (the run then says why).
+    pub(crate) fn log(&self, env: &weir_app::config::Env) -> Option<weir_app::settings::LogConfig> {
+        let file = config_path(self.config.clone(), env);
+        Settings::load(Role::Ingest, file.as_deref(), env)
+            .ok()
+            .map(|s| s.log)
     }
 
     /// `--show-config`: prints `s` and says so.
@@ -547,20 +564,10 @@ impl SettingsArgs {
 /// The write pool, once the graph server answers: within 15 s for a run (quick feedback on a
 /// wrong address), within `wait` for a long-running worker (started with the server down, it
 /// says so and waits instead of exiting).
-pub(crate) async fn write_pool(
-    settings: &Settings,
-    concurrency: usize,
-    wait: Duration,
-) -> anyhow::Result<Pool> {
+pub(crate) async fn write_pool(settings: &Settings, wait: Duration) -> anyhow::Result<Pool> {
     let uri = settings.graph.uri.clone();
-    let pool = Pool::new(
-        settings.graph.clone(),
-        PoolConfig {
-            max_size: concurrency + 1,
-            ..settings.pool.clone()
-        },
-    )
-    .context("creating the graph pool")?;
+    let pool = Pool::new(settings.graph.clone(), settings.pool.clone())
+        .context("creating the graph pool")?;
     let first = wait.min(Duration::from_secs(15));
     let mut ready = pool.wait_ready(first).await;
     if !ready && wait > first {
@@ -580,9 +587,9 @@ pub(crate) async fn write_pool(
 
 /// Runs `weir ingest`; see the exit codes in `--help`.
 pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
-    let settings = args
-        .settings
-        .resolve(args.uri.as_deref(), args.memory_limit)?;
+    let settings =
+        args.settings
+            .resolve(args.uri.as_deref(), args.memory_limit, args.concurrency)?;
     if args.settings.show(&settings) {
         return Ok(0);
     }
@@ -706,7 +713,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
         let _ = follower.await;
         (r, None)
     } else {
-        let pool = write_pool(&settings, args.concurrency, Duration::from_secs(15)).await?;
+        let pool = write_pool(&settings, Duration::from_secs(15)).await?;
         let (publisher, bus_publisher) = match connect_bus(
             &settings,
             args.bus,
