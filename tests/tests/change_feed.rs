@@ -74,7 +74,7 @@ async fn weir_serve_delivers_every_change_of_a_large_ingest_to_every_client() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut cmd = Command::new(workspace_binary("weir"));
     service_env(&mut cmd, "UNUSED")
-        .env("RUST_LOG", "info")
+        .env("WEIR_LOG", "info")
         .args([
             "serve",
             "--api-key",

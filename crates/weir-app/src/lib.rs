@@ -36,17 +36,3 @@ pub use publisher::{BusPublisher, EventsConfig, EventsPolicy};
 pub use replay::BusReplay;
 pub use signal::cancel_on_signal;
 pub use weir_gateway::{Authenticator, bearer};
-
-/// Sets up logging to stderr: `text` or `json`, filtered by `WEIR_LOG` (default `info`).
-pub fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}

@@ -38,7 +38,7 @@ impl Serve {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("WEIR_ADMIN_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn,weir=info")
+            .env("WEIR_LOG", "warn,weir=info")
             .current_dir(dir.path())
             .args([
                 "serve",
@@ -332,7 +332,7 @@ fn ingest_writes_the_memory_line_only_with_the_flag() {
         let out = Command::new(env!("CARGO_BIN_EXE_weir"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn,weir=info")
+            .env("WEIR_LOG", "warn,weir=info")
             .current_dir(dir.path())
             .args(["--log-format", "json", "ingest"])
             .arg(&csv)

@@ -110,7 +110,7 @@ fn service_env(cmd: &mut Command, stream: &str) {
         .env("WEIR_BUS_SUBJECT_PREFIX", stream.to_lowercase())
         .env("WEIR_API_KEYS", KEY)
         .env("WEIR_LOG", "warn")
-        .env("RUST_LOG", "warn")
+        .env("WEIR_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
 }

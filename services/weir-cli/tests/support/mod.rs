@@ -17,8 +17,7 @@ pub fn weir() -> std::process::Command {
         .env("NEO4J_USER", &s.graph.user)
         .env("NEO4J_PASSWORD", s.graph.password.expose())
         .env("NEO4J_DATABASE", &s.graph.database)
-        .env("NATS_URL", &s.nats.url)
-        .env("RUST_LOG", "warn");
+        .env("NATS_URL", &s.nats.url);
     c
 }
 
