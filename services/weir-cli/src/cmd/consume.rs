@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use weir_graph::{
-    ChangePublisher, GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig,
+    ChangePublisher, GraphMapper, GraphSink, GraphWriter, NoopPublisher, WriterConfig,
 };
 use weir_metrics::StreamMetrics;
 use weir_sources::{DeliverFrom, JetStreamSource, JetStreamSourceConfig};
@@ -22,7 +22,7 @@ use weir_stream::{
 use super::EXIT_FATAL;
 use super::ingest::{
     BusArg, EventsArg, ProgressMode, SettingsArgs, StderrDeadLetters, connect_bus, fit_to_limit,
-    parse_size, spawn_metrics, spawn_progress, write_pool,
+    parse_size, spawn_metrics, spawn_progress, start_run, write_pool,
 };
 
 /// `--deliver`.
@@ -248,24 +248,19 @@ fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics, busy: Option
 
 /// Runs `weir consume`.
 pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
-    let settings =
-        args.settings
-            .resolve(args.uri.as_deref(), args.memory_limit, args.concurrency)?;
-    if args.settings.show(&settings) {
+    let Some((settings, mapping)) = start_run(
+        &args.settings,
+        args.uri.as_deref(),
+        args.memory_limit,
+        args.mapping.as_deref(),
+        &args.label_prefix,
+        args.batch_size,
+        args.concurrency,
+    )?
+    else {
         return Ok(0);
-    }
+    };
     let memory_limit = settings.memory_limit();
-    let mapping_path = args.mapping.as_deref().context("--mapping is required")?;
-    let mapping =
-        Mapping::from_path(mapping_path).map_err(|e| anyhow::anyhow!("invalid mapping: {e}"))?;
-    let mapping = Arc::new(
-        mapping
-            .with_label_prefix(&args.label_prefix)
-            .map_err(|e| anyhow::anyhow!("invalid --label-prefix: {e}"))?,
-    );
-    if args.batch_size == 0 || args.concurrency == 0 {
-        anyhow::bail!("--batch-size and --concurrency must be at least 1");
-    }
     let mut cfg = PipelineConfig {
         job_id: args.job_id.clone(),
         format: Format::JsonLines,

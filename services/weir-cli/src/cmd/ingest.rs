@@ -585,26 +585,48 @@ pub(crate) async fn write_pool(settings: &Settings, wait: Duration) -> anyhow::R
     Ok(pool)
 }
 
-/// Runs `weir ingest`; see the exit codes in `--help`.
-pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
-    let settings =
-        args.settings
-            .resolve(args.uri.as_deref(), args.memory_limit, args.concurrency)?;
-    if args.settings.show(&settings) {
-        return Ok(0);
+/// The start of a `weir ingest` / `weir consume` run: the settings (printed instead, and `None`
+/// returned, with `--show-config`), the mapping with its label prefix, and the batch flags
+/// checked.
+pub(crate) fn start_run(
+    settings_args: &SettingsArgs,
+    uri: Option<&str>,
+    memory_limit: Option<u64>,
+    mapping: Option<&Path>,
+    label_prefix: &str,
+    batch_size: usize,
+    concurrency: usize,
+) -> anyhow::Result<Option<(Settings, Arc<Mapping>)>> {
+    let settings = settings_args.resolve(uri, memory_limit, concurrency)?;
+    if settings_args.show(&settings) {
+        return Ok(None);
     }
-    let memory_limit = settings.memory_limit();
-    let mapping_path = args.mapping.as_deref().context("--mapping is required")?;
-    let mapping =
-        Mapping::from_path(mapping_path).map_err(|e| anyhow::anyhow!("invalid mapping: {e}"))?;
-    let mapping = Arc::new(
-        mapping
-            .with_label_prefix(&args.label_prefix)
-            .map_err(|e| anyhow::anyhow!("invalid --label-prefix: {e}"))?,
-    );
-    if args.batch_size == 0 || args.concurrency == 0 {
+    let path = mapping.context("--mapping is required")?;
+    let mapping = Mapping::from_path(path).map_err(|e| anyhow::anyhow!("invalid mapping: {e}"))?;
+    let mapping = mapping
+        .with_label_prefix(label_prefix)
+        .map_err(|e| anyhow::anyhow!("invalid --label-prefix: {e}"))?;
+    if batch_size == 0 || concurrency == 0 {
         anyhow::bail!("--batch-size and --concurrency must be at least 1");
     }
+    Ok(Some((settings, Arc::new(mapping))))
+}
+
+/// Runs `weir ingest`; see the exit codes in `--help`.
+pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
+    let Some((settings, mapping)) = start_run(
+        &args.settings,
+        args.uri.as_deref(),
+        args.memory_limit,
+        args.mapping.as_deref(),
+        &args.label_prefix,
+        args.batch_size,
+        args.concurrency,
+    )?
+    else {
+        return Ok(0);
+    };
+    let memory_limit = settings.memory_limit();
     let mut cfg = PipelineConfig {
         job_id: args.job_id.clone(),
         format: detect_format(&args, &mapping),
