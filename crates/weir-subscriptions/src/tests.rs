@@ -1,4 +1,5 @@
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
+use tokio::time::Instant;
 use weir_events::fixture::{self, event as ev};
 use weir_events::{EVENT_FORMAT_VERSION, JobState, PressureState};
 
