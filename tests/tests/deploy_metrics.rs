@@ -1,8 +1,9 @@
 //! Every metric that `deploy/` queries is exported by the real binaries after a real job.
 //!
-//! The metric names come from the files themselves: every `weir_…` token of every `expr:` in
-//! `deploy/prometheus/rules/weir-alerts.yml` and of every `expr` in
-//! `deploy/grafana/dashboards/weir.json`. Then:
+//! The metric names come from the files themselves: every `weir_…` token of every rule's
+//! `expr` in `deploy/prometheus/rules/weir-alerts.yml` (parsed as YAML, so folded and
+//! multi-line expressions count too) and of every panel `expr` and template-variable `query` /
+//! `definition` in `deploy/grafana/dashboards/weir.json`. Then:
 //! - `weir serve` (in-process bus, a memory limit) runs an upload job; its one `/metrics`
 //!   scrape must hold every name, the write pool's and the read pool's figures apart
 //!   (but the `weir_consumer_*` family: serve runs no streaming consumer);
@@ -10,7 +11,9 @@
 //!   private nats-server (`--metrics-bind`): ingestd runs a job, the worker consumes a
 //!   published file; ingestd must export the stream, write-pool and memory families, gatewayd
 //!   the subscription, read-pool, bus and memory families, the worker the consumer, stream,
-//!   write-pool and memory families, and the three scrapes together every name.
+//!   write-pool and memory families, and the three scrapes together every name;
+//! - a long `weir ingest` with `--metrics-bind`, scraped while it runs, exports the stream,
+//!   write-pool and memory families.
 
 mod support;
 
@@ -52,7 +55,9 @@ fn collect_exprs(v: &Value, out: &mut BTreeSet<String>) {
         Value::Object(m) => {
             for (k, v) in m {
                 match (k.as_str(), v) {
-                    ("expr", Value::String(e)) => tokens(e, out),
+                    // Panel targets, and template variables (`query` is a string or an
+                    // object holding one; `definition` repeats it).
+                    ("expr" | "query" | "definition", Value::String(e)) => tokens(e, out),
                     _ => collect_exprs(v, out),
                 }
             }
@@ -65,14 +70,22 @@ fn collect_exprs(v: &Value, out: &mut BTreeSet<String>) {
 /// The metric names the alert rules and the dashboard query.
 fn deploy_metric_names() -> BTreeSet<String> {
     let rules = repo().join("deploy/prometheus/rules/weir-alerts.yml");
-    let text = std::fs::read_to_string(&rules).unwrap();
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&rules).unwrap()).unwrap();
     let mut names = BTreeSet::new();
     let mut exprs = 0;
-    for line in text.lines() {
-        if let Some(e) = line.trim_start().strip_prefix("expr:") {
-            exprs += 1;
-            tokens(e, &mut names);
-        }
+    let groups = doc["groups"].as_sequence().expect("rules: a `groups` list");
+    for rule in groups.iter().flat_map(|g| {
+        g["rules"]
+            .as_sequence()
+            .expect("every group has `rules`")
+            .iter()
+    }) {
+        let e = rule["expr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: a rule without `expr`: {rule:?}", rules.display()));
+        exprs += 1;
+        tokens(e, &mut names);
     }
     assert!(exprs >= 5, "{}: only {exprs} expressions", rules.display());
     let dash = repo().join("deploy/grafana/dashboards/weir.json");
@@ -371,4 +384,76 @@ async fn consume_example(
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// A long `weir ingest` with `--metrics-bind` and a memory limit, scraped while it runs:
+/// the stream, write-pool and memory families deploy/ queries are there, with the run's
+/// figures, and the run then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_ingest_with_metrics_bind_exports_the_pipeline_families_while_it_runs() {
+    const ROWS: u64 = 50_000;
+    let graph = weir_test_support::graph().await;
+    let _ = (graph.label("i_Person"), graph.label("i_Company"));
+    let prefix = format!("{}_i_", graph.namespace);
+    let want = deploy_metric_names();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = generate(dir.path(), ROWS);
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = Command::new(workspace_binary("weir"));
+    service_env(&mut cmd, "UNUSED")
+        .env("WEIR_LOG", "warn")
+        .env("WEIR_ADMIN_TOKEN", KEY);
+    cmd.arg("ingest")
+        .arg(&csv)
+        .arg("--mapping")
+        .arg(mapping_path())
+        .args([
+            "--label-prefix",
+            &prefix,
+            "--progress",
+            "none",
+            "--memory-limit",
+            "2GiB",
+        ])
+        .arg("--metrics-bind")
+        .arg(admin.to_string());
+    let mut ingest = ChildProcess::spawn(&mut cmd);
+    // Mid-run: some records committed, not all.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    let text = loop {
+        if let Ok(r) = http_request(admin, "GET", "/metrics", Some(KEY))
+            && r.status == 200
+        {
+            let t = r.text();
+            let committed =
+                weir_test_support::process::metric_value(&t, "weir_stream_records_committed_total")
+                    .unwrap_or(0.0);
+            if committed > 0.0 {
+                assert!(
+                    committed < ROWS as f64,
+                    "scraped only after the run: {committed}"
+                );
+                break t;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "weir ingest committed nothing visible on /metrics:\n{}",
+            ingest.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let have = exported(&text);
+    for f in ["weir_stream_", "weir_pool_", "weir_memory_"] {
+        let gone = missing(want.iter().filter(|n| n.starts_with(f)), &have);
+        assert!(gone.is_empty(), "weir ingest does not export {gone:?}");
+    }
+    assert!(labelled_metric(&text, "weir_pool_max_connections", "pool=\"write\"").is_some());
+    assert_eq!(
+        weir_test_support::process::metric_value(&text, "weir_memory_limit_bytes"),
+        Some((2u64 << 30) as f64),
+        "{text}"
+    );
+    let status = ingest.wait(std::time::Duration::from_secs(600));
+    assert!(status.success(), "{}", ingest.stderr());
 }

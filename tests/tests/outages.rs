@@ -1,5 +1,5 @@
-//! Outages across real processes: the graph server SIGKILLed mid-run and restarted 30 s later,
-//! NATS stopped mid-run and restarted 30 s later. Two `weir consume` workers sharing a durable
+//! Outages across real processes: the graph server SIGKILLed mid-run and restarted 60 s later,
+//! NATS stopped mid-run and restarted 60 s later. Two `weir consume` workers sharing a durable
 //! consumer, and `weir ingest` of a file, ride them out by themselves (no crash, no exit, no
 //! `--resume`) and end with exactly the graph a clean run gives: every person, company and
 //! relationship of the file once, nothing pending or unacknowledged on the consumer.
@@ -33,7 +33,7 @@ const PEOPLE: u64 = 20_000;
 /// the workers may hold, so some are pulled only after NATS is back.
 const NATS_PEOPLE: u64 = 50_000;
 /// How long each outage lasts.
-const OUTAGE: Duration = Duration::from_secs(30);
+const OUTAGE: Duration = Duration::from_secs(60);
 /// How long a run may take after the outage ended.
 const FINISH: Duration = Duration::from_secs(150);
 
@@ -333,7 +333,7 @@ async fn wait_consumer_drained(url: &str, children: &[&ChildProcess]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graph_killed_for_30s_two_workers_ride_it_out() {
+async fn graph_killed_for_60s_two_workers_ride_it_out() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let mut server = PrivateGraphServer::start_new().await;
@@ -383,7 +383,7 @@ async fn graph_killed_for_30s_two_workers_ride_it_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_stopped_for_30s_two_workers_ride_it_out() {
+async fn nats_stopped_for_60s_two_workers_ride_it_out() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     // A graph of its own: out of the way of other tests' load, and its data goes with it.
@@ -425,7 +425,7 @@ async fn nats_stopped_for_30s_two_workers_ride_it_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graph_killed_for_30s_weir_ingest_completes() {
+async fn graph_killed_for_60s_weir_ingest_completes() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let mut server = PrivateGraphServer::start_new().await;
