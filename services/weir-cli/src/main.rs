@@ -68,12 +68,15 @@ fn main() -> std::process::ExitCode {
     let quiet = match &command {
         Command::Ingest(a) => a.quiet(),
         Command::Consume(a) => a.quiet(),
+        Command::Publish(a) => a.quiet(),
         _ => false,
     };
-    // `weir ingest` / `weir consume` read `[log]` from their settings file too.
+    // The commands with `--config` read `[log]` from their settings file too.
     let log = match &command {
         Command::Ingest(a) => a.settings_args().log(&env),
         Command::Consume(a) => a.settings_args().log(&env),
+        Command::Publish(a) => a.settings_args().log(&env),
+        Command::Ping(a) => a.settings_args().log(&env),
         _ => None,
     };
     logging::init(&cli.process, &env, quiet, log);

@@ -1,5 +1,6 @@
-//! `weir ingest` and `weir consume` take the services' settings file (`--config`, the `graph`,
-//! `pool`, `bus`, `memory` and `log` sections) and print what they resolved (`--show-config`):
+//! `weir ingest`, `weir consume`, `weir publish` and `weir ping` take the services' settings
+//! file (`--config`, the `graph`, `pool`, `bus`, `memory` and `log` sections) and print what
+//! they resolved (`--show-config`):
 //! defaults < file < environment < flags, secrets masked, unknown keys refused by name; the run
 //! really uses what the file says.
 
@@ -97,6 +98,69 @@ fn an_unknown_key_is_refused_with_the_file_section_and_key() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`gateway` is not a setting of"), "{err}");
+}
+
+/// `weir ping` and `weir publish` read the same file: they go where it says (closed ports
+/// here, so they fail naming the addresses), and never print the credentials in `bus.url`.
+#[test]
+fn ping_and_publish_use_the_files_graph_and_nats_addresses_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (graph_port, nats_port) = (closed_port(), closed_port());
+    let file = dir.path().join("weir.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[graph]\nuri = \"bolt://127.0.0.1:{graph_port}\"\n\
+             [bus]\nurl = \"nats://bob:bus-secret-42@127.0.0.1:{nats_port}\"\n"
+        ),
+    )
+    .unwrap();
+    for cmd in ["ping", "publish"] {
+        let out = weir(dir.path())
+            .args([cmd, "--show-config", "--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd}: {text}");
+        assert!(text.contains(&format!("127.0.0.1:{graph_port}")), "{cmd}: {text}");
+        assert!(text.contains(&format!("127.0.0.1:{nats_port}")), "{cmd}: {text}");
+        assert!(!text.contains("bus-secret-42"), "{cmd}: {text}");
+    }
+    let out = weir(dir.path())
+        .args(["ping", "--timeout", "1s", "--rounds", "1", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("graph  bolt://127.0.0.1:{graph_port}  DOWN")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("nats   nats://***@127.0.0.1:{nats_port}  DOWN")),
+        "{text}"
+    );
+    assert!(!text.contains("bus-secret-42"), "{text}");
+    let data = dir.path().join("p.jsonl");
+    std::fs::write(&data, "{\"id\":1}\n").unwrap();
+    let out = weir(dir.path())
+        .args(["publish", "--quiet", "--config"])
+        .arg(&file)
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("NATS at nats://***@127.0.0.1:{nats_port}")),
+        "{err}"
+    );
+    assert!(!err.contains("bus-secret-42"), "{err}");
 }
 
 /// Not only shown: the run connects where the file says (here a closed port, so it fails

@@ -4,17 +4,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use weir_config::{GraphSettings, NatsSettings, START_HINT, ServiceSettings};
+use weir_config::{GraphSettings, NatsSettings, START_HINT, redact_url};
+
+use super::ingest::SettingsArgs;
+use super::publish::stream_nats_url;
 
 /// Arguments of `weir ping`.
 #[derive(Debug, Args)]
 pub(crate) struct PingArgs {
-    /// Bolt URI of the graph server (overrides NEO4J_URI).
+    /// Bolt URI of the graph server (overrides NEO4J_URI and the settings file's `graph.uri`).
     #[arg(long)]
     uri: Option<String>,
-    /// NATS URL (overrides NATS_URL).
+    /// NATS URL (overrides NATS_URL and the settings file's `bus.url`).
     #[arg(long)]
     nats_url: Option<String>,
+    #[command(flatten)]
+    settings: SettingsArgs,
     /// How long to wait for each service.
     #[arg(long, default_value = "5s", value_parser = humantime_duration)]
     timeout: Duration,
@@ -27,6 +32,13 @@ pub(crate) struct PingArgs {
     /// Only NATS.
     #[arg(long)]
     nats_only: bool,
+}
+
+impl PingArgs {
+    /// `--config` / `--show-config`.
+    pub(crate) fn settings_args(&self) -> &SettingsArgs {
+        &self.settings
+    }
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -44,40 +56,41 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs `weir ping`; exit 0 when every service asked for answered, 1 otherwise.
 pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
-    let mut settings = ServiceSettings::from_env().context("reading settings")?;
-    if let Some(uri) = args.uri {
-        settings.graph.uri = uri;
+    let settings = args.settings.resolve(args.uri.as_deref(), None, 1)?;
+    if args.settings.show(&settings) {
+        return Ok(0);
     }
-    if let Some(url) = args.nats_url {
-        settings.nats.url = url;
-    }
+    let graph = &settings.graph;
+    let nats = NatsSettings {
+        url: stream_nats_url(args.nats_url.as_deref(), &settings),
+    };
+    // Credentials in an address are never printed.
+    let (graph_shown, nats_shown) = (redact_url(&graph.uri), redact_url(&nats.url));
     let rounds = args.rounds.max(1);
     let mut ok = true;
     if !args.nats_only {
-        match ping_graph(&settings.graph, args.timeout, rounds).await {
+        match ping_graph(graph, args.timeout, rounds).await {
             Ok((version, connect, rtt)) => println!(
-                "graph  {}  ok  server: {version}  connect: {}  round trip (median of {rounds}): {}",
-                settings.graph.uri,
+                "graph  {graph_shown}  ok  server: {version}  connect: {}  round trip (median of {rounds}): {}",
                 fmt_dur(connect),
                 fmt_dur(rtt)
             ),
             Err(e) => {
                 ok = false;
-                println!("graph  {}  DOWN  {e:#}", settings.graph.uri);
+                println!("graph  {graph_shown}  DOWN  {e:#}");
             }
         }
     }
     if !args.graph_only {
-        match ping_nats(&settings.nats, args.timeout, rounds).await {
+        match ping_nats(&nats, args.timeout, rounds).await {
             Ok((version, js, connect, rtt)) => println!(
-                "nats   {}  ok  server: nats-server {version}  jetstream: {js}  connect: {}  round trip (median of {rounds}): {}",
-                settings.nats.url,
+                "nats   {nats_shown}  ok  server: nats-server {version}  jetstream: {js}  connect: {}  round trip (median of {rounds}): {}",
                 fmt_dur(connect),
                 fmt_dur(rtt)
             ),
             Err(e) => {
                 ok = false;
-                println!("nats   {}  DOWN  {e:#}", settings.nats.url);
+                println!("nats   {nats_shown}  DOWN  {e:#}");
             }
         }
     }

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
+use weir_app::settings::Settings;
 use weir_sources::{SourceError, connect_nats, publish_records};
+
+use super::ingest::SettingsArgs;
 
 /// `--format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -23,10 +26,14 @@ pub(crate) enum PublishFormat {
 #[derive(Debug, Args)]
 pub(crate) struct PublishArgs {
     /// Input file (`-` for stdin); gzip is detected.
-    input: PathBuf,
-    /// NATS URL. Default: `NATS_URL`, else nats://127.0.0.1:4222.
+    #[arg(required_unless_present = "show_config")]
+    input: Option<PathBuf>,
+    /// NATS URL. Default: `NATS_URL`, else the settings file's `bus.url`, else
+    /// nats://127.0.0.1:4222.
     #[arg(long)]
     nats_url: Option<String>,
+    #[command(flatten)]
+    settings: SettingsArgs,
     /// JetStream stream (created with --subject when missing).
     #[arg(long, default_value = "WEIR_INGEST")]
     stream: String,
@@ -51,6 +58,28 @@ pub(crate) struct PublishArgs {
     quiet: bool,
 }
 
+/// The NATS of a stream: `flag`, else the settings' bus (`bus.url` of the file, `NATS_URL`),
+/// else the local default.
+pub(crate) fn stream_nats_url(flag: Option<&str>, settings: &Settings) -> String {
+    match (flag, &settings.bus) {
+        (Some(url), _) => url.to_owned(),
+        (None, weir_bus::BusConfig::Nats(n)) => n.url.clone(),
+        (None, weir_bus::BusConfig::InProcess(_)) => weir_config::DEFAULT_NATS_URL.to_owned(),
+    }
+}
+
+impl PublishArgs {
+    /// `--config` / `--show-config`.
+    pub(crate) fn settings_args(&self) -> &SettingsArgs {
+        &self.settings
+    }
+
+    /// `--quiet`.
+    pub(crate) fn quiet(&self) -> bool {
+        self.quiet
+    }
+}
+
 /// Opens the input, gunzipping when it starts with the gzip magic bytes.
 fn open(input: &PathBuf) -> anyhow::Result<Box<dyn Read + Send>> {
     let raw: Box<dyn Read + Send> = if input.as_os_str() == "-" {
@@ -72,8 +101,9 @@ fn open(input: &PathBuf) -> anyhow::Result<Box<dyn Read + Send>> {
 /// The records of the input as JSON texts, with errors naming the line.
 fn records(
     args: &PublishArgs,
+    input: &PathBuf,
 ) -> anyhow::Result<Box<dyn Iterator<Item = Result<String, SourceError>> + Send>> {
-    let name = args.input.display().to_string();
+    let name = input.display().to_string();
     let jsonl = match args.format {
         Some(f) => f == PublishFormat::Jsonl,
         None => {
@@ -84,7 +114,7 @@ fn records(
                 .any(|e| n.ends_with(e))
         }
     };
-    let reader = open(&args.input)?;
+    let reader = open(input)?;
     let subject = args.subject.clone();
     let bad = move |line: u64, e: &dyn std::fmt::Display| SourceError::Publish {
         subject: subject.clone(),
@@ -123,17 +153,19 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<u8> {
     if args.records_per_message == 0 {
         anyhow::bail!("--records-per-message must be at least 1");
     }
-    let env = weir_app::config::Env::load().context("reading settings")?;
-    let url = args
-        .nats_url
-        .clone()
-        .or_else(|| env.get("NATS_URL").map(str::to_owned))
-        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let settings = args.settings.resolve(None, None, 1)?;
+    if args.settings.show(&settings) {
+        return Ok(0);
+    }
+    let Some(input) = &args.input else {
+        anyhow::bail!("an input file is required");
+    };
+    let url = stream_nats_url(args.nats_url.as_deref(), &settings);
     let client = connect_nats(&url, std::time::Duration::from_secs(5))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let per = args.records_per_message;
-    let mut recs = records(&args)?;
+    let mut recs = records(&args, input)?;
     let started = std::time::Instant::now();
     let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let count = counted.clone();
