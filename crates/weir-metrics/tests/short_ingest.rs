@@ -16,7 +16,8 @@ use axum::body::Body;
 use axum::http::Request;
 use futures::StreamExt;
 use tower::ServiceExt;
-use weir_events::{ChangeBatch, ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, Operation};
+use weir_events::fixture;
+use weir_events::{ChangeBatch, EntityKind, Operation};
 use weir_memwatch::{MemoryWatcher, WatcherConfig};
 use weir_metrics::names::ALL;
 use weir_metrics::{
@@ -41,29 +42,16 @@ fn map_row(rec: &DecodedRecord<'_>) -> Result<u64, MapError> {
 }
 
 fn change_batch(n: u64) -> ChangeBatch {
-    let event = ChangeEvent {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        index: 0,
-        kind: EntityKind::Node,
-        label: "Person".into(),
-        key: n.to_string(),
-        operation: Operation::Created,
-        properties: Default::default(),
-        start: None,
-        end: None,
-        job_id: "metrics-test".into(),
-        batch_id: format!("b{n}"),
-        source: Default::default(),
-        committed_at_ms: 0,
-    };
-    ChangeBatch {
-        version: EVENT_FORMAT_VERSION,
-        seq: 0,
-        job_id: "metrics-test".into(),
-        batch_id: format!("b{n}"),
-        events: vec![event],
-    }
+    fixture::batch(
+        "metrics-test",
+        &format!("b{n}"),
+        vec![fixture::event(
+            EntityKind::Node,
+            "Person",
+            &n.to_string(),
+            Operation::Created,
+        )],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

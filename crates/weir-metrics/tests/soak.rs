@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use weir_events::{ChangeBatch, ChangeEvent, EVENT_FORMAT_VERSION, EntityKind, Operation};
+use weir_events::fixture::{self, EventFixture};
+use weir_events::{ChangeBatch, EntityKind, Operation};
 use weir_memwatch::{LeakConfig, LeakVerdict, MemoryAlert, MemoryWatcher, WatcherConfig};
 use weir_stream::{
     CancellationToken, Decoded, DecodedRecord, MapError, NullSink, Pipeline, PipelineConfig,
@@ -32,30 +33,19 @@ fn map_row(rec: &DecodedRecord<'_>) -> Result<u64, MapError> {
 
 fn batch(n: u64) -> ChangeBatch {
     let events = (0..20)
-        .map(|i| ChangeEvent {
-            version: EVENT_FORMAT_VERSION,
-            seq: 0,
-            index: i,
-            kind: EntityKind::Node,
-            label: "Person".into(),
-            key: format!("{n}-{i}"),
-            operation: Operation::Created,
-            properties: Default::default(),
-            start: None,
-            end: None,
-            job_id: "soak".into(),
-            batch_id: format!("b{n}"),
-            source: Default::default(),
-            committed_at_ms: 0,
+        .map(|i| {
+            fixture::event(
+                EntityKind::Node,
+                "Person",
+                &format!("{n}-{i}"),
+                Operation::Created,
+            )
+            .with_seq(0, i)
         })
         .collect();
-    ChangeBatch {
-        version: EVENT_FORMAT_VERSION,
-        seq: n,
-        job_id: "soak".into(),
-        batch_id: format!("b{n}"),
-        events,
-    }
+    let mut b = fixture::batch("soak", &format!("b{n}"), events);
+    b.seq = n;
+    b
 }
 
 async fn ingest_once(rows: usize) {
