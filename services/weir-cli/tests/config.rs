@@ -122,8 +122,14 @@ fn ping_and_publish_use_the_files_graph_and_nats_addresses_masked() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{cmd}: {text}");
-        assert!(text.contains(&format!("127.0.0.1:{graph_port}")), "{cmd}: {text}");
-        assert!(text.contains(&format!("127.0.0.1:{nats_port}")), "{cmd}: {text}");
+        assert!(
+            text.contains(&format!("127.0.0.1:{graph_port}")),
+            "{cmd}: {text}"
+        );
+        assert!(
+            text.contains(&format!("127.0.0.1:{nats_port}")),
+            "{cmd}: {text}"
+        );
         assert!(!text.contains("bus-secret-42"), "{cmd}: {text}");
     }
     let out = weir(dir.path())
