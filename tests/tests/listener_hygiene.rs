@@ -56,18 +56,11 @@ async fn serve(dir: &std::path::Path, extra: &str) -> (SocketAddr, ChildProcess)
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
+    weir_memwatch::procfs::open_fds(pid).expect("the server's /proc/<pid>/fd")
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    weir_memwatch::procfs::rss_bytes(pid).expect("the server's RSS") / 1024
 }
 
 /// Whether the server has closed `s` (a read sees end of file or a reset).

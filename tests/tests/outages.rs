@@ -162,21 +162,10 @@ async fn counts(graph: &TestGraph) -> Counts {
     }
 }
 
-/// Whether the process `pid` runs (exists and is not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 fn assert_alive(children: &[&ChildProcess], when: &str) {
     for c in children {
         assert!(
-            alive(c.id()),
+            weir_memwatch::procfs::is_running(c.id()),
             "pid {} exited {when}; its stderr:\n{}",
             c.id(),
             c.stderr()

@@ -7,6 +7,8 @@
 //! | [`rss_bytes`] | `/proc/<pid>/statm` (resident pages × page size) |
 //! | [`peak_rss_bytes`] | `VmHWM` of `/proc/<pid>/status` |
 //! | [`cpu_time`] | `utime` + `stime` of `/proc/<pid>/stat` |
+//! | [`is_running`] | the state of `/proc/<pid>/stat` (exists and is not a zombie) |
+//! | [`open_fds`] | the entries of `/proc/<pid>/fd` |
 //! | [`cgroup_v2_path`] | the `0::` line of `/proc/<pid>/cgroup` |
 //! | [`load_average`] | `/proc/loadavg` |
 //! | [`machine`] | `/proc/cpuinfo`, `/proc/meminfo`, `/proc/sys/kernel/osrelease` |
@@ -66,6 +68,25 @@ pub fn cpu_time(process: impl Into<Process>) -> Option<Duration> {
     let ticks = stat_cpu_ticks(&process.into().read("stat")?)?;
     let per_second = rustix::param::clock_ticks_per_second().max(1);
     Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// Whether `process` exists and has not exited: an exited child stays a zombie (state `Z`)
+/// until its parent reaps it, and counts as not running.
+pub fn is_running(process: impl Into<Process>) -> bool {
+    process
+        .into()
+        .read("stat")
+        .and_then(|s| stat_state(&s))
+        .is_some_and(|state| state != 'Z')
+}
+
+/// How many file descriptors `process` has open (sockets included).
+pub fn open_fds(process: impl Into<Process>) -> Option<usize> {
+    let dir = match process.into() {
+        Process::Current => "/proc/self/fd".to_owned(),
+        Process::Pid(pid) => format!("/proc/{pid}/fd"),
+    };
+    Some(std::fs::read_dir(dir).ok()?.count())
 }
 
 /// The cgroup v2 path of `process` (relative to the cgroup mount, starting with `/`), when it
@@ -142,6 +163,15 @@ fn status_kib(text: &str, field: &str) -> Option<u64> {
 }
 
 /// `utime + stime` of a `stat` line, in clock ticks.
+fn stat_state(stat: &str) -> Option<char> {
+    // The state is the first field after the command name's closing ')'.
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces and ')'; the fields
     // after the last ')' are fixed: state is field 3, utime 14 and stime 15.
@@ -156,6 +186,29 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn running_and_exited_children_and_their_descriptors() {
+        assert!(is_running(Process::Current));
+        assert!(open_fds(Process::Current).is_some_and(|n| n >= 3));
+        assert_eq!(stat_state("42 (a) b) Z 1 2"), Some('Z'));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(is_running(pid));
+        child.kill().unwrap();
+        // Killed, not yet reaped: a zombie, not running.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_running(pid) {
+            assert!(Instant::now() < deadline, "{pid} still running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(!is_running(pid));
+        assert_eq!(open_fds(pid), None);
+    }
 
     #[test]
     fn parsers_read_the_documented_fields() {

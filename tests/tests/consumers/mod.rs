@@ -357,14 +357,7 @@ impl Rig {
 
 /// Whether the child has exited (it stays a zombie until its handle reaps it).
 pub fn exited(child: &ChildProcess) -> bool {
-    let pid = child.id();
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name in parentheses.
-        Ok(s) => s
-            .rsplit_once(')')
-            .is_none_or(|(_, rest)| rest.split_whitespace().next() == Some("Z")),
-        Err(_) => true,
-    }
+    !weir_memwatch::procfs::is_running(child.id())
 }
 
 /// Sends `signal` (`KILL`, `TERM`) to the child; its handle keeps the collected stderr.

@@ -317,7 +317,9 @@ async fn main() -> anyhow::Result<()> {
         ]);
     }
     let (nodes, rels) = expected.unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = weir_memwatch::procfs::load_average()
+        .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+        .unwrap_or_default();
     let body = format!(
         "{} people ({nodes} nodes, {rels} relationships per run), {} runs per variant, medians; \
          measured {} on {}; load average at the end: {}\n\n{}",
@@ -325,10 +327,7 @@ async fn main() -> anyhow::Result<()> {
         cli.runs,
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         s.graph.uri,
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
+        load,
         table.to_markdown()
     );
     println!("{body}");
