@@ -13,6 +13,8 @@
 //! - [`health`]: `/health` and `/ready` that reflect the graph pool and the bus.
 //! - [`admin`]: the admin listener (`/metrics`, `/api/memory/*`) of weir-metrics.
 //! - [`BusReplay`]: the gateway's `graphChanges(since:)` catch-up, read from the bus.
+//! - [`pipeline`]: the one way a graph-writing pipeline is put together, for every kind of
+//!   job (file and stream jobs, `weir ingest`, `weir consume`).
 
 pub mod admin;
 pub mod app;
@@ -25,6 +27,7 @@ pub mod gateway;
 pub mod health;
 pub mod health_check;
 pub mod jobs;
+pub mod pipeline;
 mod publisher;
 mod replay;
 pub mod settings;

@@ -133,7 +133,8 @@ pub struct AdminConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     /// The process's memory limit: ingest intake pauses above 80 % of it and resumes below
-    /// 70 %, and the memory gauges report against it. Default: the cgroup limit, if any. Env
+    /// 70 %, each job's pipeline buffers (and a stream job's pulls) are sized to fit it, and
+    /// the memory gauges report against it. Default: the cgroup limit, if any. Env
     /// `WEIR_MEMORY_LIMIT`, flag `--memory-limit` (`64MiB`, `1GiB` or bytes).
     pub limit: Option<ByteSize>,
     /// How often the `memory` log line is written (target `weir::memory`); `0s` turns it off.

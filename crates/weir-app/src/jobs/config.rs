@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use weir_stream::Format;
 
 use crate::ServiceError;
+use crate::pipeline::JobTuning;
 
 /// Job limits and where job files go.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -136,6 +138,22 @@ pub enum DeliverPolicy {
 }
 
 impl JobsConfig {
+    /// The tuning of job `job_id` reading `format`: `batch_size`, `concurrency`,
+    /// `adaptive_concurrency`, `max_dead_letters` as its error budget,
+    /// `max_decompressed_bytes`, `retry_for` and the process's memory limit.
+    pub fn tuning(&self, job_id: &str, format: Format) -> JobTuning {
+        JobTuning {
+            batch_size: self.batch_size,
+            concurrency: self.concurrency,
+            adaptive_concurrency: self.adaptive_concurrency,
+            max_errors: Some(self.max_dead_letters),
+            max_decompressed_bytes: Some(self.max_decompressed_bytes),
+            retry_for: self.retry_for,
+            memory_limit: self.memory_limit,
+            ..JobTuning::new(job_id, format)
+        }
+    }
+
     /// Checks the limits, naming the first wrong field.
     pub fn validate(&self) -> Result<(), ServiceError> {
         let bad = |field: &'static str, reason: &str| {
@@ -233,6 +251,25 @@ impl Default for JobsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_tuning_comes_from_these_settings() {
+        let c = JobsConfig {
+            batch_size: 10,
+            concurrency: 3,
+            adaptive_concurrency: false,
+            memory_limit: Some(48 << 20),
+            ..JobsConfig::default()
+        };
+        let cfg = c.tuning("j", Format::JsonLines).pipeline_config();
+        assert_eq!((cfg.batch_records, cfg.min_batch_records), (10, 10));
+        assert_eq!((cfg.concurrency, cfg.adaptive_concurrency), (3, false));
+        assert_eq!(cfg.max_errors, Some(c.max_dead_letters));
+        assert_eq!(cfg.max_decompressed_bytes, Some(c.max_decompressed_bytes));
+        assert_eq!(cfg.retry_budget, Some(c.retry_for));
+        // The process's memory limit sizes the buffers, as it does for `weir ingest`.
+        assert!(cfg.memory_bound_bytes() <= (48 << 20) * 2 / 5);
+    }
 
     #[test]
     fn defaults_are_valid_and_zero_jobs_is_refused_by_name() {

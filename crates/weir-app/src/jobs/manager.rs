@@ -13,17 +13,17 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_events::{JobState, ProgressEvent};
-use weir_graph::{GraphMapper, GraphSink, GraphWriter, Mapping, WriterConfig};
+use weir_graph::Mapping;
 use weir_metrics::StreamMetrics;
 use weir_pool::Pool;
 use weir_sources::ConsumerMetrics;
 use weir_stream::{
-    CheckpointFile, FileSource, Format, JsonlDeadLetters, Pipeline, PipelineConfig, ProcessGauge,
-    RunOutcome, StreamError,
+    CheckpointFile, DeadLetterSink, FileSource, Format, JsonlDeadLetters, RunOutcome, StreamError,
 };
 
 use crate::jobs::IngestdError;
 use crate::jobs::config::{DeliverPolicy, JobsConfig};
+use crate::pipeline::JobPipeline;
 
 /// Input format of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -534,51 +534,20 @@ impl JobManager {
         checkpoint: PathBuf,
     ) -> Result<(), IngestdError> {
         let inner = &self.inner;
-        let c = &inner.config;
-        let cfg = PipelineConfig {
-            job_id: id.to_owned(),
-            format,
-            batch_records: c.batch_size,
-            min_batch_records: PipelineConfig::default()
-                .min_batch_records
-                .min(c.batch_size),
-            concurrency: c.concurrency,
-            adaptive_concurrency: c.adaptive_concurrency,
-            max_errors: Some(c.max_dead_letters),
-            max_decompressed_bytes: Some(c.max_decompressed_bytes),
-            retry_budget: Some(c.retry_for),
-            ..PipelineConfig::default()
-        };
-        let ckpt = CheckpointFile::new(&checkpoint);
-        let resume = ckpt
+        let publisher = inner.publisher.for_job();
+        let job = JobPipeline::new(inner.config.tuning(id, format), mapping)
+            .publisher(Arc::new(publisher.clone()))
+            .checkpoint(CheckpointFile::new(&checkpoint));
+        let resume = CheckpointFile::new(&checkpoint)
             .load()
             .map_err(|e| IngestdError::Internal(e.to_string()))?;
-        let source = FileSource::open(std::slice::from_ref(&path), &cfg, resume.as_ref())
+        let source = FileSource::open(std::slice::from_ref(&path), job.config(), resume.as_ref())
             .map_err(|e| IngestdError::InputNotFound(e.to_string()))?;
-        let publisher = inner.publisher.for_job();
-        let writer = Arc::new(GraphWriter::new(
-            inner.pool.clone(),
-            mapping.clone(),
-            Arc::new(publisher.clone()),
-            WriterConfig::for_pipeline(id),
-        ));
-        writer
-            .ensure_schema()
+        let (pipeline, follower) = job
+            .dead_letters(self.dead_letters(entry)?)
+            .build(&inner.pool, &inner.metrics)
             .await
-            .map_err(|e| IngestdError::Internal(format!("creating key constraints: {e}")))?;
-        let dead = JsonlDeadLetters::open(c.job_dir.join(format!("{id}.dead-letters.jsonl")))
-            .map_err(|e| IngestdError::Internal(format!("dead-letter file: {e}")))?
-            .with_max_bytes(c.max_dead_letter_bytes);
-        let pipeline = Pipeline::new(
-            cfg,
-            GraphMapper::new(mapping),
-            GraphSink::new(writer, id.to_owned()),
-        )
-        .with_gauge(Arc::new(ProcessGauge::new(c.memory_limit)))
-        .with_dead_letters(Arc::new(dead))
-        .with_checkpoint(ckpt)
-        .map_err(|e| IngestdError::Internal(e.to_string()))?;
-        let (pipeline, follower) = inner.metrics.attach(pipeline);
+            .map_err(|e| IngestdError::Internal(e.to_string()))?;
         let forward = self.forward_progress(entry, &publisher, pipeline.subscribe());
         entry.status.lock().state = JobState::Running;
         tracing::info!(job = %id, input = %path.display(), "job started");
@@ -611,6 +580,19 @@ impl JobManager {
             let _ = std::fs::remove_file(&checkpoint);
         }
         Ok(())
+    }
+
+    /// A job's dead-letter file (its status's `dead_letters`, appended), capped by
+    /// `jobs.max_dead_letter_bytes`.
+    pub(super) fn dead_letters(
+        &self,
+        entry: &Entry,
+    ) -> Result<Arc<dyn DeadLetterSink>, IngestdError> {
+        let path = entry.status.lock().dead_letters.clone();
+        let dead = JsonlDeadLetters::open(path)
+            .map_err(|e| IngestdError::Internal(format!("dead-letter file: {e}")))?
+            .with_max_bytes(self.inner.config.max_dead_letter_bytes);
+        Ok(Arc::new(dead))
     }
 
     /// Copies a running job's progress into its status and onto the bus (`ingestProgress`).

@@ -16,18 +16,17 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use weir_config::Backoff;
 use weir_events::JobState;
-use weir_graph::{GraphMapper, GraphSink, GraphWriter, Mapping, WriterConfig};
+use weir_graph::Mapping;
 use weir_metrics::{Encoder, MetricSource};
 use weir_sources::{DeliverFrom, JetStreamSource, JetStreamSourceConfig};
-use weir_stream::{
-    Format, JsonlDeadLetters, Pipeline, PipelineConfig, ProcessGauge, RunOutcome, StreamError,
-};
+use weir_stream::{Format, RunOutcome, StreamError};
 
 use crate::jobs::IngestdError;
 use crate::jobs::config::{DeliverPolicy, StreamJobConfig};
 use crate::jobs::manager::{
     ConsumerStatus, Entry, JobKind, JobManager, JobStatus, StreamInput, valid_id,
 };
+use crate::pipeline::{JobPipeline, JobTuning};
 
 impl From<DeliverPolicy> for DeliverFrom {
     fn from(d: DeliverPolicy) -> Self {
@@ -216,8 +215,9 @@ impl JobManager {
         })
     }
 
+    /// The consumer of `input` (pulls are sized by the job's tuning when it runs:
+    /// [`JobPipeline::stream_source`]).
     fn source_config(&self, input: &StreamInput) -> JetStreamSourceConfig {
-        let c = &self.inner.config;
         JetStreamSourceConfig {
             url: input
                 .url
@@ -229,7 +229,6 @@ impl JobManager {
             deliver: input.deliver.into(),
             ack_wait: input.ack_wait,
             max_ack_pending: input.max_ack_pending,
-            fetch_messages: c.batch_size,
             ..JetStreamSourceConfig::default()
         }
     }
@@ -242,26 +241,15 @@ impl JobManager {
         mapping: Arc<Mapping>,
     ) -> Result<(), IngestdError> {
         let inner = &self.inner;
-        let c = &inner.config;
-        let cfg = PipelineConfig {
-            job_id: id.to_owned(),
-            format: Format::JsonLines,
-            batch_records: c.batch_size,
-            min_batch_records: PipelineConfig::default()
-                .min_batch_records
-                .min(c.batch_size),
-            concurrency: c.concurrency,
-            adaptive_concurrency: c.adaptive_concurrency,
+        let publisher = inner.publisher.for_job();
+        let tuning = JobTuning {
             // An unbounded input has no error budget by count; the dead-letter file's cap
             // bounds the disk.
             max_errors: None,
-            retry_budget: Some(c.retry_for),
-            ..PipelineConfig::default()
+            ..inner.config.tuning(id, Format::JsonLines)
         };
-        let source_cfg = JetStreamSourceConfig {
-            max_record_bytes: cfg.max_record_bytes,
-            ..source_cfg
-        };
+        let job = JobPipeline::new(tuning, mapping).publisher(Arc::new(publisher.clone()));
+        let source_cfg = job.stream_source(source_cfg);
         // Pulling stops when the job is stopped, or when its pipeline ended by itself.
         let pull_stop = entry.cancel.child_token();
         let backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(10))
@@ -286,23 +274,17 @@ impl JobManager {
         };
         entry.status.lock().error = None;
         *entry.consumer.lock() = Some(consumer);
-        let publisher = inner.publisher.for_job();
-        let writer = Arc::new(GraphWriter::new(
-            inner.pool.clone(),
-            mapping.clone(),
-            Arc::new(publisher.clone()),
-            WriterConfig::for_pipeline(id),
-        ));
-        let dead_path = entry.status.lock().dead_letters.clone();
-        let dead = JsonlDeadLetters::open(dead_path)
-            .map_err(|e| IngestdError::Internal(format!("dead-letter file: {e}")));
-        let schema = writer
-            .ensure_schema()
-            .await
-            .map_err(|e| IngestdError::Internal(format!("creating key constraints: {e}")));
-        let dead = match (dead, schema) {
-            (Ok(d), Ok(_)) => d.with_max_bytes(c.max_dead_letter_bytes),
-            (Err(e), _) | (_, Err(e)) => {
+        let built = match self.dead_letters(entry) {
+            Ok(dead) => job
+                .dead_letters(dead)
+                .build(&inner.pool, &inner.metrics)
+                .await
+                .map_err(|e| IngestdError::Internal(e.to_string())),
+            Err(e) => Err(e),
+        };
+        let (pipeline, follower) = match built {
+            Ok(built) => built,
+            Err(e) => {
                 pull_stop.cancel();
                 drop(commits);
                 acks.finish().await;
@@ -310,16 +292,7 @@ impl JobManager {
                 return Err(e);
             }
         };
-        let dead = Arc::new(dead);
-        let pipeline = Pipeline::new(
-            cfg,
-            GraphMapper::new(mapping),
-            GraphSink::new(writer, id.to_owned()),
-        )
-        .with_gauge(Arc::new(ProcessGauge::new(c.memory_limit)))
-        .with_dead_letters(dead.clone())
-        .with_commit_watch(commits);
-        let (pipeline, follower) = inner.metrics.attach(pipeline);
+        let pipeline = pipeline.with_commit_watch(commits);
         let forward = self.forward_progress(entry, &publisher, pipeline.subscribe());
         entry.status.lock().state = JobState::Running;
         tracing::info!(job = %id, stream = %source_cfg.stream, consumer = %source_cfg.consumer, "stream job started");

@@ -9,20 +9,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use weir_graph::{
-    ChangePublisher, GraphMapper, GraphSink, GraphWriter, NoopPublisher, WriterConfig,
-};
+use weir_app::pipeline::{JobPipeline, JobTuning};
 use weir_metrics::StreamMetrics;
 use weir_sources::{DeliverFrom, JetStreamSource, JetStreamSourceConfig};
-use weir_stream::{
-    CancellationToken, DeadLetterSink, Format, JsonlDeadLetters, Pipeline, PipelineConfig,
-    ProcessGauge, RunOutcome, RunSummary, StreamError,
-};
+use weir_stream::{CancellationToken, Format, RunOutcome, RunSummary, StreamError};
 
 use super::EXIT_FATAL;
 use super::ingest::{
-    BusArg, EventsArg, ProgressMode, SettingsArgs, StderrDeadLetters, connect_bus, fit_to_limit,
-    parse_size, spawn_metrics, spawn_progress, start_run, write_pool,
+    BusArg, EventsArg, ProgressMode, SettingsArgs, connect_bus, dead_letter_sink, parse_size,
+    spawn_metrics, spawn_progress, start_run, write_pool,
 };
 
 /// `--deliver`.
@@ -180,16 +175,6 @@ fn spawn_idle_exit(
     });
 }
 
-/// Bytes per pull under a memory limit: a sixteenth of it, never more than `default` and never
-/// less than a NATS message can be (1 MiB payload and its headers), or the pull could never
-/// return the next message.
-fn fetch_bytes_for_limit(limit: u64, default: usize) -> usize {
-    const MIN: usize = (1 << 20) + (64 << 10);
-    usize::try_from(limit / 16)
-        .unwrap_or(usize::MAX)
-        .clamp(MIN, default.max(MIN))
-}
-
 /// The time from the first record read to the last commit, measured from the progress feed;
 /// the task ends with the pipeline.
 fn spawn_busy_clock(
@@ -261,21 +246,15 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         return Ok(0);
     };
     let memory_limit = settings.memory_limit();
-    let mut cfg = PipelineConfig {
-        job_id: args.job_id.clone(),
-        format: Format::JsonLines,
-        batch_records: args.batch_size,
-        min_batch_records: PipelineConfig::default()
-            .min_batch_records
-            .min(args.batch_size),
+    let tuning = JobTuning {
+        batch_size: args.batch_size,
         linger: args.linger,
         concurrency: args.concurrency,
-        retry_budget: Some(args.retry_for),
-        ..PipelineConfig::default()
+        retry_for: args.retry_for,
+        memory_limit,
+        ..JobTuning::new(args.job_id.clone(), Format::JsonLines)
     };
-    if let Some(limit) = memory_limit {
-        fit_to_limit(&mut cfg, limit);
-    }
+    let mut job = JobPipeline::new(tuning, mapping);
     // The stream's NATS: the flag, else the settings' (`bus.url`, `NATS_URL`).
     let nats_url = args
         .nats_url
@@ -284,7 +263,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
             weir_bus::BusConfig::Nats(n) => n.url.clone(),
             weir_bus::BusConfig::InProcess(_) => "nats://127.0.0.1:4222".into(),
         });
-    let source_cfg = JetStreamSourceConfig {
+    let source_cfg = job.stream_source(JetStreamSourceConfig {
         url: nats_url,
         stream: args.stream.clone(),
         subject: args.subject.clone(),
@@ -296,21 +275,15 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         },
         ack_wait: args.ack_wait,
         max_ack_pending: args.max_ack_pending,
-        fetch_messages: args.batch_size,
-        max_record_bytes: cfg.max_record_bytes,
         ..JetStreamSourceConfig::default()
-    };
-    let mut source_cfg = source_cfg;
-    if let Some(limit) = memory_limit {
-        source_cfg.fetch_max_bytes = fetch_bytes_for_limit(limit, source_cfg.fetch_max_bytes);
-    }
+    });
     source_cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let pool = write_pool(&settings, args.retry_for).await?;
 
     let stop = CancellationToken::new();
     weir_app::cancel_on_signal(stop.clone());
-    let publisher = match connect_bus(
+    if let Some(p) = connect_bus(
         &settings,
         args.bus,
         args.events,
@@ -319,19 +292,12 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     )
     .await?
     {
-        Some(p) => Arc::new(p) as Arc<dyn ChangePublisher>,
-        None => Arc::new(NoopPublisher) as Arc<dyn ChangePublisher>,
-    };
-    let writer = Arc::new(GraphWriter::new(
-        pool.clone(),
-        mapping.clone(),
-        publisher,
-        WriterConfig::for_pipeline(args.job_id.clone()),
-    ));
-    writer
-        .ensure_schema()
-        .await
-        .context("creating key constraints")?;
+        job = job.publisher(Arc::new(p));
+    }
+    let dead = dead_letter_sink(args.dead_letter.as_deref())?;
+    let stream = StreamMetrics::new();
+    // The key constraints exist before the first message is pulled.
+    let (pipeline, follower) = job.dead_letters(dead.clone()).build(&pool, &stream).await?;
 
     let (source, commits, acks, consumer_metrics) =
         JetStreamSource::start(&source_cfg, stop.clone())
@@ -343,14 +309,6 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
             args.stream, args.subject, args.consumer
         );
     }
-    let dead: Arc<dyn DeadLetterSink> = match &args.dead_letter {
-        Some(p) => Arc::new(
-            JsonlDeadLetters::open(p)
-                .with_context(|| format!("opening dead-letter file {}", p.display()))?,
-        ),
-        None => Arc::new(StderrDeadLetters::new()),
-    };
-    let stream = StreamMetrics::new();
     let metrics_stop = CancellationToken::new();
     let status = pool.clone();
     let metrics_task = spawn_metrics(
@@ -369,15 +327,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         &metrics_stop,
     )
     .await?;
-    let pipeline = Pipeline::new(
-        cfg,
-        GraphMapper::new(mapping),
-        GraphSink::new(writer, args.job_id.clone()),
-    )
-    .with_gauge(Arc::new(ProcessGauge::new(memory_limit)))
-    .with_dead_letters(dead.clone())
-    .with_commit_watch(commits);
-    let (pipeline, follower) = stream.attach(pipeline);
+    let pipeline = pipeline.with_commit_watch(commits);
     let progress = spawn_progress(
         if args.quiet {
             ProgressMode::None
@@ -425,21 +375,5 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
             Ok(EXIT_FATAL)
         }
         Err(e) => Err(e).context("consume"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fetch_bytes_for_limit;
-
-    #[test]
-    fn pulls_shrink_with_the_memory_limit_but_still_fit_one_message() {
-        let default = 4 << 20;
-        assert_eq!(fetch_bytes_for_limit(1 << 30, default), default);
-        assert_eq!(fetch_bytes_for_limit(40 << 20, default), (40 << 20) / 16);
-        assert_eq!(
-            fetch_bytes_for_limit(8 << 20, default),
-            (1 << 20) + (64 << 10)
-        );
     }
 }

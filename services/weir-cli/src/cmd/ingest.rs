@@ -10,20 +10,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use weir_app::admin::Sources;
+use weir_app::pipeline::{JobPipeline, JobTuning};
 use weir_app::settings::AdminConfig;
 use weir_app::settings::{Role, Settings, config_path};
 use weir_app::{BusPublisher, BusSlot, EventsConfig, EventsPolicy};
 use weir_config::{START_HINT, Secret};
 use weir_events::{PressureState, ProgressEvent};
-use weir_graph::{
-    ChangePublisher, GraphMapper, GraphSink, GraphWriter, Mapping, NoopPublisher, WriterConfig,
-};
+use weir_graph::Mapping;
 use weir_metrics::StreamMetrics;
 use weir_pool::Pool;
 use weir_stream::{
     CancellationToken, CheckpointFile, DeadLetter, DeadLetterSink, FileSource, Format,
-    JsonlDeadLetters, NullSink, Pipeline, PipelineConfig, ProcessGauge, RunOutcome, RunSummary,
-    StreamError,
+    JsonlDeadLetters, Mapper, Pipeline, RunOutcome, RunSummary, Sink, StreamError,
 };
 
 use super::{EXIT_CANCELLED, EXIT_DEAD_LETTERS, EXIT_FATAL};
@@ -212,27 +210,6 @@ fn detect_format(args: &IngestArgs, mapping: &Mapping) -> Format {
     }
 }
 
-/// Shrinks the pipeline's buffers until their bound fits in 40 % of `limit` (the rest is the
-/// runtime, the allocator, the pool and the graph driver), down to a floor set by
-/// `max_record_bytes` (1 MiB) and `--concurrency`.
-pub(crate) fn fit_to_limit(cfg: &mut PipelineConfig, limit: u64) {
-    let budget = (limit as f64 * 0.4) as usize;
-    while cfg.memory_bound_bytes() > budget {
-        if cfg.batch_bytes > 64 << 10 {
-            cfg.batch_bytes /= 2;
-            cfg.batch_queue_bytes = (cfg.batch_queue_bytes / 2).max(cfg.batch_bytes);
-        } else if cfg.chunk_queue > 2 || cfg.batch_queue > 1 {
-            cfg.chunk_queue = (cfg.chunk_queue / 2).max(2);
-            cfg.batch_queue = (cfg.batch_queue / 2).max(1);
-        } else if cfg.chunk_records > 128 || cfg.read_chunk_bytes > 16 << 10 {
-            cfg.chunk_records = (cfg.chunk_records / 2).max(128);
-            cfg.read_chunk_bytes = (cfg.read_chunk_bytes / 2).max(16 << 10);
-        } else {
-            break;
-        }
-    }
-}
-
 /// Dead letters printed to stderr (the first 20 in full, then a count at the end).
 pub(crate) struct StderrDeadLetters {
     shown: std::sync::atomic::AtomicU64,
@@ -268,6 +245,17 @@ impl DeadLetterSink for StderrDeadLetters {
     fn flush(&self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// `--dead-letter FILE` (appended), else stderr.
+pub(crate) fn dead_letter_sink(path: Option<&Path>) -> anyhow::Result<Arc<dyn DeadLetterSink>> {
+    Ok(match path {
+        Some(p) => Arc::new(
+            JsonlDeadLetters::open(p)
+                .with_context(|| format!("opening dead-letter file {}", p.display()))?,
+        ),
+        None => Arc::new(StderrDeadLetters::new()),
+    })
 }
 
 pub(crate) fn human_bytes(b: u64) -> String {
@@ -612,6 +600,21 @@ pub(crate) fn start_run(
     Ok(Some((settings, Arc::new(mapping))))
 }
 
+/// Runs `pipeline` over `source` with the progress display, then waits until the display and
+/// the metrics' `follower` have taken its last progress event.
+async fn run_shown<M: Mapper, S: Sink<Item = M::Item>>(
+    (pipeline, follower): (Pipeline<M, S>, tokio::task::JoinHandle<()>),
+    source: FileSource,
+    cancel: CancellationToken,
+    mode: ProgressMode,
+) -> Result<RunSummary, StreamError> {
+    let progress = spawn_progress(mode, pipeline.subscribe());
+    let result = pipeline.run(source, cancel).await;
+    let _ = progress.await;
+    let _ = follower.await;
+    result
+}
+
 /// Runs `weir ingest`; see the exit codes in `--help`.
 pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     let Some((settings, mapping)) = start_run(
@@ -627,22 +630,16 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
         return Ok(0);
     };
     let memory_limit = settings.memory_limit();
-    let mut cfg = PipelineConfig {
-        job_id: args.job_id.clone(),
-        format: detect_format(&args, &mapping),
-        batch_records: args.batch_size,
-        min_batch_records: PipelineConfig::default()
-            .min_batch_records
-            .min(args.batch_size),
+    let tuning = JobTuning {
+        batch_size: args.batch_size,
         concurrency: args.concurrency,
         adaptive_concurrency: !args.fixed_concurrency,
         max_errors: args.max_errors,
-        retry_budget: Some(args.retry_for),
-        ..PipelineConfig::default()
+        retry_for: args.retry_for,
+        memory_limit,
+        ..JobTuning::new(args.job_id.clone(), detect_format(&args, &mapping))
     };
-    if let Some(limit) = memory_limit {
-        fit_to_limit(&mut cfg, limit);
-    }
+    let job = JobPipeline::new(tuning, mapping);
 
     // Checkpoint: fresh runs start over; --resume continues after the stored position.
     let single_file =
@@ -680,17 +677,10 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    let source =
-        FileSource::open(&args.inputs, &cfg, resume_from.as_ref()).context("opening the input")?;
-
-    let dead: Arc<dyn DeadLetterSink> = match &args.dead_letter {
-        Some(p) => Arc::new(
-            JsonlDeadLetters::open(p)
-                .with_context(|| format!("opening dead-letter file {}", p.display()))?,
-        ),
-        None => Arc::new(StderrDeadLetters::new()),
-    };
-    let gauge = Arc::new(ProcessGauge::new(memory_limit));
+    let source = FileSource::open(&args.inputs, job.config(), resume_from.as_ref())
+        .context("opening the input")?;
+    let dead = dead_letter_sink(args.dead_letter.as_deref())?;
+    let mut job = job.dead_letters(dead.clone());
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -704,91 +694,58 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
             }
         });
     }
-    let mapper = GraphMapper::new(mapping.clone());
     let progress_mode = if args.quiet {
         ProgressMode::None
     } else {
         args.progress
     };
 
-    let mut unpublished: Option<BusPublisher> = None;
-    let stream = StreamMetrics::new();
-    let metrics_stop = CancellationToken::new();
-    let metrics_task;
-    let (result, pool) = if args.dry_run {
-        metrics_task = spawn_metrics(
-            "weir ingest",
-            args.metrics_bind,
-            memory_limit,
-            args.quiet,
-            vec![("stream", Arc::new(stream.clone()) as _)],
-            &metrics_stop,
-        )
-        .await?;
-        let pipeline = Pipeline::new(cfg, mapper, NullSink::new())
-            .with_gauge(gauge)
-            .with_dead_letters(dead.clone());
-        let (pipeline, follower) = stream.attach(pipeline);
-        let progress = spawn_progress(progress_mode, pipeline.subscribe());
-        let r = pipeline.run(source, cancel).await;
-        let _ = progress.await;
-        let _ = follower.await;
-        (r, None)
+    // A dry run connects to nothing; a real one to the graph server and, with --bus, the bus.
+    let (pool, bus) = if args.dry_run {
+        (None, None)
     } else {
         let pool = write_pool(&settings, Duration::from_secs(15)).await?;
-        let (publisher, bus_publisher) = match connect_bus(
+        let bus = connect_bus(
             &settings,
             args.bus,
             args.events,
             args.events_max_wait,
             cancel.clone(),
         )
-        .await?
-        {
-            Some(p) => (Arc::new(p.clone()) as Arc<dyn ChangePublisher>, Some(p)),
-            None => (Arc::new(NoopPublisher) as Arc<dyn ChangePublisher>, None),
-        };
-        unpublished = bus_publisher;
-        let status = pool.clone();
-        metrics_task = spawn_metrics(
-            "weir ingest",
-            args.metrics_bind,
-            memory_limit,
-            args.quiet,
-            vec![
-                ("stream", Arc::new(stream.clone()) as _),
-                (
-                    "pool",
-                    Arc::new(weir_metrics::pool_source("write", move || status.status())) as _,
-                ),
-            ],
-            &metrics_stop,
-        )
         .await?;
-        let writer = Arc::new(GraphWriter::new(
-            pool.clone(),
-            mapping.clone(),
-            publisher,
-            WriterConfig::for_pipeline(args.job_id.clone()),
+        (Some(pool), bus)
+    };
+    let stream = StreamMetrics::new();
+    let mut sources: Sources = vec![("stream", Arc::new(stream.clone()) as _)];
+    if let Some(pool) = &pool {
+        let status = pool.clone();
+        sources.push((
+            "pool",
+            Arc::new(weir_metrics::pool_source("write", move || status.status())) as _,
         ));
-        writer
-            .ensure_schema()
-            .await
-            .context("creating key constraints")?;
-        let mut pipeline = Pipeline::new(cfg, mapper, GraphSink::new(writer, args.job_id.clone()))
-            .with_gauge(gauge)
-            .with_dead_letters(dead.clone());
-        if let Some(p) = &ckpt_path {
-            pipeline = pipeline
-                .with_checkpoint(CheckpointFile::new(p))
-                .context("checkpoint")?;
+    }
+    let metrics_stop = CancellationToken::new();
+    let metrics_task = spawn_metrics(
+        "weir ingest",
+        args.metrics_bind,
+        memory_limit,
+        args.quiet,
+        sources,
+        &metrics_stop,
+    )
+    .await?;
+    let result = match &pool {
+        None => run_shown(job.dry_run(&stream)?, source, cancel, progress_mode).await,
+        Some(pool) => {
+            if let Some(p) = &bus {
+                job = job.publisher(Arc::new(p.clone()));
+            }
+            if let Some(p) = &ckpt_path {
+                job = job.checkpoint(CheckpointFile::new(p));
+            }
+            let pipeline = job.build(pool, &stream).await?;
+            run_shown(pipeline, source, cancel, progress_mode).await
         }
-        let (pipeline, follower) = stream.attach(pipeline);
-        let progress = spawn_progress(progress_mode, pipeline.subscribe());
-        let r = pipeline.run(source, cancel).await;
-        let _ = progress.await;
-        let _ = follower.await;
-        (r, Some(pool))
     };
     metrics_stop.cancel();
     if let Some(t) = metrics_task {
@@ -798,7 +755,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     if let Some(pool) = pool {
         pool.close().await;
     }
-    let unpublished = unpublished.map_or(0, |p| p.unpublished());
+    let unpublished = bus.map_or(0, |p| p.unpublished());
     match result {
         Ok(summary) => {
             if !args.quiet {
@@ -827,31 +784,5 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
             Ok(EXIT_FATAL)
         }
         Err(e) => Err(e).context("ingest"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buffers_shrink_to_fit_a_small_limit() {
-        let default = PipelineConfig::default().memory_bound_bytes();
-        for limit in [48u64 << 20, 64 << 20] {
-            let mut cfg = PipelineConfig::default();
-            fit_to_limit(&mut cfg, limit);
-            let bound = cfg.memory_bound_bytes() as u64;
-            assert!(bound <= limit * 2 / 5, "{limit}: {bound}");
-            cfg.validate().unwrap();
-        }
-        // Below the floor it shrinks as far as it can and stays valid.
-        let mut cfg = PipelineConfig::default();
-        fit_to_limit(&mut cfg, 4 << 20);
-        assert!(cfg.memory_bound_bytes() < default);
-        cfg.validate().unwrap();
-        // A roomy limit changes nothing.
-        let mut cfg = PipelineConfig::default();
-        fit_to_limit(&mut cfg, 1 << 30);
-        assert_eq!(cfg, PipelineConfig::default());
     }
 }
