@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::{BusPublisher, BusSlot};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,15 +25,9 @@ use crate::jobs::IngestdError;
 use crate::jobs::config::{DeliverPolicy, JobsConfig};
 use crate::pipeline::JobPipeline;
 
-/// Input format of a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InputFormat {
-    /// CSV with a header row.
-    Csv,
-    /// JSON Lines.
-    Jsonl,
-}
+/// Input format of a job: `"csv"` or `"jsonl"` in the job API (`"jsonlines"` and `"ndjson"`
+/// are read as `"jsonl"`, as in mapping files).
+pub use weir_stream::InputFormat;
 
 /// Where a job's records come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,14 +213,6 @@ pub(super) fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-fn is_jsonl_name(p: &Path) -> bool {
-    let name = p.to_string_lossy().to_ascii_lowercase();
-    let name = name.strip_suffix(".gz").unwrap_or(&name);
-    [".jsonl", ".ndjson", ".json"]
-        .iter()
-        .any(|e| name.ends_with(e))
-}
-
 impl JobManager {
     /// A manager running jobs on `pool`, publishing to the bus in `bus` through `publisher`;
     /// every job's records, batches and backpressure go into `metrics` (the process's
@@ -370,21 +356,11 @@ impl JobManager {
         if !self.ready().await {
             return Err(IngestdError::NotReady);
         }
-        let jsonl = match spec.format {
-            Some(f) => f == InputFormat::Jsonl,
-            None => match mapping.input.format {
-                Some(f) => f == weir_graph::InputFormat::JsonLines,
-                None => is_jsonl_name(&path),
-            },
-        };
-        let format = if jsonl {
-            Format::JsonLines
-        } else {
-            Format::Csv {
-                delimiter: mapping.input.delimiter.unwrap_or(b','),
-                has_header: true,
-            }
-        };
+        let format = spec
+            .format
+            .or(mapping.input.format)
+            .unwrap_or_else(|| InputFormat::from_file_name(&path))
+            .decoder(mapping.input.delimiter.unwrap_or(b','));
         crate::jobs::private_dir(&inner.config.job_dir)
             .map_err(|e| IngestdError::Internal(format!("job dir: {e}")))?;
         let checkpoint = inner.config.job_dir.join(format!("{id}.checkpoint.json"));

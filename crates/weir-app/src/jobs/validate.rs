@@ -98,10 +98,7 @@ pub(crate) fn verdict(mapping: &str, label_prefix: &str) -> Value {
             })
         })
         .collect();
-    let format = m.input.format.map(|f| match f {
-        InputFormat::Csv => "csv",
-        InputFormat::JsonLines => "jsonl",
-    });
+    let format = m.input.format.map(InputFormat::as_str);
     json!({"valid": true, "nodes": nodes, "relationships": relationships, "format": format})
 }
 

@@ -62,21 +62,15 @@ pub use header::HeaderError;
 pub use key::canonical_key;
 pub use parse::MappingError;
 pub use record::{MappedRecord, NodeRow, Op, Record, RecordError, RelRow};
+/// Input format named in a mapping file's `[input] format` (`csv`, or `jsonl` / `jsonlines` /
+/// `ndjson`).
+pub use weir_stream::InputFormat;
 
 /// The mapping format version this crate reads.
 pub const MAPPING_VERSION: u32 = 1;
 
 /// The property that stores a record's version when `[input] version_property` is not given.
 pub const DEFAULT_VERSION_PROPERTY: &str = "_version";
-
-/// Input format named in a mapping file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InputFormat {
-    /// Comma (or other delimiter) separated values with a header line.
-    Csv,
-    /// One JSON object per line.
-    JsonLines,
-}
 
 /// Input hints from the mapping's `[input]` table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

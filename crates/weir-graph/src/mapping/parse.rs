@@ -184,17 +184,11 @@ fn compile_input(
 ) -> Result<(InputHints, Option<std::ops::Range<usize>>), MappingError> {
     let format = match i.format {
         None => None,
-        Some(f) => Some(match f.get_ref().as_str() {
-            "csv" => InputFormat::Csv,
-            "jsonl" | "jsonlines" | "ndjson" => InputFormat::JsonLines,
-            other => {
-                return Err(cx.err(
-                    f.span(),
-                    "input.format",
-                    format!("unknown format `{other}`; use `csv` or `jsonl`"),
-                ));
-            }
-        }),
+        Some(f) => Some(
+            f.get_ref()
+                .parse::<InputFormat>()
+                .map_err(|e| cx.err(f.span(), "input.format", e.to_string()))?,
+        ),
     };
     let delimiter = match i.delimiter {
         None => None,

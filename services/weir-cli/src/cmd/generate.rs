@@ -5,16 +5,8 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
-
-/// Output format of `weir generate`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum GenFormat {
-    /// CSV with a header row.
-    Csv,
-    /// JSON Lines.
-    Jsonl,
-}
+use clap::Args;
+use weir_stream::InputFormat;
 
 /// Arguments of `weir generate`.
 #[derive(Debug, Args)]
@@ -27,7 +19,7 @@ pub(crate) struct GenerateArgs {
     seed: u64,
     /// Output format.
     #[arg(long, value_enum, default_value = "csv")]
-    format: GenFormat,
+    format: InputFormat,
     /// Add a `note` column of this many filler bytes to every row (wide records, for memory
     /// and throughput tests; the example mapping ignores it).
     #[arg(long, default_value_t = 0)]
@@ -129,9 +121,9 @@ pub(crate) fn row(seed: u64, people: u64, i: u64) -> Row {
 const HEADER: &str =
     "person_id,name,email,age,born,score,active,tags,company_id,company,since,knows_id,knows_since";
 
-fn write_row(out: &mut impl Write, format: GenFormat, r: &Row, pad: &str) -> io::Result<()> {
+fn write_row(out: &mut impl Write, format: InputFormat, r: &Row, pad: &str) -> io::Result<()> {
     match format {
-        GenFormat::Csv if !pad.is_empty() => writeln!(
+        InputFormat::Csv if !pad.is_empty() => writeln!(
             out,
             "{},{},{},{},{},{:.2},{},{},{},{},{},{},{},{pad}",
             r.person_id,
@@ -148,7 +140,7 @@ fn write_row(out: &mut impl Write, format: GenFormat, r: &Row, pad: &str) -> io:
             r.knows_id,
             r.knows_since
         ),
-        GenFormat::Csv => writeln!(
+        InputFormat::Csv => writeln!(
             out,
             "{},{},{},{},{},{:.2},{},{},{},{},{},{},{}",
             r.person_id,
@@ -165,7 +157,7 @@ fn write_row(out: &mut impl Write, format: GenFormat, r: &Row, pad: &str) -> io:
             r.knows_id,
             r.knows_since
         ),
-        GenFormat::Jsonl => {
+        InputFormat::JsonLines => {
             let tags: Vec<&str> = r.tags.split(';').collect();
             let mut v = serde_json::json!({
                 "person_id": r.person_id, "name": r.name, "email": r.email, "age": r.age,
@@ -185,13 +177,13 @@ fn write_row(out: &mut impl Write, format: GenFormat, r: &Row, pad: &str) -> io:
 /// Writes the dataset to `out`, one row at a time (constant memory).
 pub(crate) fn write_dataset(
     out: &mut impl Write,
-    format: GenFormat,
+    format: InputFormat,
     seed: u64,
     people: u64,
     pad: usize,
 ) -> io::Result<()> {
     let filler: String = "weir".chars().cycle().take(pad).collect();
-    if format == GenFormat::Csv {
+    if format == InputFormat::Csv {
         if pad > 0 {
             writeln!(out, "{HEADER},note")?;
         } else {
@@ -232,11 +224,11 @@ mod tests {
     fn deterministic_and_well_formed() {
         let mut a = Vec::new();
         let mut b = Vec::new();
-        write_dataset(&mut a, GenFormat::Csv, 7, 500, 0).unwrap();
-        write_dataset(&mut b, GenFormat::Csv, 7, 500, 0).unwrap();
+        write_dataset(&mut a, InputFormat::Csv, 7, 500, 0).unwrap();
+        write_dataset(&mut b, InputFormat::Csv, 7, 500, 0).unwrap();
         assert_eq!(a, b);
         let mut c = Vec::new();
-        write_dataset(&mut c, GenFormat::Csv, 8, 500, 0).unwrap();
+        write_dataset(&mut c, InputFormat::Csv, 8, 500, 0).unwrap();
         assert_ne!(a, c);
         let text = String::from_utf8(a).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -250,9 +242,9 @@ mod tests {
             assert!((1..=companies(500)).contains(&r.company_id));
         }
         let mut j = Vec::new();
-        write_dataset(&mut j, GenFormat::Jsonl, 7, 3, 0).unwrap();
+        write_dataset(&mut j, InputFormat::JsonLines, 7, 3, 0).unwrap();
         let mut p = Vec::new();
-        write_dataset(&mut p, GenFormat::Csv, 7, 2, 10).unwrap();
+        write_dataset(&mut p, InputFormat::Csv, 7, 2, 10).unwrap();
         let text = String::from_utf8(p).unwrap();
         assert!(text.lines().all(|l| l.split(',').count() == 14), "{text}");
         assert!(text.lines().nth(1).unwrap().ends_with(",weirweirwe"));

@@ -20,20 +20,11 @@ use weir_graph::Mapping;
 use weir_metrics::StreamMetrics;
 use weir_pool::Pool;
 use weir_stream::{
-    CancellationToken, CheckpointFile, DeadLetter, DeadLetterSink, FileSource, Format,
+    CancellationToken, CheckpointFile, DeadLetter, DeadLetterSink, FileSource, Format, InputFormat,
     JsonlDeadLetters, Mapper, Pipeline, RunOutcome, RunSummary, Sink, StreamError,
 };
 
 use super::{EXIT_CANCELLED, EXIT_DEAD_LETTERS, EXIT_FATAL};
-
-/// Input format of `weir ingest`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum InFormat {
-    /// CSV with a header row.
-    Csv,
-    /// JSON Lines (one object per line).
-    Jsonl,
-}
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -71,7 +62,7 @@ pub(crate) struct IngestArgs {
     /// Input format; default: the mapping's `[input] format`, else from the file name
     /// (`.jsonl`, `.ndjson`, `.json` with or without `.gz` are JSON Lines, the rest CSV).
     #[arg(long, value_enum)]
-    format: Option<InFormat>,
+    format: Option<InputFormat>,
     /// CSV delimiter; default: the mapping's `[input] delimiter`, else `,`.
     #[arg(long)]
     delimiter: Option<char>,
@@ -182,32 +173,17 @@ impl From<EventsArg> for EventsPolicy {
 pub(crate) use weir_config::parse_size;
 
 fn detect_format(args: &IngestArgs, mapping: &Mapping) -> Format {
-    let jsonl = match args.format {
-        Some(f) => f == InFormat::Jsonl,
-        None => match mapping.input.format {
-            Some(f) => f == weir_graph::InputFormat::JsonLines,
-            None => args.inputs.first().is_some_and(|p| {
-                let name = p.to_string_lossy().to_ascii_lowercase();
-                let name = name.strip_suffix(".gz").unwrap_or(&name);
-                [".jsonl", ".ndjson", ".json"]
-                    .iter()
-                    .any(|e| name.ends_with(e))
-            }),
-        },
-    };
-    if jsonl {
-        Format::JsonLines
-    } else {
-        let delimiter = args
-            .delimiter
-            .and_then(|c| u8::try_from(c).ok())
-            .or(mapping.input.delimiter)
-            .unwrap_or(b',');
-        Format::Csv {
-            delimiter,
-            has_header: true,
-        }
-    }
+    let format = args.format.or(mapping.input.format).unwrap_or_else(|| {
+        args.inputs
+            .first()
+            .map_or(InputFormat::Csv, |p| InputFormat::from_file_name(p))
+    });
+    let delimiter = args
+        .delimiter
+        .and_then(|c| u8::try_from(c).ok())
+        .or(mapping.input.delimiter)
+        .unwrap_or(b',');
+    format.decoder(delimiter)
 }
 
 /// Dead letters printed to stderr (the first 20 in full, then a count at the end).

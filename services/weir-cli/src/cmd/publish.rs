@@ -7,20 +7,12 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use weir_app::settings::Settings;
 use weir_sources::{SourceError, connect_nats, publish_records};
+use weir_stream::InputFormat;
 
 use super::ingest::SettingsArgs;
-
-/// `--format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum PublishFormat {
-    /// CSV with a header row: each row becomes a JSON object of strings keyed by the header.
-    Csv,
-    /// JSON Lines: each non-blank line is sent as it is.
-    Jsonl,
-}
 
 /// Arguments of `weir publish`.
 #[derive(Debug, Args)]
@@ -41,9 +33,10 @@ pub(crate) struct PublishArgs {
     #[arg(long, default_value = "weir.ingest")]
     subject: String,
     /// Input format. Default: from the file name (`.jsonl`, `.ndjson`, `.json`, with or without
-    /// `.gz`, are JSON Lines; the rest CSV).
+    /// `.gz`, are JSON Lines; the rest CSV). Each CSV row becomes a JSON object of strings keyed
+    /// by the header; each non-blank JSON Lines line is sent as it is.
     #[arg(long, value_enum)]
-    format: Option<PublishFormat>,
+    format: Option<InputFormat>,
     /// CSV delimiter.
     #[arg(long, default_value = ",")]
     delimiter: char,
@@ -104,16 +97,10 @@ fn records(
     input: &PathBuf,
 ) -> anyhow::Result<Box<dyn Iterator<Item = Result<String, SourceError>> + Send>> {
     let name = input.display().to_string();
-    let jsonl = match args.format {
-        Some(f) => f == PublishFormat::Jsonl,
-        None => {
-            let n = name.to_ascii_lowercase();
-            let n = n.strip_suffix(".gz").unwrap_or(&n);
-            [".jsonl", ".ndjson", ".json"]
-                .iter()
-                .any(|e| n.ends_with(e))
-        }
-    };
+    let jsonl = args
+        .format
+        .unwrap_or_else(|| InputFormat::from_file_name(input))
+        == InputFormat::JsonLines;
     let reader = open(input)?;
     let subject = args.subject.clone();
     let bad = move |line: u64, e: &dyn std::fmt::Display| SourceError::Publish {
