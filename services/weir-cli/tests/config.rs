@@ -261,3 +261,34 @@ fn quiet_success_prints_nothing() {
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
 }
+
+/// `--metrics-bind` on a non-loopback address needs the admin token, and the token is read
+/// like every setting: from `.weir/env` too, not only from the process environment.
+#[test]
+fn metrics_bind_reads_the_admin_token_from_the_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mapping, data) = dry_run_files(dir.path());
+    let run = |dir: &std::path::Path| {
+        weir(dir)
+            .args(["ingest", "--dry-run", "--quiet", "--progress", "none"])
+            .args(["--metrics-bind", "0.0.0.0:0", "--mapping"])
+            .arg(&mapping)
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = run(dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "no token, open address: {err}");
+    assert!(err.contains("without an admin token"), "{err}");
+    std::fs::create_dir(dir.path().join(".weir")).unwrap();
+    std::fs::write(
+        dir.path().join(".weir/env"),
+        "WEIR_ADMIN_TOKEN=admin-token-from-env-file\n",
+    )
+    .unwrap();
+    let out = run(dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "token from .weir/env: {err}");
+    assert!(!err.contains("admin-token-from-env-file"), "{err}");
+}

@@ -314,6 +314,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     let metrics_task = spawn_metrics(
         "weir consume",
         args.metrics_bind,
+        &settings.admin,
         memory_limit,
         args.quiet,
         vec![

@@ -14,7 +14,7 @@ use weir_app::pipeline::{JobPipeline, JobTuning};
 use weir_app::settings::AdminConfig;
 use weir_app::settings::{Role, Settings, config_path};
 use weir_app::{BusPublisher, BusSlot, EventsConfig, EventsPolicy};
-use weir_config::{START_HINT, Secret};
+use weir_config::START_HINT;
 use weir_events::{PressureState, ProgressEvent};
 use weir_graph::Mapping;
 use weir_metrics::StreamMetrics;
@@ -136,8 +136,8 @@ pub(crate) struct IngestArgs {
     events_max_wait: Duration,
     /// Serve `/metrics` (the `weir_stream_*` families of this run, the pool's, memory) and
     /// `/api/memory/*` on this address while the run lasts, for Prometheus to scrape a long
-    /// ingest. Loopback only unless `WEIR_ADMIN_TOKEN` is set (then it is required). Default:
-    /// off.
+    /// ingest. Loopback only unless `WEIR_ADMIN_TOKEN` is set (then it is required; read like
+    /// every setting, from the environment or `.weir/env`). Default: off.
     #[arg(long)]
     metrics_bind: Option<std::net::SocketAddr>,
 }
@@ -431,10 +431,12 @@ pub(crate) async fn connect_bus(
 }
 
 /// `--metrics-bind`: the admin listener with this run's metric `sources` (and memory), until
-/// `stop` fires; `None` without the flag.
+/// `stop` fires; `None` without the flag. Its token and `allow_open` come from the settings'
+/// `admin` (`WEIR_ADMIN_TOKEN`, in the environment or `.weir/env`), like the services'.
 pub(crate) async fn spawn_metrics(
     what: &'static str,
     metrics_bind: Option<std::net::SocketAddr>,
+    admin: &AdminConfig,
     memory_limit: Option<u64>,
     quiet: bool,
     sources: Sources,
@@ -445,11 +447,7 @@ pub(crate) async fn spawn_metrics(
     };
     let config = AdminConfig {
         bind: Some(bind),
-        token: std::env::var("WEIR_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .map(Secret::new),
-        allow_open: false,
+        ..admin.clone()
     };
     let (addr, task) = weir_app::admin::spawn_admin(
         what,
@@ -704,6 +702,7 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     let metrics_task = spawn_metrics(
         "weir ingest",
         args.metrics_bind,
+        &settings.admin,
         memory_limit,
         args.quiet,
         sources,
