@@ -79,6 +79,9 @@ pub(crate) struct ConsumeArgs {
     /// Most batches written at once (adapts between 1 and this, like `weir ingest`).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
+    /// Always keep `--concurrency` batches in flight instead of adapting.
+    #[arg(long)]
+    fixed_concurrency: bool,
     /// Memory limit (e.g. `256MiB`): pulling pauses above 80 % of it and resumes below 70 %.
     /// Default: the cgroup limit, if any.
     #[arg(long, value_parser = parse_size)]
@@ -250,6 +253,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         batch_size: args.batch_size,
         linger: args.linger,
         concurrency: args.concurrency,
+        adaptive_concurrency: !args.fixed_concurrency,
         retry_for: args.retry_for,
         memory_limit,
         ..JobTuning::new(args.job_id.clone(), Format::JsonLines)
