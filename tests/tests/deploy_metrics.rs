@@ -162,6 +162,17 @@ async fn weir_serve_exports_every_metric_deploy_queries() {
     upload_example(addr, &prefix, "metrics").await;
 
     let text = scrape(admin);
+    // The admin listener's `/health` runs the same checks as the main listener's.
+    let health = http_request(admin, "GET", "/health", None)
+        .expect("/health")
+        .json();
+    for c in ["graph", "bus", "memory"] {
+        assert!(
+            health["components"][c]["status"].is_string(),
+            "{c}: {health}"
+        );
+    }
+    assert_eq!(health["components"]["graph"]["status"], "up", "{health}");
     let have = exported(&text);
     let gone = missing(
         want.iter().filter(|n| !n.starts_with(CONSUMER_FAMILY)),
@@ -443,6 +454,11 @@ async fn weir_ingest_with_metrics_bind_exports_the_pipeline_families_while_it_ru
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
+    // The listener's `/health` knows the graph, not only memory.
+    let health = http_request(admin, "GET", "/health", None).expect("/health");
+    let body = health.json();
+    assert_eq!(body["components"]["graph"]["status"], "up", "{body}");
+    assert!(body["components"]["memory"].is_object(), "{body}");
     let have = exported(&text);
     for f in ["weir_stream_", "weir_pool_", "weir_memory_"] {
         let gone = missing(want.iter().filter(|n| n.starts_with(f)), &have);

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weir_config::Secret;
 use weir_memwatch::{MemoryWatcher, WatcherConfig};
-use weir_metrics::{AdminState, MemorySource, MetricSource, Registry, admin_router};
+use weir_metrics::{AdminState, HealthCheck, MemorySource, MetricSource, Registry, admin_router};
 
 use crate::config::Env;
 use crate::settings::AdminConfig;
@@ -82,20 +82,29 @@ pub fn check_admin_access(
     })
 }
 
-/// Starts the memory watcher and serves the admin routes on `config.bind` until `shutdown`
-/// fires. Returns the bound address and the server task.
+/// Starts the memory watcher and serves the admin routes on `config.bind` (required) until
+/// `shutdown`
+/// fires. Its `/health` runs `checks` (the process's components, the same as the main
+/// listener's [`crate::health::Health::checks`]) besides memory. Returns the bound address
+/// and the server task.
 ///
 /// Refuses (before binding) an address other than loopback without a token, unless
 /// `config.allow_open`: see [`check_admin_access`].
 pub async fn spawn_admin(
     service: &'static str,
-    bind: SocketAddr,
     config: &AdminConfig,
     rules: &weir_gateway::ListenerConfig,
     memory_limit: Option<u64>,
     sources: Sources,
+    checks: Vec<(String, Arc<dyn HealthCheck>)>,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), ServiceError> {
+    let Some(bind) = config.bind else {
+        return Err(ServiceError::Invalid {
+            field: "admin_bind",
+            reason: "the admin listener has no address".into(),
+        });
+    };
     let token = config.token.clone();
     check_admin_access(bind, token.as_ref(), config.allow_open)?;
     if config.allow_open && !is_loopback(bind) && token.as_ref().is_none_or(|t| t.is_empty()) {
@@ -121,7 +130,10 @@ pub async fn spawn_admin(
             .register_source(name, s)
             .map_err(|e| invalid(e.to_string()))?;
     }
-    let state = AdminState::new(service, watcher, registry).with_admin_token(token);
+    let mut state = AdminState::new(service, watcher, registry).with_admin_token(token);
+    for (name, check) in checks {
+        state = state.with_check(name, check);
+    }
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|e| invalid(format!("cannot listen on {bind}: {e}")))?;
@@ -207,13 +219,15 @@ mod tests {
     #[tokio::test]
     async fn spawn_admin_refuses_an_open_bind_without_a_token_before_listening() {
         let stop = CancellationToken::new();
-        let none = AdminConfig::default();
         let e = spawn_admin(
             "t",
-            addr("0.0.0.0:0"),
-            &none,
+            &AdminConfig {
+                bind: Some(addr("0.0.0.0:0")),
+                ..AdminConfig::default()
+            },
             &weir_gateway::ListenerConfig::default(),
             None,
+            Vec::new(),
             Vec::new(),
             stop.clone(),
         )
@@ -226,15 +240,16 @@ mod tests {
         );
         // With a token, or on loopback, it starts.
         let with_token = AdminConfig {
+            bind: Some(addr("0.0.0.0:0")),
             token: Some(Secret::new("admin-token-123")),
             ..AdminConfig::default()
         };
         let (a, task) = spawn_admin(
             "t",
-            addr("0.0.0.0:0"),
             &with_token,
             &weir_gateway::ListenerConfig::default(),
             None,
+            Vec::new(),
             Vec::new(),
             stop.clone(),
         )
@@ -243,10 +258,13 @@ mod tests {
         assert!(a.ip().is_unspecified());
         let (b, task2) = spawn_admin(
             "t",
-            addr("127.0.0.1:0"),
-            &none,
+            &AdminConfig {
+                bind: Some(addr("127.0.0.1:0")),
+                ..AdminConfig::default()
+            },
             &weir_gateway::ListenerConfig::default(),
             None,
+            Vec::new(),
             Vec::new(),
             stop.clone(),
         )

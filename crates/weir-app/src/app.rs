@@ -224,14 +224,14 @@ pub async fn run_on(
 
     // 7. The admin listener, with every part's metrics.
     let admin = match settings.admin.bind {
-        Some(bind) => Some(
+        Some(_) => Some(
             crate::admin::spawn_admin(
                 name,
-                bind,
                 &settings.admin,
                 &settings.listener,
                 settings.memory_limit(),
                 sources,
+                health.checks(),
                 shutdown.clone(),
             )
             .await?

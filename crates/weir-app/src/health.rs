@@ -3,7 +3,11 @@
 //! [`layer`] puts both in front of any router (a middleware answers them before routing, so
 //! they also replace the gateway router's own, which know nothing of the bus): `/health`
 //! always answers 200 while the process runs, with each component's state; `/ready` answers
-//! 200 only when every component is up and the service is not shutting down, else 503.
+//! 200 only when no component is down and the service is not shutting down, else 503.
+//!
+//! Components are [`weir_metrics::HealthCheck`]s, the same trait the admin listener's
+//! `/health` runs: a process hands the same checks to both ([`Health::checks`]), so the two
+//! endpoints never disagree about the graph or the bus.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,43 +20,47 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use weir_metrics::{ComponentHealth, HealthCheck, HealthStatus};
 
 use crate::BusSlot;
 
-/// One thing a service depends on.
-#[async_trait]
-pub trait Probe: Send + Sync + 'static {
-    /// `Ok` when usable now, else why not.
-    async fn check(&self) -> Result<(), String>;
-}
-
-/// The bus in a [`BusSlot`].
+/// The bus in a [`BusSlot`]: down until connected (and while it is not usable).
 #[derive(Debug)]
 pub struct BusProbe(pub BusSlot);
 
 #[async_trait]
-impl Probe for BusProbe {
-    async fn check(&self) -> Result<(), String> {
-        self.0.check_ready().await
+impl HealthCheck for BusProbe {
+    async fn check(&self) -> ComponentHealth {
+        match self.0.check_ready().await {
+            Ok(()) => ComponentHealth::up(None),
+            Err(e) => ComponentHealth::down(e),
+        }
     }
 }
 
-/// The session pool: has connected, is not closed, circuit not open.
+/// A session pool: down before its first connection, once closed, and while its circuit is
+/// open; degraded (still ready) while the circuit is half-open and probing the server.
 #[derive(Debug)]
 pub struct PoolProbe(pub weir_pool::Pool);
 
 #[async_trait]
-impl Probe for PoolProbe {
-    async fn check(&self) -> Result<(), String> {
+impl HealthCheck for PoolProbe {
+    async fn check(&self) -> ComponentHealth {
         let s = self.0.status();
         if s.closed {
-            Err("pool closed".into())
+            ComponentHealth::down("pool closed")
         } else if !s.ready {
-            Err("no connection yet".into())
-        } else if s.circuit == weir_pool::CircuitState::Open {
-            Err("circuit open: graph server failing".into())
+            ComponentHealth::down("no connection yet")
         } else {
-            Ok(())
+            match s.circuit {
+                weir_pool::CircuitState::Open => {
+                    ComponentHealth::down("circuit open: graph server failing")
+                }
+                weir_pool::CircuitState::HalfOpen => {
+                    ComponentHealth::degraded("circuit half-open: probing the graph server")
+                }
+                weir_pool::CircuitState::Closed => ComponentHealth::up(None),
+            }
         }
     }
 }
@@ -64,7 +72,7 @@ pub type Detail = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 #[derive(Clone)]
 pub struct Health {
     service: &'static str,
-    probes: Arc<Vec<(&'static str, Arc<dyn Probe>)>>,
+    probes: Arc<Vec<(&'static str, Arc<dyn HealthCheck>)>>,
     details: Arc<Vec<(&'static str, Detail)>>,
     timeout: Duration,
     shutting_down: CancellationToken,
@@ -102,9 +110,17 @@ impl Health {
     }
 
     /// Adds a component.
-    pub fn with(mut self, name: &'static str, probe: Arc<dyn Probe>) -> Self {
+    pub fn with(mut self, name: &'static str, probe: Arc<dyn HealthCheck>) -> Self {
         Arc::make_mut(&mut self.probes).push((name, probe));
         self
+    }
+
+    /// The components, for the admin listener's `/health` (`crate::admin::spawn_admin`).
+    pub fn checks(&self) -> Vec<(String, Arc<dyn HealthCheck>)> {
+        self.probes
+            .iter()
+            .map(|(name, p)| ((*name).to_owned(), p.clone()))
+            .collect()
     }
 
     /// Adds a value shown in the body (not part of readiness).
@@ -113,27 +129,26 @@ impl Health {
         self
     }
 
-    /// Runs every probe (at once, each bounded by the timeout).
+    /// Runs every check (at once, each bounded by the timeout). Ready when none is down and
+    /// the service is not shutting down; a degraded component is shown, not refused.
     pub async fn report(&self) -> Report {
         let checks = self.probes.iter().map(|(name, p)| async move {
-            let r = match tokio::time::timeout(self.timeout, p.check()).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-            };
-            (*name, r)
+            let h = tokio::time::timeout(self.timeout, p.check())
+                .await
+                .unwrap_or_else(|_| {
+                    ComponentHealth::down(format!("no answer within {:?}", self.timeout))
+                });
+            (*name, h)
         });
         let results = futures::future::join_all(checks).await;
         let shutting_down = self.shutting_down.is_cancelled();
         let mut ready = !shutting_down;
         let mut components = serde_json::Map::new();
-        for (name, r) in results {
-            ready &= r.is_ok();
+        for (name, h) in results {
+            ready &= h.status != HealthStatus::Down;
             components.insert(
                 name.to_owned(),
-                match r {
-                    Ok(()) => json!({"status": "up"}),
-                    Err(e) => json!({"status": "down", "detail": e}),
-                },
+                serde_json::to_value(&h).unwrap_or_else(|_| json!({"status": "down"})),
             );
         }
         let mut body = json!({
@@ -184,12 +199,12 @@ mod tests {
     struct Flag(Arc<AtomicBool>);
 
     #[async_trait]
-    impl Probe for Flag {
-        async fn check(&self) -> Result<(), String> {
+    impl HealthCheck for Flag {
+        async fn check(&self) -> ComponentHealth {
             if self.0.load(Ordering::SeqCst) {
-                Ok(())
+                ComponentHealth::up(None)
             } else {
-                Err("down for the test".into())
+                ComponentHealth::down("down for the test")
             }
         }
     }
@@ -197,8 +212,8 @@ mod tests {
     struct Hangs;
 
     #[async_trait]
-    impl Probe for Hangs {
-        async fn check(&self) -> Result<(), String> {
+    impl HealthCheck for Hangs {
+        async fn check(&self) -> ComponentHealth {
             std::future::pending().await
         }
     }
@@ -251,6 +266,27 @@ mod tests {
         let (s, body) = get(&router, "/ready").await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["status"], "shutting_down");
+    }
+
+    #[tokio::test]
+    async fn a_degraded_component_is_shown_and_stays_ready_and_the_checks_are_shared() {
+        let health = Health::new("t", CancellationToken::new(), Duration::from_secs(1))
+            .with(
+                "graph",
+                Arc::new(|| ComponentHealth::degraded("circuit half-open")),
+            )
+            .with("bus", Arc::new(Flag(Arc::new(AtomicBool::new(true)))));
+        let r = health.report().await;
+        assert!(r.ready, "{}", r.body);
+        assert_eq!(r.body["status"], "ok");
+        assert_eq!(r.body["components"]["graph"]["status"], "degraded");
+        assert_eq!(r.body["components"]["graph"]["detail"], "circuit half-open");
+        assert_eq!(r.body["components"]["bus"], json!({"status": "up"}));
+        // The same checks, for the admin listener.
+        let checks = health.checks();
+        let names: Vec<&str> = checks.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["graph", "bus"]);
+        assert_eq!(checks[0].1.check().await.status, HealthStatus::Degraded);
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,8 +16,8 @@ use weir_stream::{CancellationToken, Format, RunOutcome, RunSummary, StreamError
 
 use super::EXIT_FATAL;
 use super::ingest::{
-    BusArg, EventsArg, ProgressMode, SettingsArgs, connect_bus, dead_letter_sink, parse_size,
-    spawn_metrics, spawn_progress, start_run, write_pool,
+    BusArg, EventsArg, ProgressMode, SettingsArgs, connect_bus, dead_letter_sink, metrics_admin,
+    parse_size, spawn_metrics, spawn_progress, start_run, write_pool,
 };
 
 /// `--deliver`.
@@ -317,8 +317,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     let status = pool.clone();
     let metrics_task = spawn_metrics(
         "weir consume",
-        args.metrics_bind,
-        &settings.admin,
+        &metrics_admin(&settings, args.metrics_bind),
         memory_limit,
         args.quiet,
         vec![
@@ -329,6 +328,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
                 Arc::new(weir_metrics::pool_source("write", move || status.status())) as _,
             ),
         ],
+        Some(&pool),
         &metrics_stop,
     )
     .await?;

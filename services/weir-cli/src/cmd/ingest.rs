@@ -430,32 +430,36 @@ pub(crate) async fn connect_bus(
     )))
 }
 
-/// `--metrics-bind`: the admin listener with this run's metric `sources` (and memory), until
-/// `stop` fires; `None` without the flag. Its token and `allow_open` come from the settings'
-/// `admin` (`WEIR_ADMIN_TOKEN`, in the environment or `.weir/env`), like the services'.
+/// `--metrics-bind`: the admin listener on `admin.bind` (the flag; `None`: no listener) with
+/// this run's metric `sources` (and memory), until `stop` fires. Its token and `allow_open`
+/// come from the settings' `admin` (`WEIR_ADMIN_TOKEN`, in the environment or `.weir/env`),
+/// like the services'; its `/health` checks `pool` (the graph) when there is one.
 pub(crate) async fn spawn_metrics(
     what: &'static str,
-    metrics_bind: Option<std::net::SocketAddr>,
     admin: &AdminConfig,
     memory_limit: Option<u64>,
     quiet: bool,
     sources: Sources,
+    pool: Option<&Pool>,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let Some(bind) = metrics_bind else {
+    if admin.bind.is_none() {
         return Ok(None);
-    };
-    let config = AdminConfig {
-        bind: Some(bind),
-        ..admin.clone()
-    };
+    }
     let (addr, task) = weir_app::admin::spawn_admin(
         what,
-        bind,
-        &config,
+        admin,
         &weir_gateway::ListenerConfig::default(),
         memory_limit,
         sources,
+        // `/health` says whether the graph is reachable, like the services'.
+        pool.map(|p| {
+            let check: Arc<dyn weir_metrics::HealthCheck> =
+                Arc::new(weir_app::health::PoolProbe(p.clone()));
+            ("graph".to_owned(), check)
+        })
+        .into_iter()
+        .collect(),
         stop.clone(),
     )
     .await
@@ -466,14 +470,26 @@ pub(crate) async fn spawn_metrics(
     Ok(Some(task))
 }
 
-/// The write pool of a pipeline with `concurrency` batches in flight, on the settings' graph
-/// server (or `uri`), once the server answers (within 15 s, else an error with a hint).
-/// `--config` and `--show-config` of `weir ingest` and `weir consume`.
+/// The admin settings of `--metrics-bind`: the flag's address (never `admin.bind` /
+/// `WEIR_ADMIN_BIND`, which are the services' listener), the settings' token and `allow_open`.
+pub(crate) fn metrics_admin(
+    settings: &Settings,
+    metrics_bind: Option<std::net::SocketAddr>,
+) -> AdminConfig {
+    AdminConfig {
+        bind: metrics_bind,
+        ..settings.admin.clone()
+    }
+}
+
+/// `--config` and `--show-config` of `weir ingest`, `weir consume`, `weir publish` and
+/// `weir ping`.
 #[derive(Clone, Debug, Args)]
 pub(crate) struct SettingsArgs {
     /// Settings file (TOML): the `graph`, `pool`, `bus`, `memory` and `log` sections of the
-    /// services' settings file (`pool.max_size` is set from `--concurrency`) (`weir-ingestd config schema` prints its JSON Schema; unknown
-    /// keys are refused). Env `WEIR_CONFIG`. Flags override it, it overrides the defaults.
+    /// services' settings file (`pool.max_size` is set from `--concurrency`;
+    /// `weir-ingestd config schema` prints its JSON Schema; unknown keys are refused). Env
+    /// `WEIR_CONFIG`. Flags override it, it overrides the defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print the resolved settings (defaults < file < environment < flags) as TOML, secrets
@@ -701,11 +717,11 @@ pub(crate) async fn run(args: IngestArgs) -> anyhow::Result<u8> {
     let metrics_stop = CancellationToken::new();
     let metrics_task = spawn_metrics(
         "weir ingest",
-        args.metrics_bind,
-        &settings.admin,
+        &metrics_admin(&settings, args.metrics_bind),
         memory_limit,
         args.quiet,
         sources,
+        pool.as_ref(),
         &metrics_stop,
     )
     .await?;
