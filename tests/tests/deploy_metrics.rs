@@ -166,13 +166,17 @@ async fn weir_serve_exports_every_metric_deploy_queries() {
     let health = http_request(admin, "GET", "/health", None)
         .expect("/health")
         .json();
-    for c in ["graph", "bus", "memory"] {
+    for c in ["graph", "graph_reads", "bus", "memory"] {
         assert!(
             health["components"][c]["status"].is_string(),
             "{c}: {health}"
         );
     }
     assert_eq!(health["components"]["graph"]["status"], "up", "{health}");
+    assert_eq!(
+        health["components"]["graph_reads"]["status"], "up",
+        "{health}"
+    );
     let have = exported(&text);
     let gone = missing(
         want.iter().filter(|n| !n.starts_with(CONSUMER_FAMILY)),

@@ -185,6 +185,10 @@ pub async fn run_on(
     if let Some(p) = write_pool.as_ref().or(read_pool.as_ref()) {
         health = health.with("graph", Arc::new(PoolProbe(p.clone())));
     }
+    // `weir serve` has both: the GraphQL reads' pool is checked on its own.
+    if let (Some(_), Some(r)) = (&write_pool, &read_pool) {
+        health = health.with("graph_reads", Arc::new(PoolProbe(r.clone())));
+    }
     let mut console = weir_console::Console::new(name, auth.clone())
         .with_memory(console_memory(&settings, &shutdown)?)
         .with_figure("bus", crate::figures::bus(bus.clone()));
