@@ -14,9 +14,10 @@
 //!   with [`SubscriptionError::ConnectionLimit`] / [`SubscriptionError::GlobalLimit`].
 //! - **Delivery.** [`SubscriptionManager::publish`] takes a batch as an `Arc` (the bus's own),
 //!   evaluates each distinct filter once per event (filters are found through an index by
-//!   node label | relationship type, so no event scans all subscriptions, and a thousand
-//!   subscriptions with one filter cost one evaluation), and queues to each matching
-//!   subscription one reference to the batch with the indexes its filter matched. Every
+//!   node label | relationship type, and by key for filters that name keys, so no event scans
+//!   all subscriptions, and a thousand subscriptions with one filter cost one evaluation), and
+//!   queues to each matching subscription one reference to the batch with the indexes its
+//!   filter matched. Every
 //!   matching change reaches every live subscription, once and in publish order, whatever the
 //!   size of a burst.
 //! - **Slow consumers** (module `slot`): a subscription whose reader is more than
