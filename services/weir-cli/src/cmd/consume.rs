@@ -260,13 +260,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     };
     let mut job = JobPipeline::new(tuning, mapping);
     // The stream's NATS: the flag, else the settings' (`bus.url`, `NATS_URL`).
-    let nats_url = args
-        .nats_url
-        .clone()
-        .unwrap_or_else(|| match &settings.bus {
-            weir_bus::BusConfig::Nats(n) => n.url.clone(),
-            weir_bus::BusConfig::InProcess(_) => "nats://127.0.0.1:4222".into(),
-        });
+    let nats_url = super::publish::stream_nats_url(args.nats_url.as_deref(), &settings);
     let source_cfg = job.stream_source(JetStreamSourceConfig {
         url: nats_url,
         stream: args.stream.clone(),
