@@ -151,6 +151,16 @@ metrics! {
     CONSUMER_MESSAGES_NAKED_TOTAL = ("weir_consumer_messages_naked_total", Counter, "Messages this worker handed back unprocessed on shutdown (negative acknowledgement) for immediate redelivery.", ["consumer"]);
     /// Failed pulls.
     CONSUMER_PULL_ERRORS_TOTAL = ("weir_consumer_pull_errors_total", Counter, "Pulls from the stream that failed (server unreachable, ...); the worker waits and pulls again.", ["consumer"]);
+    /// A Kafka partition's lag: its high watermark minus the next offset to commit.
+    CONSUMER_PARTITION_LAG_MESSAGES = ("weir_consumer_partition_lag_messages", Gauge, "Kafka source: messages of an assigned partition after the next offset to commit (high watermark minus it), as last read from the broker; label consumer is the group id.", ["consumer", "topic", "partition"]);
+    /// The offset a Kafka partition's consumer group last committed from this worker.
+    CONSUMER_PARTITION_COMMITTED_OFFSET = ("weir_consumer_partition_committed_offset", Gauge, "Kafka source: the next offset this worker last committed for an assigned partition (every record before it is committed or dead-lettered).", ["consumer", "topic", "partition"]);
+    /// Kafka partitions taken from this worker by a rebalance.
+    CONSUMER_PARTITIONS_REVOKED_TOTAL = ("weir_consumer_partitions_revoked_total", Counter, "Kafka source: partitions revoked from this worker by rebalances (their finished records committed first).", ["consumer"]);
+    /// Kafka records of revoked partitions still in flight when the revoke wait ended.
+    CONSUMER_MESSAGES_ABANDONED_TOTAL = ("weir_consumer_messages_abandoned_total", Counter, "Kafka source: messages of revoked partitions not committed by this worker (still in flight after the revoke wait, or read but not yet handed to the pipeline); the partition's next owner reads them again.", ["consumer"]);
+    /// Whether intake from Kafka is paused now (back-pressure).
+    CONSUMER_PAUSED = ("weir_consumer_paused", Gauge, "Kafka source: 1 while this worker has paused fetching its partitions (hand-over full, or in-flight messages or bytes at their bound), else 0.", ["consumer"]);
     // --- subscriptions (weir-subscriptions) ---
     /// Active subscriptions.
     SUBSCRIPTIONS_ACTIVE = ("weir_subscriptions_active", Gauge, "Subscriptions open now.", []);

@@ -627,7 +627,13 @@ impl Puller {
 /// Frames a message body into records (one per non-blank line), starting at byte `offset` of
 /// the worker's record stream; returns the offset after the body. Positions carry the
 /// message's stream sequence as `line`.
-fn frame(payload: &Bytes, seq: u64, offset: u64, max: usize, out: &mut Vec<RawRecord>) -> u64 {
+pub(crate) fn frame(
+    payload: &Bytes,
+    seq: u64,
+    offset: u64,
+    max: usize,
+    out: &mut Vec<RawRecord>,
+) -> u64 {
     let mut at = 0usize;
     let len = payload.len();
     while at < len {

@@ -14,12 +14,18 @@
 //!
 //! Positions of streamed records: `offset` is the byte offset in this worker's stream of
 //! records (monotonic, what acks are decided by) and `line` the message's stream sequence
-//! (what dead letters show). NATS JetStream ([`jetstream`]) is the first such source; a Kafka
-//! source commits offsets where this one acks messages.
+//! (what dead letters show). NATS JetStream ([`jetstream`]) is the first such source; Kafka
+//! ([`kafka`]) commits each partition's offsets where JetStream acks messages (there `line` is
+//! the message's offset in its partition, and the input name `kafka:<topic>/<partition>`).
 
 pub mod jetstream;
+pub mod kafka;
 
 pub use jetstream::{
     AckTask, ConsumerMetrics, DeliverFrom, JetStreamSource, JetStreamSourceConfig, SourceError,
     connect_nats, publish_records,
+};
+pub use kafka::{
+    KafkaCommitter, KafkaMetrics, KafkaSource, KafkaSourceConfig, KafkaSourceError, StartFrom,
+    ensure_topic, publish_kafka,
 };
