@@ -32,7 +32,7 @@ use weir_graph::{
 };
 use weir_metrics::StreamMetrics;
 use weir_pool::Pool;
-use weir_sources::JetStreamSourceConfig;
+use weir_sources::{JetStreamSourceConfig, KafkaSourceConfig};
 use weir_stream::{
     CheckpointFile, DeadLetterSink, Format, NullSink, Pipeline, PipelineConfig, ProcessGauge, Sink,
     StreamError,
@@ -233,6 +233,30 @@ impl JobPipeline {
         }
     }
 
+    /// `source` tuned for this job: chunks of as many messages as a batch holds, records no
+    /// longer than the pipeline takes, and under a memory limit at most an eighth of it in
+    /// flight (never less than 2 MiB) in chunks of at most a quarter of that (never less than
+    /// 1 MiB).
+    pub fn kafka_source(&self, source: KafkaSourceConfig) -> KafkaSourceConfig {
+        let (max_in_flight_bytes, chunk_bytes) = match self.memory_limit {
+            Some(limit) => {
+                let cap = usize::try_from(limit / 8).unwrap_or(usize::MAX);
+                (
+                    source.max_in_flight_bytes.min(cap).max(2 << 20),
+                    source.chunk_bytes.min(cap / 4).max(1 << 20),
+                )
+            }
+            None => (source.max_in_flight_bytes, source.chunk_bytes),
+        };
+        KafkaSourceConfig {
+            chunk_records: self.config.batch_records,
+            max_record_bytes: self.config.max_record_bytes,
+            max_in_flight_bytes,
+            chunk_bytes,
+            ..source
+        }
+    }
+
     /// The pipeline writing to the graph through `pool`: a [`GraphWriter`] built as every
     /// pipeline's is ([`WriterConfig::for_pipeline`]: the pipeline retries), the mapping's key
     /// constraints ensured, then the memory gauge, the dead letters, the checkpoint and
@@ -377,5 +401,43 @@ properties = [{ name = "id" }]
         assert_eq!(src.fetch_messages, 250);
         assert_eq!(src.max_record_bytes, job.config().max_record_bytes);
         assert_eq!(src.fetch_max_bytes, (40 << 20) / 16);
+    }
+
+    #[test]
+    fn kafka_sources_take_the_batch_size_record_bound_and_memory_limit() {
+        let toml = r#"
+[[nodes]]
+label = "P"
+key = ["id"]
+properties = [{ name = "id" }]
+"#;
+        let mapping = Arc::new(Mapping::parse(toml, "m").unwrap());
+        let defaults = KafkaSourceConfig::default();
+        let roomy = JobPipeline::new(
+            JobTuning {
+                batch_size: 250,
+                ..JobTuning::new("k", Format::JsonLines)
+            },
+            mapping.clone(),
+        );
+        let src = roomy.kafka_source(KafkaSourceConfig::default());
+        assert_eq!(src.chunk_records, 250);
+        assert_eq!(src.max_record_bytes, roomy.config().max_record_bytes);
+        assert_eq!(src.max_in_flight_bytes, defaults.max_in_flight_bytes);
+        assert_eq!(src.chunk_bytes, defaults.chunk_bytes);
+        let small = JobPipeline::new(
+            JobTuning {
+                memory_limit: Some(32 << 20),
+                ..JobTuning::new("k", Format::JsonLines)
+            },
+            mapping,
+        );
+        let src = small.kafka_source(KafkaSourceConfig::default());
+        // An eighth of 32 MiB in flight, chunks at their 1 MiB floor.
+        assert_eq!(
+            (src.max_in_flight_bytes, src.chunk_bytes),
+            (4 << 20, 1 << 20)
+        );
+        src.validate().unwrap();
     }
 }

@@ -136,21 +136,21 @@ metrics! {
     /// Backpressure.
     STREAM_BACKPRESSURE_ACTIVE = ("weir_stream_backpressure_active", Gauge, "1 while intake is paused by memory pressure, else 0.", []);
 
-    // --- streaming sources (weir-sources, `weir consume`); label `consumer`: the durable consumer ---
+    // --- streaming sources (weir-sources, `weir consume`); label `consumer`: the durable consumer (JetStream) or the group id (Kafka) ---
     /// Messages in the stream the durable consumer has not yet delivered (its lag).
-    CONSUMER_PENDING_MESSAGES = ("weir_consumer_pending_messages", Gauge, "Messages of the stream not yet delivered to the durable consumer (lag), as last read from the server.", ["consumer"]);
+    CONSUMER_PENDING_MESSAGES = ("weir_consumer_pending_messages", Gauge, "Messages of the stream not yet delivered to the durable consumer (lag), as last read from the server; Kafka source: the assigned partitions' summed lag (see weir_consumer_partition_lag_messages).", ["consumer"]);
     /// Messages delivered but not acknowledged, consumer-wide.
     CONSUMER_ACK_PENDING_MESSAGES = ("weir_consumer_ack_pending_messages", Gauge, "Messages delivered to any worker of the durable consumer and not yet acknowledged, as last read from the server.", ["consumer"]);
     /// Messages this worker received.
     CONSUMER_MESSAGES_RECEIVED_TOTAL = ("weir_consumer_messages_received_total", Counter, "Messages this worker pulled from the stream.", ["consumer"]);
     /// Messages this worker acknowledged after their records were committed or dead-lettered.
-    CONSUMER_MESSAGES_ACKED_TOTAL = ("weir_consumer_messages_acked_total", Counter, "Messages this worker acknowledged after every record in them was committed or dead-lettered.", ["consumer"]);
+    CONSUMER_MESSAGES_ACKED_TOTAL = ("weir_consumer_messages_acked_total", Counter, "Messages this worker acknowledged (JetStream) or committed the offset of (Kafka) after every record in them, and before them in their partition, was committed or dead-lettered.", ["consumer"]);
     /// Messages this worker received that had been delivered before.
     CONSUMER_REDELIVERIES_TOTAL = ("weir_consumer_redeliveries_total", Counter, "Messages this worker received that had been delivered before (to it or another worker).", ["consumer"]);
     /// Messages handed back on shutdown for immediate redelivery.
     CONSUMER_MESSAGES_NAKED_TOTAL = ("weir_consumer_messages_naked_total", Counter, "Messages this worker handed back unprocessed on shutdown (negative acknowledgement) for immediate redelivery.", ["consumer"]);
     /// Failed pulls.
-    CONSUMER_PULL_ERRORS_TOTAL = ("weir_consumer_pull_errors_total", Counter, "Pulls from the stream that failed (server unreachable, ...); the worker waits and pulls again.", ["consumer"]);
+    CONSUMER_PULL_ERRORS_TOTAL = ("weir_consumer_pull_errors_total", Counter, "Pulls from the stream that failed (server unreachable, ...); the worker waits and pulls again. Kafka source: errors the consumer reported while polling.", ["consumer"]);
     /// A Kafka partition's lag: its high watermark minus the next offset to commit.
     CONSUMER_PARTITION_LAG_MESSAGES = ("weir_consumer_partition_lag_messages", Gauge, "Kafka source: messages of an assigned partition after the next offset to commit (high watermark minus it), as last read from the broker; label consumer is the group id.", ["consumer", "topic", "partition"]);
     /// The offset a Kafka partition's consumer group last committed from this worker.

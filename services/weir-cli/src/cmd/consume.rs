@@ -1,7 +1,12 @@
 //! `weir consume`: a long-running worker that keeps the graph in step with a NATS JetStream
 //! subject, through the same mapping, pipeline and pool as `weir ingest`. Workers started with
 //! the same `--consumer` share the stream's messages; each message is acknowledged after its
-//! records are committed (or dead-lettered).
+//! records are committed (or dead-lettered). With `--topic`, the source is a Kafka consumer
+//! group instead ([`kafka`]).
+
+mod kafka;
+
+pub(crate) use kafka::{brokers as kafka_brokers, parse_property};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,6 +128,9 @@ pub(crate) struct ConsumeArgs {
     /// Only errors.
     #[arg(long, short)]
     quiet: bool,
+    /// Kafka as the source (`--topic` and the flags under its heading).
+    #[command(flatten)]
+    kafka: kafka::KafkaArgs,
 }
 
 impl ConsumeArgs {
@@ -236,6 +244,10 @@ fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics, busy: Option
 
 /// Runs `weir consume`.
 pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
+    if args.kafka.selected() {
+        // Boxed, so that this future does not hold the Kafka worker's inline (large_futures).
+        return Box::pin(kafka::run(args)).await;
+    }
     let Some((settings, mapping)) = start_run(
         &args.settings,
         args.uri.as_deref(),

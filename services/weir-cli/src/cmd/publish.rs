@@ -1,6 +1,6 @@
-//! `weir publish`: put a file's records into a NATS JetStream subject, one JSON object per
-//! message, so the streaming flow (`weir consume`) can be tried with nothing but Weir and
-//! nats-server.
+//! `weir publish`: put a file's records into a NATS JetStream subject (or, with `--topic`, a
+//! Kafka topic), one JSON object per message, so the streaming flow (`weir consume`) can be
+//! tried with nothing but Weir and nats-server (or a Kafka broker).
 
 use std::io::{BufRead as _, BufReader, Read};
 use std::path::PathBuf;
@@ -49,6 +49,24 @@ pub(crate) struct PublishArgs {
     /// Only errors.
     #[arg(long, short)]
     quiet: bool,
+    /// Publish to this Kafka topic instead of JetStream (created with --partitions when
+    /// missing).
+    #[arg(long, conflicts_with_all = ["nats_url", "stream", "subject"])]
+    topic: Option<String>,
+    /// Kafka bootstrap brokers. Default: `KAFKA_BROKERS`, else 127.0.0.1:9092.
+    #[arg(long, requires = "topic")]
+    kafka_brokers: Option<String>,
+    /// Partitions of the topic when it is created.
+    #[arg(long, default_value_t = 1, requires = "topic")]
+    partitions: i32,
+    /// The record field whose value is the Kafka message key (of a message's first record):
+    /// messages with one key go to one partition, in order. Default: no key.
+    #[arg(long, requires = "topic")]
+    key_field: Option<String>,
+    /// A librdkafka producer property `KEY=VALUE`, passed through (repeatable; security
+    /// settings as for `weir consume -X`).
+    #[arg(long = "kafka-property", short = 'X', value_parser = super::consume::parse_property, requires = "topic")]
+    properties: Vec<(String, String)>,
 }
 
 /// The NATS of a stream: `flag`, else the settings' bus (`bus.url` of the file, `NATS_URL`),
@@ -135,6 +153,88 @@ fn records(
     })))
 }
 
+/// The key of a message: `field` of its first record, as text (a JSON string's value, other
+/// values as JSON); `None` when the record lacks it.
+fn key_of(record: &str, field: &str) -> Option<bytes::Bytes> {
+    let v: serde_json::Value = serde_json::from_str(record).ok()?;
+    match v.get(field)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(bytes::Bytes::from(s.clone())),
+        other => Some(bytes::Bytes::from(other.to_string())),
+    }
+}
+
+/// `weir publish --topic`: the records to a Kafka topic.
+async fn run_kafka(args: &PublishArgs, topic: &str, input: &PathBuf) -> anyhow::Result<u8> {
+    let brokers = super::consume::kafka_brokers(args.kafka_brokers.as_deref())?;
+    weir_sources::ensure_topic(
+        &brokers,
+        &args.properties,
+        topic,
+        args.partitions,
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let per = args.records_per_message;
+    let key_field = args.key_field.clone();
+    let mut recs = records(args, input)?;
+    let started = std::time::Instant::now();
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = counted.clone();
+    let bodies = std::iter::from_fn(move || {
+        let mut body = String::new();
+        let mut key = None;
+        for _ in 0..per {
+            let Some(next) = recs.next() else {
+                break;
+            };
+            match next {
+                Ok(r) => {
+                    if body.is_empty()
+                        && let Some(f) = &key_field
+                    {
+                        key = key_of(&r, f);
+                    }
+                    if !body.is_empty() {
+                        body.push('\n');
+                    }
+                    body.push_str(&r);
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    return Some(Err(weir_sources::KafkaSourceError::Publish {
+                        topic: String::new(),
+                        reason: e.to_string(),
+                    }));
+                }
+            }
+            if body.len() > 512 << 10 {
+                break;
+            }
+        }
+        (!body.is_empty()).then(|| Ok((key, Bytes::from(body))))
+    });
+    let sent = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(weir_sources::publish_kafka(
+            &brokers,
+            &args.properties,
+            topic,
+            bodies,
+            args.in_flight,
+        ))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !args.quiet {
+        println!(
+            "published {} records in {sent} messages to Kafka topic {topic} in {:.2}s",
+            counted.load(std::sync::atomic::Ordering::Relaxed),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(0)
+}
+
 /// Runs `weir publish`.
 pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<u8> {
     if args.records_per_message == 0 {
@@ -147,6 +247,9 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<u8> {
     let Some(input) = &args.input else {
         anyhow::bail!("an input file is required");
     };
+    if let Some(topic) = &args.topic {
+        return run_kafka(&args, topic, input).await;
+    }
     let url = stream_nats_url(args.nats_url.as_deref(), &settings);
     let client = connect_nats(&url, std::time::Duration::from_secs(5))
         .await
