@@ -530,7 +530,7 @@ pub(crate) struct Ledger {
     slots: Vec<Slot>,
     index: HashMap<(Arc<str>, i32), u32>,
     /// Source names known at start: (topic, partition) -> name index.
-    names: HashMap<(Arc<str>, i32), u32>,
+    names: NameIndex,
     /// Name index for partitions not known at start.
     unlisted: u32,
     waiting: VecDeque<Entry>,
@@ -540,6 +540,8 @@ pub(crate) struct Ledger {
     revoked: Vec<u32>,
     /// Set once the final commit is done: revokes no longer wait.
     closing: bool,
+    /// Set by an assignment: the poll thread pauses the new partitions when it is paused.
+    assigned: bool,
 }
 
 impl Ledger {
@@ -763,6 +765,18 @@ impl ConsumerContext for Ctx {
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }
     }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps a partition's pause across a revoke and a later assignment of
+            // it: start every assigned partition fetching, and let the poll thread pause them
+            // again if it is paused.
+            if let Err(e) = consumer.resume(tpl) {
+                debug!(error = %e, "resuming assigned partitions");
+            }
+            self.shared.lock().assigned = true;
+        }
+    }
 }
 
 type KafkaConsumer = BaseConsumer<Ctx>;
@@ -816,13 +830,16 @@ impl KafkaCommitter {
     }
 }
 
+/// (topic, partition) -> index into the source's names.
+type NameIndex = HashMap<(Arc<str>, i32), u32>;
+
 /// The source names of the partitions that exist now among `topics`, and the name index of
 /// partitions found later.
 fn partition_names(
     consumer: &KafkaConsumer,
     topics: &[String],
     timeout: Duration,
-) -> Result<(Vec<Arc<str>>, HashMap<(Arc<str>, i32), u32>), String> {
+) -> Result<(Vec<Arc<str>>, NameIndex), String> {
     let md = consumer
         .fetch_metadata(None, timeout)
         .map_err(|e| e.to_string())?;
@@ -1053,6 +1070,10 @@ impl Poller {
         let mut errors = 0u32;
         while !self.stop.is_cancelled() {
             self.drop_revoked(&mut chunk);
+            if std::mem::take(&mut self.shared.lock().assigned) && self.paused {
+                self.paused = false;
+                self.set_paused(true);
+            }
             let full = self.full(&chunk);
             if !full {
                 let timeout = if chunk.entries.is_empty() {
@@ -1307,12 +1328,10 @@ fn lag_loop(consumer: &KafkaConsumer, shared: &Shared, every: Duration) {
             });
             if let Some(next) = next {
                 let lag = u64::try_from(high - next).unwrap_or(0);
-                shared
-                    .metrics
-                    .parts()
-                    .entry((topic, partition))
-                    .or_default()
-                    .lag = Some(lag);
+                // Only while still assigned (a revoke removes the entry meanwhile).
+                if let Some(g) = shared.metrics.parts().get_mut(&(topic, partition)) {
+                    g.lag = Some(lag);
+                }
             }
         }
         let l = shared.lock();
