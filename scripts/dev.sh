@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Weir's one entry point for local services, the main job and the test suite.
 #
-#   scripts/dev.sh up       install what is missing, start the graph server and NATS (127.0.0.1)
+#   scripts/dev.sh up       install what is missing, start the graph server, NATS and a Kafka
+#                           broker (tansu, memory store) on 127.0.0.1
 #   scripts/dev.sh down     stop exactly what `up` started (by pid)
 #   scripts/dev.sh status   say what runs where
 #   scripts/dev.sh env      print the settings `up` resolved (password masked)
@@ -14,8 +15,11 @@
 # Settings (environment):
 #   NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD   use your own Bolt server instead of a local ArcadeDB
 #   NATS_URL                                  use your own NATS (JetStream enabled) instead
-#   WEIR_BOLT_PORT (17687), WEIR_ARCADEDB_HTTP_PORT (12480), WEIR_NATS_PORT (14222)
-#   WEIR_STATE_DIR (<repo>/.weir): pid files, logs, data; WEIR_CACHE_DIR (~/.cache/weir): the venv
+#   KAFKA_BROKERS                             use your own Kafka brokers (host:port,...) instead
+#   WEIR_BOLT_PORT (17687), WEIR_ARCADEDB_HTTP_PORT (12480), WEIR_NATS_PORT (14222),
+#   WEIR_KAFKA_PORT (19092)
+#   WEIR_STATE_DIR (<repo>/.weir): pid files, logs, data; WEIR_CACHE_DIR (~/.cache/weir): the
+#   venv and the tansu broker (built once with cargo install, about 8 min on 2 cores)
 #   WEIR_ARCADEDB_HEAP (1g): graph server heap
 #   WEIR_NATS_REUSE (1): 0 = never reuse a NATS already at 127.0.0.1:4222, start our own
 set -euo pipefail
@@ -26,10 +30,15 @@ CACHE_DIR=${WEIR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weir}
 BOLT_PORT=${WEIR_BOLT_PORT:-17687}
 ARCADE_HTTP_PORT=${WEIR_ARCADEDB_HTTP_PORT:-12480}
 NATS_PORT=${WEIR_NATS_PORT:-14222}
+KAFKA_PORT=${WEIR_KAFKA_PORT:-19092}
 ARCADE_HEAP=${WEIR_ARCADEDB_HEAP:-1g}
 ARCADEDB_VERSION=26.10.2.post1
 NEO4J_PY_VERSION=6.4.1
 VENV=$CACHE_DIR/venv-arcadedb-$ARCADEDB_VERSION
+# tansu: a Kafka-protocol broker from crates.io (no registry ships a Kafka or Redpanda binary).
+TANSU_VERSION=0.6.0
+TANSU_DIR=$CACHE_DIR/tansu-$TANSU_VERSION
+TANSU_BIN=$TANSU_DIR/bin/tansu
 LOCAL_PASSWORD_DEFAULT=weir-local-dev
 
 log() { printf '[dev] %s\n' "$*" >&2; }
@@ -234,6 +243,63 @@ nats_up() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Kafka (tansu, a Kafka-protocol broker; memory store: it forgets everything when stopped)
+
+# Builds tansu into the cache once (cargo install --root; the dynostore feature carries the
+# memory storage engine). Installed to a temporary root first, so a cut-short build is redone.
+ensure_tansu() {
+  if [ -x "$TANSU_BIN" ]; then return; fi
+  command -v cargo >/dev/null || die "cargo not found: needed to build the tansu Kafka broker"
+  rm -rf "$TANSU_DIR.partial"
+  mkdir -p "$CACHE_DIR"
+  log "kafka: building tansu $TANSU_VERSION into $TANSU_DIR (cargo install, once; about 8 min on 2 cores)"
+  CARGO_TARGET_DIR=$CACHE_DIR/tansu-build cargo install tansu --version "$TANSU_VERSION" --locked \
+    --features dynostore --root "$TANSU_DIR.partial" >&2
+  rm -rf "$CACHE_DIR/tansu-build" "$TANSU_DIR"
+  mv "$TANSU_DIR.partial" "$TANSU_DIR"
+}
+
+RESOLVED_KAFKA_BROKERS=
+kafka_up() {
+  local dir=$STATE_DIR/kafka pidf=$STATE_DIR/kafka/pid
+  mkdir -p "$dir"
+  if [ -n "${KAFKA_BROKERS:-}" ]; then
+    local hp=${KAFKA_BROKERS%%,*}
+    port_open "${hp%:*}" "${hp##*:}" || die "Kafka at $KAFKA_BROKERS is not reachable"
+    log "kafka: using KAFKA_BROKERS=$KAFKA_BROKERS"
+    RESOLVED_KAFKA_BROKERS=$KAFKA_BROKERS
+    return
+  fi
+  local pid; pid=$(read_pid "$pidf")
+  if pid_alive "$pid" && port_open 127.0.0.1 "$KAFKA_PORT"; then
+    log "kafka: our tansu broker already running (pid $pid) at 127.0.0.1:$KAFKA_PORT"
+    RESOLVED_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+    return
+  fi
+  ensure_tansu
+  if port_open 127.0.0.1 "$KAFKA_PORT"; then
+    die "port $KAFKA_PORT is taken by a process we did not start; set WEIR_KAFKA_PORT or KAFKA_BROKERS"
+  fi
+  log "kafka: starting tansu on 127.0.0.1:$KAFKA_PORT (memory store, log $dir/server.log)"
+  setsid nohup "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/ \
+    </dev/null >"$dir/server.log" 2>&1 &
+  echo $! >"$pidf"
+  pid=$(read_pid "$pidf")
+  local i
+  for i in $(seq 1 100); do
+    if port_open 127.0.0.1 "$KAFKA_PORT"; then
+      RESOLVED_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+      log "kafka: ready"
+      return
+    fi
+    pid_alive "$pid" || { tail -n 20 "$dir/server.log" >&2 || true; die "tansu exited during start"; }
+    sleep 0.1
+  done
+  die "tansu did not listen within 10 s (log $dir/server.log)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # commands
 
 write_env() {
@@ -245,17 +311,20 @@ NEO4J_URI=$(graph_uri)
 NEO4J_USER=$(graph_user)
 NEO4J_PASSWORD=$(graph_password)
 NATS_URL=$RESOLVED_NATS_URL
+KAFKA_BROKERS=$RESOLVED_KAFKA_BROKERS
+WEIR_TANSU_BIN=$TANSU_BIN
 EOF
 }
 
 print_env() {
-  printf 'NEO4J_URI=%s\nNEO4J_USER=%s\nNEO4J_PASSWORD=***\nNATS_URL=%s\n' \
-    "$(graph_uri)" "$(graph_user)" "$RESOLVED_NATS_URL"
+  printf 'NEO4J_URI=%s\nNEO4J_USER=%s\nNEO4J_PASSWORD=***\nNATS_URL=%s\nKAFKA_BROKERS=%s\n' \
+    "$(graph_uri)" "$(graph_user)" "$RESOLVED_NATS_URL" "$RESOLVED_KAFKA_BROKERS"
 }
 
 cmd_up() {
   graph_up
   nats_up
+  kafka_up
   write_env
   log "settings (also in $STATE_DIR/env):"
   print_env | sed 's/^/    /' >&2
@@ -281,6 +350,7 @@ stop_pid() { # pidfile name
 cmd_down() {
   stop_pid "$STATE_DIR/arcadedb/pid" arcadedb
   stop_pid "$STATE_DIR/nats/pid" nats-server
+  stop_pid "$STATE_DIR/kafka/pid" tansu
   rm -rf "$STATE_DIR"/arcadedb/data-* "$STATE_DIR/nats/data" "$STATE_DIR/env"
   log "down: nothing of ours is running"
 }
@@ -297,6 +367,10 @@ cmd_status() {
   elif pid_alive "$pid"; then echo "nats:   nats-server running, pid $pid, nats://127.0.0.1:$NATS_PORT, log $STATE_DIR/nats/server.log"
   elif nats_info_has_jetstream 127.0.0.1 4222; then echo "nats:   not ours; reusing nats://127.0.0.1:4222 (JetStream)"
   else echo "nats:   not running"; fi
+  pid=$(read_pid "$STATE_DIR/kafka/pid")
+  if [ -n "${KAFKA_BROKERS:-}" ]; then echo "kafka:  external at $KAFKA_BROKERS"
+  elif pid_alive "$pid"; then echo "kafka:  tansu running, pid $pid, 127.0.0.1:$KAFKA_PORT, log $STATE_DIR/kafka/server.log"
+  else echo "kafka:  not running"; fi
   if [ -f "$STATE_DIR/env" ]; then echo "settings: $STATE_DIR/env"; fi
 }
 
@@ -447,7 +521,7 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  env) [ -f "$STATE_DIR/env" ] && { load_env; RESOLVED_NATS_URL=$NATS_URL; print_env; } || die "not up" ;;
+  env) [ -f "$STATE_DIR/env" ] && { load_env; RESOLVED_NATS_URL=$NATS_URL; RESOLVED_KAFKA_BROKERS=${KAFKA_BROKERS:-}; print_env; } || die "not up" ;;
   test) cmd_test ;;
   demo) cmd_demo ;;
   console-build) cmd_console_build ;;
