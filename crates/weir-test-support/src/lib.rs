@@ -7,6 +7,7 @@
 //! start it: a test that needs a service never passes by skipping.
 
 pub mod graph_server;
+pub mod kafka_broker;
 pub mod nats_server;
 pub mod process;
 pub mod proxy;
