@@ -1,6 +1,6 @@
-//! `weir-bench-consume`: `weir consume` (records streamed through NATS JetStream) against
-//! `weir ingest` of the same records from a file, on the same graph server, in one invocation;
-//! and one consume worker against two.
+//! `weir-bench-consume`: `weir consume` (records streamed through NATS JetStream, and through a
+//! Kafka topic) against `weir ingest` of the same records from a file, on the same graph server,
+//! in one invocation; and one consume worker against two.
 //!
 //! Every run writes `weir generate` people (JSON Lines, the example mapping, default 1,000-record
 //! batches) under a label prefix of its own, then deletes them. The variants alternate in a
@@ -11,6 +11,11 @@
 //!   message, `weir publish` defaults), then `k` workers share one durable consumer, timed from
 //!   spawn until the consumer has nothing pending and nothing unacknowledged (every message's
 //!   records committed), read from the server every 100 ms; then the workers get SIGTERM.
+//! - `kafka ×k` (with `--kafka-brokers`, default `KAFKA_BROKERS`; `--no-kafka` leaves them
+//!   out): the file is first published to a fresh 3-partition topic (not timed; one record per
+//!   message keyed by `person_id`), then `k` workers share one consumer group, timed from spawn
+//!   until the group's committed offset of every partition is its high watermark (read every
+//!   100 ms); then the workers get SIGTERM.
 //!
 //! Each run checks the graph holds exactly the file's nodes and relationships.
 //!
@@ -51,12 +56,19 @@ struct Cli {
     /// Where the results section goes.
     #[arg(long, default_value = "benches/results/consume.md")]
     results: PathBuf,
+    /// Kafka bootstrap brokers for the Kafka variants. Default: `KAFKA_BROKERS` (`.weir/env`).
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// Leave the Kafka variants out.
+    #[arg(long)]
+    no_kafka: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
     Ingest,
     Consume(usize),
+    Kafka(usize),
 }
 
 impl Variant {
@@ -64,6 +76,7 @@ impl Variant {
         match self {
             Self::Ingest => "weir ingest (file)".into(),
             Self::Consume(k) => format!("weir consume ×{k} (JetStream)"),
+            Self::Kafka(k) => format!("weir consume ×{k} (Kafka)"),
         }
     }
 }
@@ -166,6 +179,47 @@ async fn drained(
     }
 }
 
+/// Waits until the group's committed offsets of the topic's `partitions` add up to `messages`
+/// (offsets start at 0 and are contiguous; tansu's high watermark lags the end, so it is not
+/// used).
+fn kafka_drained(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    partitions: i32,
+    messages: i64,
+) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let mut total = 0;
+        if let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) {
+            for p in 0..partitions {
+                if let Some(rdkafka::Offset::Offset(o)) =
+                    committed.find_partition(topic, p).map(|e| e.offset())
+                {
+                    total += o;
+                }
+            }
+        }
+        if total == messages {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{topic}/{group} never committed to the end");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -207,7 +261,20 @@ async fn main() -> anyhow::Result<()> {
     let run_id = std::process::id();
 
     // The expected graph: one clean ingest.
-    let variants = [Variant::Ingest, Variant::Consume(1), Variant::Consume(2)];
+    let kafka = if cli.no_kafka {
+        None
+    } else {
+        Some(
+            cli.kafka_brokers
+                .clone()
+                .or_else(|| std::env::var("KAFKA_BROKERS").ok())
+                .context("--kafka-brokers or KAFKA_BROKERS (./scripts/dev.sh up), or --no-kafka")?,
+        )
+    };
+    let mut variants = vec![Variant::Ingest, Variant::Consume(1), Variant::Consume(2)];
+    if kafka.is_some() {
+        variants.extend([Variant::Kafka(1), Variant::Kafka(2)]);
+    }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     let mut expected: Option<(u64, u64)> = None;
     for run in 0..cli.runs {
@@ -276,6 +343,51 @@ async fn main() -> anyhow::Result<()> {
                     }
                     children.0.clear();
                     let _ = js.delete_stream(&stream).await;
+                    (secs, counts(&graph, &prefix).await?)
+                }
+                Variant::Kafka(workers) => {
+                    let brokers = kafka.clone().context("Kafka brokers")?;
+                    let topic = format!("bench-{run_id}-{run}-{vi}");
+                    let mut cmd = Command::new(&weir);
+                    env(&mut cmd, &s);
+                    let st = cmd
+                        .env("KAFKA_BROKERS", &brokers)
+                        .args(["publish", "--topic", &topic, "--partitions", "3"])
+                        // One message per batch: tansu skips the rest of a batch when a
+                        // fetch starts inside it (see tests/tests/kafka_rig).
+                        .args(["--key-field", "person_id", "-X", "batch.num.messages=1"])
+                        .arg(&data)
+                        .status()?;
+                    anyhow::ensure!(st.success(), "weir publish --topic failed");
+                    let t = Instant::now();
+                    let mut children = Killed(Vec::new());
+                    for _ in 0..workers {
+                        let mut cmd = Command::new(&weir);
+                        env(&mut cmd, &s);
+                        cmd.env("KAFKA_BROKERS", &brokers)
+                            .args(["consume", "--topic", &topic, "--group", "bench"])
+                            .args(["--label-prefix", &prefix, "--progress", "none", "--quiet"])
+                            .arg("--mapping")
+                            .arg(&mapping);
+                        children.0.push(cmd.spawn()?);
+                    }
+                    let messages = i64::try_from(cli.people)?;
+                    let (b, tp) = (brokers.clone(), topic.clone());
+                    tokio::task::spawn_blocking(move || {
+                        kafka_drained(&b, &tp, "bench", 3, messages)
+                    })
+                    .await??;
+                    let secs = t.elapsed().as_secs_f64();
+                    for c in &children.0 {
+                        let _ = Command::new("kill")
+                            .args(["-TERM", &c.id().to_string()])
+                            .status();
+                    }
+                    for c in &mut children.0 {
+                        let st = c.wait()?;
+                        anyhow::ensure!(st.success(), "weir consume --topic exited with {st}");
+                    }
+                    children.0.clear();
                     (secs, counts(&graph, &prefix).await?)
                 }
             };
