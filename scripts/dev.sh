@@ -276,10 +276,13 @@ kafka_up() {
     RESOLVED_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
     return
   fi
-  ensure_tansu
   if port_open 127.0.0.1 "$KAFKA_PORT"; then
-    die "port $KAFKA_PORT is taken by a process we did not start; set WEIR_KAFKA_PORT or KAFKA_BROKERS"
+    # Not ours (e.g. started from another checkout): reused, like a graph server or NATS.
+    log "kafka: reusing what listens at 127.0.0.1:$KAFKA_PORT (not started by this checkout; \`down\` leaves it alone)"
+    RESOLVED_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+    return
   fi
+  ensure_tansu
   log "kafka: starting tansu on 127.0.0.1:$KAFKA_PORT (memory store, log $dir/server.log)"
   setsid nohup "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/ \
