@@ -427,6 +427,9 @@ impl Settings {
             if let Some(v) = env.get("WEIR_JOB_DIR") {
                 self.jobs.job_dir = v.into();
             }
+            if let Some(v) = env.get("KAFKA_BROKERS") {
+                self.jobs.kafka.brokers = v.to_owned();
+            }
         }
         Ok(())
     }
@@ -603,6 +606,10 @@ pub const ENV: &[(&str, &str)] = &[
     ("WEIR_INPUT_ROOTS", "jobs.input_roots (`:`-separated)"),
     ("WEIR_SPOOL_DIR", "jobs.spool_dir"),
     ("WEIR_JOB_DIR", "jobs.job_dir"),
+    (
+        "KAFKA_BROKERS",
+        "jobs.kafka.brokers (Kafka stream jobs naming no brokers)",
+    ),
 ];
 
 /// The settings file: `--config`, else `WEIR_CONFIG`.

@@ -131,13 +131,13 @@ async fn stream_jobs_consume_show_in_jobs_and_progress_and_stop_with_nothing_una
         id: "cfg".into(),
         mapping: mapping_file.clone(),
         label_prefix: prefix.clone(),
-        stream: in_stream.clone(),
-        subject: subject.clone(),
-        consumer: "c1".into(),
-        deliver: DeliverPolicy::All,
-        url: None,
-        ack_wait: Duration::from_secs(30),
-        max_ack_pending: 20_000,
+        stream: Some(in_stream.clone()),
+        subject: Some(subject.clone()),
+        consumer: Some("c1".into()),
+        deliver: Some(DeliverPolicy::All),
+        ack_wait: Some(Duration::from_secs(30)),
+        max_ack_pending: Some(20_000),
+        ..StreamJobConfig::default()
     }];
     let bus = Bus::connect(&c.bus).await.unwrap();
     let mut progress = bus.subscribe_progress().await.unwrap();

@@ -10,6 +10,11 @@
 //!   "mapping": "<TOML>", "label_prefix": "...", "id": "..."}`: a stream job, a JetStream
 //!   durable consumer on the service's NATS server (a request cannot name another server: that
 //!   is set in `[[jobs.streams]]` only). It runs until `DELETE /jobs/{id}` or shutdown.
+//!   The Kafka form, `{"topics": ["..."], "group": "...", "start": "earliest"|"latest",
+//!   "max_in_flight": 20000, "mapping": ..., "label_prefix": ..., "id": ...}`, is a consumer
+//!   of the group on the service's Kafka cluster (`[jobs.kafka]`: brokers and librdkafka
+//!   properties are settings only, never a request's). A body naming fields of both forms is
+//!   refused, naming the field.
 //! - `GET /jobs`, `GET /jobs/{id}`: status. `DELETE /jobs/{id}`: stop (checkpoint kept).
 //! - `POST /api/mapping/validate` with JSON `{"mapping": "<TOML>", "label_prefix": "..."}`:
 //!   the verdict on a mapping, errors with line and field (see [`crate::validate`]).
@@ -35,7 +40,9 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use crate::jobs::IngestdError;
-use crate::jobs::config::DeliverPolicy;
+use crate::jobs::config::{
+    DEFAULT_MAX_IN_FLIGHT, DeliverPolicy, KafkaInput, KafkaStart, refuse_fields,
+};
 use crate::jobs::manager::{InputFormat, JobInput, JobManager, JobSpec, StreamInput};
 
 /// State of the job API.
@@ -61,19 +68,31 @@ struct FileJob {
     id: Option<String>,
 }
 
-/// Body of `POST /jobs/stream`.
+/// Body of `POST /jobs/stream`: the JetStream form (`stream`, `subject`, `consumer`, ...) or
+/// the Kafka form (`topics`, `group`, ...).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StreamJob {
-    stream: String,
-    subject: String,
-    consumer: String,
     #[serde(default)]
-    deliver: DeliverPolicy,
+    stream: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    consumer: Option<String>,
+    #[serde(default)]
+    deliver: Option<DeliverPolicy>,
     #[serde(default, with = "humantime_serde")]
     ack_wait: Option<std::time::Duration>,
     #[serde(default)]
     max_ack_pending: Option<usize>,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    start: Option<KafkaStart>,
+    #[serde(default)]
+    max_in_flight: Option<usize>,
     mapping: String,
     #[serde(default)]
     label_prefix: String,
@@ -184,26 +203,78 @@ async fn submit_stream(
     authorize(&api, &headers)?;
     let job: StreamJob = serde_json::from_slice(&body)
         .map_err(|e| IngestdError::BadRequest(format!("the body is not a stream job: {e}")))?;
-    let defaults = weir_sources::JetStreamSourceConfig::default();
+    let input = stream_input(&job, &api.jobs.config().kafka)?;
     let status = api
         .jobs
         .submit(JobSpec {
             id: job.id,
-            input: JobInput::Stream(StreamInput {
-                stream: job.stream,
-                subject: job.subject,
-                consumer: job.consumer,
-                deliver: job.deliver,
-                url: None,
-                ack_wait: job.ack_wait.unwrap_or(defaults.ack_wait),
-                max_ack_pending: job.max_ack_pending.unwrap_or(defaults.max_ack_pending),
-            }),
+            input,
             mapping: job.mapping,
             format: None,
             label_prefix: job.label_prefix,
         })
         .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(status)).into_response())
+}
+
+/// The source a `POST /jobs/stream` body names: Kafka when it names `topics` (on the service's
+/// cluster), else JetStream (on the service's NATS).
+fn stream_input(
+    job: &StreamJob,
+    kafka: &crate::jobs::config::KafkaConnection,
+) -> Result<JobInput, IngestdError> {
+    let bad = |(_, reason): (&str, String)| IngestdError::BadRequest(reason);
+    if !job.topics.is_empty() {
+        refuse_fields(
+            "Kafka",
+            &[
+                ("stream", job.stream.is_some()),
+                ("subject", job.subject.is_some()),
+                ("consumer", job.consumer.is_some()),
+                ("deliver", job.deliver.is_some()),
+                ("ack_wait", job.ack_wait.is_some()),
+                ("max_ack_pending", job.max_ack_pending.is_some()),
+            ],
+        )
+        .map_err(bad)?;
+        let group = job.group.clone().ok_or_else(|| {
+            IngestdError::BadRequest("a Kafka stream job needs `group` (the consumer group)".into())
+        })?;
+        return Ok(JobInput::Kafka(KafkaInput {
+            topics: job.topics.clone(),
+            group,
+            brokers: kafka.brokers.clone(),
+            properties: kafka.properties.clone(),
+            start: job.start.unwrap_or_default(),
+            max_in_flight: job.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+        }));
+    }
+    refuse_fields(
+        "JetStream",
+        &[
+            ("group", job.group.is_some()),
+            ("start", job.start.is_some()),
+            ("max_in_flight", job.max_in_flight.is_some()),
+        ],
+    )
+    .map_err(bad)?;
+    let need = |v: &Option<String>, field: &str| {
+        v.clone().ok_or_else(|| {
+            IngestdError::BadRequest(format!(
+                "missing `{field}`: a stream job names either `stream`, `subject` and `consumer` (JetStream) or `topics` and `group` (Kafka)"
+            ))
+        })
+    };
+    let defaults = weir_sources::JetStreamSourceConfig::default();
+    Ok(JobInput::Stream(StreamInput {
+        stream: need(&job.stream, "stream")?,
+        subject: need(&job.subject, "subject")?,
+        consumer: need(&job.consumer, "consumer")?,
+        deliver: job.deliver.unwrap_or_default(),
+        url: None,
+        ack_wait: job.ack_wait.unwrap_or(defaults.ack_wait),
+        max_ack_pending: job.max_ack_pending.unwrap_or(defaults.max_ack_pending),
+    }))
 }
 
 async fn submit_upload(

@@ -15,14 +15,15 @@ use tokio_util::task::TaskTracker;
 use weir_events::{JobState, ProgressEvent};
 use weir_graph::Mapping;
 use weir_metrics::StreamMetrics;
+use weir_metrics::{Encoder, MetricSource};
 use weir_pool::Pool;
-use weir_sources::ConsumerMetrics;
+use weir_sources::{ConsumerMetrics, KafkaMetrics};
 use weir_stream::{
     CheckpointFile, DeadLetterSink, FileSource, Format, JsonlDeadLetters, RunOutcome, StreamError,
 };
 
 use crate::jobs::IngestdError;
-use crate::jobs::config::{DeliverPolicy, JobsConfig};
+use crate::jobs::config::{DeliverPolicy, JobsConfig, KafkaInput, StreamSource};
 use crate::pipeline::JobPipeline;
 
 /// Input format of a job: `"csv"` or `"jsonl"` in the job API (`"jsonlines"` and `"ndjson"`
@@ -38,6 +39,8 @@ pub enum JobInput {
     Spooled(PathBuf),
     /// A JetStream durable consumer: the job runs until it is stopped.
     Stream(StreamInput),
+    /// A Kafka consumer group: the job runs until it is stopped.
+    Kafka(KafkaInput),
 }
 
 /// The JetStream side of a stream job.
@@ -69,23 +72,76 @@ pub enum JobKind {
     Stream,
 }
 
+/// Which kind of consumer a stream job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerSource {
+    /// A JetStream durable consumer.
+    Jetstream,
+    /// A Kafka consumer group.
+    Kafka,
+}
+
 /// A stream job's consumer, as its status shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConsumerStatus {
-    /// The stream.
-    pub stream: String,
-    /// The subject filter.
-    pub subject: String,
-    /// The durable consumer.
+    /// `jetstream` or `kafka`.
+    pub source: ConsumerSource,
+    /// The stream (JetStream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The subject filter (JetStream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The topics or `^patterns` (Kafka).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// The durable consumer (JetStream) or the consumer group (Kafka): the `consumer` label
+    /// of the job's `weir_consumer_*` metrics.
     pub consumer: String,
     /// Messages this job received.
     pub messages_received: u64,
-    /// Messages this job acknowledged (their records committed or dead-lettered).
+    /// Messages this job acknowledged (JetStream) or whose offsets it committed (Kafka):
+    /// their records committed or dead-lettered.
     pub messages_acked: u64,
-    /// Messages this job received that had been delivered before.
+    /// Messages this job received that had been delivered before (JetStream; 0 for Kafka,
+    /// which does not tell).
     pub messages_redelivered: u64,
-    /// The consumer's lag (messages not yet delivered to any worker), as last read.
+    /// The consumer's lag, as last read: messages not yet delivered to any worker
+    /// (JetStream), or the summed lag of the partitions assigned to this job (Kafka).
     pub messages_pending: Option<u64>,
+}
+
+/// A running stream job's consumer counters.
+#[derive(Clone, Debug)]
+pub(super) enum LiveConsumer {
+    JetStream(Arc<ConsumerMetrics>),
+    Kafka(Arc<KafkaMetrics>),
+}
+
+impl LiveConsumer {
+    fn fill(&self, c: &mut ConsumerStatus) {
+        match self {
+            Self::JetStream(m) => {
+                c.messages_received = m.received();
+                c.messages_acked = m.acked();
+                c.messages_redelivered = m.redelivered();
+                c.messages_pending = m.pending();
+            }
+            Self::Kafka(m) => {
+                c.messages_received = m.received();
+                c.messages_acked = m.committed();
+                c.messages_pending = m.lag();
+            }
+        }
+    }
+
+    pub(super) fn collect(&self, enc: &mut Encoder) {
+        match self {
+            Self::JetStream(m) => m.collect(enc),
+            Self::Kafka(m) => m.collect(enc),
+        }
+    }
 }
 
 /// A job to run.
@@ -144,7 +200,7 @@ pub(super) struct Entry {
     pub(super) status: Mutex<JobStatus>,
     pub(super) cancel: CancellationToken,
     /// A running stream job's consumer counters.
-    pub(super) consumer: Mutex<Option<Arc<ConsumerMetrics>>>,
+    pub(super) consumer: Mutex<Option<LiveConsumer>>,
 }
 
 impl Entry {
@@ -152,10 +208,7 @@ impl Entry {
     pub(super) fn snapshot(&self) -> JobStatus {
         let mut s = self.status.lock().clone();
         if let (Some(c), Some(m)) = (s.consumer.as_mut(), self.consumer.lock().as_ref()) {
-            c.messages_received = m.received();
-            c.messages_acked = m.acked();
-            c.messages_redelivered = m.redelivered();
-            c.messages_pending = m.pending();
+            m.fill(c);
         }
         s
     }
@@ -310,9 +363,14 @@ impl JobManager {
     /// Accepts a job: checks the mapping and the input, the queue bound and readiness, then
     /// queues it. Returns its first status.
     pub async fn submit(&self, spec: JobSpec) -> Result<JobStatus, IngestdError> {
-        if let JobInput::Stream(input) = spec.input {
+        let stream = match &spec.input {
+            JobInput::Stream(input) => Some(StreamSource::JetStream(input.clone())),
+            JobInput::Kafka(input) => Some(StreamSource::Kafka(input.clone())),
+            JobInput::Path(_) | JobInput::Spooled(_) => None,
+        };
+        if let Some(source) = stream {
             return self
-                .submit_stream(spec.id, input, &spec.mapping, &spec.label_prefix, true)
+                .submit_stream(spec.id, source, &spec.mapping, &spec.label_prefix, true)
                 .await;
         }
         let result = self.submit_inner(spec.clone()).await;
@@ -342,7 +400,9 @@ impl JobManager {
         let (path, shown) = match &spec.input {
             JobInput::Path(p) => (self.allowed_path(p)?, p.display().to_string()),
             JobInput::Spooled(p) => (p.clone(), "upload".to_owned()),
-            JobInput::Stream(_) => unreachable!("stream jobs are submitted by submit_stream"),
+            JobInput::Stream(_) | JobInput::Kafka(_) => {
+                unreachable!("stream jobs are submitted by submit_stream")
+            }
         };
         let id = match spec.id.clone() {
             Some(id) if valid_id(&id) => id,

@@ -20,10 +20,14 @@ pub mod validate;
 use crate::ServiceError;
 
 pub use config::JobsConfig;
-pub use config::{DeliverPolicy, StreamJobConfig};
+pub use config::{
+    DeliverPolicy, KafkaConnection, KafkaInput, KafkaProperties, KafkaStart, StreamJobConfig,
+    StreamSource,
+};
 pub use http::{JobsApi, jobs_router};
 pub use manager::{
-    ConsumerStatus, InputFormat, JobInput, JobKind, JobManager, JobSpec, JobStatus, StreamInput,
+    ConsumerSource, ConsumerStatus, InputFormat, JobInput, JobKind, JobManager, JobSpec, JobStatus,
+    StreamInput,
 };
 
 /// Errors of the ingest service.

@@ -1,14 +1,21 @@
-//! Stream jobs: a JetStream durable consumer inside the service, the same worker as
-//! `weir consume`. Messages (one JSON object, or JSON Lines) go through the job's mapping into
-//! the graph and are acknowledged after their records are committed or dead-lettered; a stream
-//! job runs until it is stopped (`DELETE /jobs/{id}` or shutdown: in-flight batches finish and
-//! are acknowledged, what it still holds is handed back for redelivery).
+//! Stream jobs: a JetStream durable consumer or a Kafka consumer group inside the service, the
+//! same worker as `weir consume` (`--topic` for Kafka). Messages (one JSON object, or JSON
+//! Lines) go through the job's mapping into the graph and are acknowledged (JetStream), or
+//! their partitions' offsets committed (Kafka), after their records are committed or
+//! dead-lettered; a stream job runs until it is stopped (`DELETE /jobs/{id}` or shutdown:
+//! in-flight batches finish and are acknowledged or committed, what it still holds is handed
+//! back for redelivery, and a Kafka job leaves its group).
 //!
 //! Stream jobs are bounded by `jobs.max_stream_jobs`, not by the file jobs' slots. They have no
-//! checkpoint file: the durable consumer is their checkpoint, so a job started again with the
-//! same consumer goes on where the last one stopped (with every worker of that consumer,
-//! whichever process it is in). Dead letters go to `<job_dir>/<id>.dead-letters.jsonl`
-//! (appended, capped by `jobs.max_dead_letter_bytes`).
+//! checkpoint file: the durable consumer (the group's committed offsets) is their checkpoint,
+//! so a job started again with the same consumer (group) goes on where the last one stopped
+//! (with every worker of that consumer, whichever process it is in). Dead letters go to
+//! `<job_dir>/<id>.dead-letters.jsonl` (appended, capped by `jobs.max_dead_letter_bytes`); a
+//! Kafka record's names `kafka:<topic>/<partition>` and its offset.
+//!
+//! A Kafka job's librdkafka properties may hold credentials: they are never shown (its status
+//! names topics, group and brokers) and its errors are redacted
+//! ([`crate::jobs::config::KafkaProperties::redact`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +25,36 @@ use weir_config::Backoff;
 use weir_events::JobState;
 use weir_graph::Mapping;
 use weir_metrics::{Encoder, MetricSource};
-use weir_sources::{DeliverFrom, JetStreamSource, JetStreamSourceConfig};
-use weir_stream::{Format, RunOutcome, StreamError};
+use weir_sources::{
+    DeliverFrom, JetStreamSource, JetStreamSourceConfig, KafkaSource, KafkaSourceConfig,
+    KafkaSourceError, StartFrom,
+};
+use weir_stream::{Format, RunOutcome, RunSummary, StreamError};
 
+use crate::BusPublisher;
 use crate::jobs::IngestdError;
-use crate::jobs::config::{DeliverPolicy, StreamJobConfig};
+use crate::jobs::config::{DeliverPolicy, KafkaInput, KafkaProperties, KafkaStart, StreamSource};
 use crate::jobs::manager::{
-    ConsumerStatus, Entry, JobKind, JobManager, JobStatus, StreamInput, valid_id,
+    ConsumerSource, ConsumerStatus, Entry, JobKind, JobManager, JobStatus, LiveConsumer,
+    StreamInput, valid_id,
 };
 use crate::pipeline::{JobPipeline, JobTuning};
+
+impl From<KafkaStart> for StartFrom {
+    fn from(s: KafkaStart) -> Self {
+        match s {
+            KafkaStart::Earliest => Self::Earliest,
+            KafkaStart::Latest => Self::Latest,
+        }
+    }
+}
+
+/// A stream job's source settings, checked.
+enum Prepared {
+    JetStream(JetStreamSourceConfig),
+    /// The properties again, to redact errors with.
+    Kafka(KafkaSourceConfig, KafkaProperties),
+}
 
 impl From<DeliverPolicy> for DeliverFrom {
     fn from(d: DeliverPolicy) -> Self {
@@ -38,29 +66,15 @@ impl From<DeliverPolicy> for DeliverFrom {
     }
 }
 
-impl StreamInput {
-    /// The consumer of a `[[jobs.streams]]` entry.
-    pub fn from_config(c: &StreamJobConfig) -> Self {
-        Self {
-            stream: c.stream.clone(),
-            subject: c.subject.clone(),
-            consumer: c.consumer.clone(),
-            deliver: c.deliver,
-            url: c.url.clone(),
-            ack_wait: c.ack_wait,
-            max_ack_pending: c.max_ack_pending,
-        }
-    }
-}
-
 impl JobManager {
     /// Accepts a stream job: checks the mapping, the consumer settings, the bound on stream
     /// jobs and (when `require_ready`) readiness, then starts it. Until the graph and the bus
-    /// are ready, and then NATS answers, the job is `queued` with the reason in its `error`.
+    /// are ready, and then NATS (the Kafka cluster) answers, the job is `queued` with the
+    /// reason in its `error`.
     pub(crate) async fn submit_stream(
         &self,
         id: Option<String>,
-        input: StreamInput,
+        input: StreamSource,
         mapping: &str,
         label_prefix: &str,
         require_ready: bool,
@@ -79,10 +93,59 @@ impl JobManager {
             .map_err(|e| IngestdError::InvalidMapping(e.to_string()))?
             .with_label_prefix(label_prefix)
             .map_err(|e| IngestdError::InvalidMapping(format!("label prefix: {e}")))?;
-        let source = self.source_config(&input);
-        source
-            .validate()
-            .map_err(|e| IngestdError::BadRequest(e.to_string()))?;
+        let (source, shown, consumer) = match &input {
+            StreamSource::JetStream(js) => {
+                let source = self.source_config(js);
+                source
+                    .validate()
+                    .map_err(|e| IngestdError::BadRequest(e.to_string()))?;
+                let shown = format!(
+                    "nats: stream {} subject {} consumer {}",
+                    js.stream, js.subject, js.consumer
+                );
+                let consumer = ConsumerStatus {
+                    source: ConsumerSource::Jetstream,
+                    stream: Some(js.stream.clone()),
+                    subject: Some(js.subject.clone()),
+                    topics: Vec::new(),
+                    consumer: js.consumer.clone(),
+                    messages_received: 0,
+                    messages_acked: 0,
+                    messages_redelivered: 0,
+                    messages_pending: None,
+                };
+                (Prepared::JetStream(source), shown, consumer)
+            }
+            StreamSource::Kafka(k) => {
+                let source = kafka_config(k);
+                source
+                    .validate()
+                    .map_err(|e| IngestdError::BadRequest(k.properties.redact(&e.to_string())))?;
+                // Topics, group and brokers only: the properties may hold credentials.
+                let shown = format!(
+                    "kafka: topics {} group {} brokers {}",
+                    k.topics.join(","),
+                    k.group,
+                    k.brokers
+                );
+                let consumer = ConsumerStatus {
+                    source: ConsumerSource::Kafka,
+                    stream: None,
+                    subject: None,
+                    topics: k.topics.clone(),
+                    consumer: k.group.clone(),
+                    messages_received: 0,
+                    messages_acked: 0,
+                    messages_redelivered: 0,
+                    messages_pending: None,
+                };
+                (
+                    Prepared::Kafka(source, k.properties.clone()),
+                    shown,
+                    consumer,
+                )
+            }
+        };
         let id = match id {
             Some(id) if valid_id(&id) => id,
             Some(_) => {
@@ -102,10 +165,7 @@ impl JobManager {
                 id: id.clone(),
                 kind: JobKind::Stream,
                 state: JobState::Queued,
-                input: format!(
-                    "nats: stream {} subject {} consumer {}",
-                    input.stream, input.subject, input.consumer
-                ),
+                input: shown,
                 records_read: 0,
                 records_committed: 0,
                 records_dead_lettered: 0,
@@ -118,15 +178,7 @@ impl JobManager {
                     .job_dir
                     .join(format!("{id}.dead-letters.jsonl")),
                 submitted_at: chrono::Utc::now().to_rfc3339(),
-                consumer: Some(ConsumerStatus {
-                    stream: input.stream.clone(),
-                    subject: input.subject.clone(),
-                    consumer: input.consumer.clone(),
-                    messages_received: 0,
-                    messages_acked: 0,
-                    messages_redelivered: 0,
-                    messages_pending: None,
-                }),
+                consumer: Some(consumer),
             }),
             cancel: inner.shutdown.child_token(),
             consumer: Mutex::new(None),
@@ -163,10 +215,15 @@ impl JobManager {
                     }
                 }
             }
-            if let Err(e) = this
-                .run_stream(&id, &entry, source, Arc::new(mapping))
-                .await
-            {
+            let mapping = Arc::new(mapping);
+            let result = match source {
+                Prepared::JetStream(source) => this.run_stream(&id, &entry, source, mapping).await,
+                Prepared::Kafka(source, properties) => {
+                    this.run_kafka(&id, &entry, source, &properties, mapping)
+                        .await
+                }
+            };
+            if let Err(e) = result {
                 tracing::error!(job = %id, error = %e, "stream job failed");
                 let mut s = entry.status.lock();
                 s.state = JobState::Failed;
@@ -179,8 +236,8 @@ impl JobManager {
     }
 
     /// Starts the `[[jobs.streams]]` jobs: listed at once, each waits until the graph and
-    /// the bus are ready, then runs until shutdown. An unreadable or invalid mapping file fails
-    /// here, naming the job.
+    /// the bus are ready, then runs until shutdown. An unreadable or invalid mapping file, or
+    /// an entry naming fields of both sources, fails here, naming the job.
     pub async fn start_configured_streams(&self) -> Result<(), IngestdError> {
         for c in self.inner.config.streams.clone() {
             let mapping = std::fs::read_to_string(&c.mapping).map_err(|e| {
@@ -190,7 +247,9 @@ impl JobManager {
                     c.mapping.display()
                 ))
             })?;
-            let input = StreamInput::from_config(&c);
+            let input = c
+                .source(&self.inner.config.kafka)
+                .map_err(|e| IngestdError::Internal(e.to_string()))?;
             self.submit_stream(Some(c.id.clone()), input, &mapping, &c.label_prefix, false)
                 .await
                 .map_err(|e| IngestdError::Internal(format!("jobs.streams `{}`: {e}", c.id)))?;
@@ -273,7 +332,7 @@ impl JobManager {
             }
         };
         entry.status.lock().error = None;
-        *entry.consumer.lock() = Some(consumer);
+        *entry.consumer.lock() = Some(LiveConsumer::JetStream(consumer));
         let built = match self.dead_letters(entry) {
             Ok(dead) => job
                 .dead_letters(dead)
@@ -303,15 +362,115 @@ impl JobManager {
         acks.finish().await;
         let _ = forward.await;
         let _ = follower.await;
+        self.end_stream(id, entry, &publisher, result, |e| e.to_string())
+    }
+
+    /// A Kafka stream job: waits until the cluster answers, then consumes the group's
+    /// partitions until it is stopped; the committer commits the last frontier and leaves the
+    /// group after the pipeline ends. Every error is redacted of `properties`' values.
+    async fn run_kafka(
+        &self,
+        id: &str,
+        entry: &Arc<Entry>,
+        source_cfg: KafkaSourceConfig,
+        properties: &KafkaProperties,
+        mapping: Arc<Mapping>,
+    ) -> Result<(), IngestdError> {
+        let inner = &self.inner;
+        let redact = |e: &dyn std::fmt::Display| properties.redact(&e.to_string());
+        let publisher = inner.publisher.for_job();
+        let tuning = JobTuning {
+            max_errors: None,
+            ..inner.config.tuning(id, Format::JsonLines)
+        };
+        let job = JobPipeline::new(tuning, mapping).publisher(Arc::new(publisher.clone()));
+        let source_cfg = job.kafka_source(source_cfg);
+        // Polling stops when the job is stopped, or when its pipeline ended by itself.
+        let poll_stop = entry.cancel.child_token();
+        let backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(10))
+            .with_jitter(0.3);
+        let mut attempt = 0;
+        let (source, commits, committer, consumer) = loop {
+            let started = tokio::select! {
+                r = KafkaSource::start(&source_cfg, poll_stop.clone()) => r,
+                () = entry.cancel.cancelled() => {
+                    entry.status.lock().state = JobState::Cancelled;
+                    return Ok(());
+                }
+            };
+            match started {
+                Ok(started) => break started,
+                // Not reaching the cluster (its metadata): wait, as for NATS.
+                Err(e @ KafkaSourceError::Topics { .. }) => {
+                    let e = redact(&e);
+                    tracing::warn!(job = %id, error = %e, "stream job waiting for Kafka");
+                    entry.status.lock().error = Some(format!("waiting: {e}"));
+                    attempt += 1;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.jittered(attempt)) => {}
+                        () = entry.cancel.cancelled() => {
+                            entry.status.lock().state = JobState::Cancelled;
+                            return Ok(());
+                        }
+                    }
+                }
+                // A client librdkafka refuses (a wrong property) does not get better.
+                Err(e) => return Err(IngestdError::Internal(redact(&e))),
+            }
+        };
+        entry.status.lock().error = None;
+        *entry.consumer.lock() = Some(LiveConsumer::Kafka(consumer));
+        let built = match self.dead_letters(entry) {
+            Ok(dead) => job
+                .dead_letters(dead)
+                .build(&inner.pool, &inner.metrics)
+                .await
+                .map_err(|e| IngestdError::Internal(e.to_string())),
+            Err(e) => Err(e),
+        };
+        let (pipeline, follower) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                poll_stop.cancel();
+                drop(commits);
+                committer.finish().await;
+                *entry.consumer.lock() = None;
+                return Err(e);
+            }
+        };
+        let pipeline = pipeline.with_commit_watch(commits);
+        let forward = self.forward_progress(entry, &publisher, pipeline.subscribe());
+        entry.status.lock().state = JobState::Running;
+        tracing::info!(job = %id, topics = ?source_cfg.topics, group = %source_cfg.group, brokers = %source_cfg.brokers, "stream job started");
+        let result = pipeline.run(source, entry.cancel.clone()).await;
+        // The pipeline is done (its commit sender dropped): stop polling, commit the final
+        // frontier, leave the group.
+        poll_stop.cancel();
+        committer.finish().await;
+        let _ = forward.await;
+        let _ = follower.await;
+        self.end_stream(id, entry, &publisher, result, |e| redact(e))
+    }
+
+    /// Records how a stream job's run ended in its status (`cancelled` unless it failed:
+    /// a stream has no end of its own), with its consumer's final counters.
+    fn end_stream(
+        &self,
+        id: &str,
+        entry: &Arc<Entry>,
+        publisher: &BusPublisher,
+        result: Result<RunSummary, StreamError>,
+        shown: impl Fn(&dyn std::fmt::Display) -> String,
+    ) -> Result<(), IngestdError> {
         let summary = match result {
             Ok(s) => s,
             Err(StreamError::Failed { cause, summary }) => {
-                entry.status.lock().error = Some(cause.to_string());
+                entry.status.lock().error = Some(shown(&cause));
                 *summary
             }
             Err(e) => {
                 *entry.consumer.lock() = None;
-                return Err(IngestdError::Internal(e.to_string()));
+                return Err(IngestdError::Internal(shown(&e)));
             }
         };
         let final_counts = entry.snapshot().consumer;
@@ -330,5 +489,19 @@ impl JobManager {
         };
         tracing::info!(job = %id, state = ?st.state, committed = st.records_committed, "stream job ended");
         Ok(())
+    }
+}
+
+/// The source of a Kafka stream job (chunks and bytes in flight are sized by the job's
+/// tuning when it runs: [`JobPipeline::kafka_source`]).
+fn kafka_config(k: &KafkaInput) -> KafkaSourceConfig {
+    KafkaSourceConfig {
+        brokers: k.brokers.clone(),
+        group: k.group.clone(),
+        topics: k.topics.clone(),
+        properties: k.properties.pairs(),
+        start: k.start.into(),
+        max_in_flight_messages: k.max_in_flight,
+        ..KafkaSourceConfig::default()
     }
 }
