@@ -186,8 +186,9 @@ pub struct WebSocketConfig {
     /// size for its whole life (the WebSocket library's own default, 128 KiB, made an idle
     /// subscription cost ~150 KB); larger messages still arrive whole, in several reads, up
     /// to `limits.max_ws_message_bytes` (the buffer then keeps the size that message needed).
-    /// Clients send only small control messages (`connection_init`, `subscribe`, `pong`), so
-    /// 512 bytes hold a typical one in a single read. Default 512 B.
+    /// Clients send only small control messages (`connection_init`, `subscribe`, `pong`): 256
+    /// bytes hold a short one in a single read, and a longer query takes a few more reads (then
+    /// the buffer keeps the size it needed). Default 256 B, at least 128.
     pub read_buffer_bytes: usize,
     /// WebSockets open at once; more upgrades are answered 503. Default 20,000.
     pub max_sockets: usize,
@@ -204,7 +205,7 @@ impl Default for WebSocketConfig {
             pong_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             outbound_queue: 64,
-            read_buffer_bytes: 512,
+            read_buffer_bytes: 256,
             max_sockets: 20_000,
             max_sockets_per_ip: 1_000,
         }
@@ -301,8 +302,8 @@ impl GatewayConfig {
             );
         }
         let w = &self.websocket;
-        if !(512..=1 << 20).contains(&w.read_buffer_bytes) {
-            return bad("websocket.read_buffer_bytes", "must be 512 B to 1 MiB");
+        if !(128..=1 << 20).contains(&w.read_buffer_bytes) {
+            return bad("websocket.read_buffer_bytes", "must be 128 B to 1 MiB");
         }
         if w.connection_init_timeout.is_zero()
             || w.ping_interval.is_zero()

@@ -109,7 +109,8 @@ pub(crate) struct StateInner {
     /// Fired after the manager has completed every subscription: sockets send `complete`s and
     /// close with 1001.
     pub(crate) closing: CancellationToken,
-    /// Fired when the grace period is over: sockets are dropped.
+    /// Fired when the grace period is over: sockets are dropped. `closing` is its child, so
+    /// firing it fires `closing` too (a socket waits on `closing` alone).
     pub(crate) force: CancellationToken,
     pub(crate) sockets: TaskTracker,
     pub(crate) open_sockets: std::sync::atomic::AtomicUsize,
@@ -158,6 +159,7 @@ impl GatewayState {
             config.introspection,
             replay,
         );
+        let force = CancellationToken::new();
         Ok(Self {
             inner: Arc::new(StateInner {
                 auth: auth::Authenticator::new(&config.auth),
@@ -165,8 +167,8 @@ impl GatewayState {
                 schema,
                 manager,
                 reader,
-                closing: CancellationToken::new(),
-                force: CancellationToken::new(),
+                closing: force.child_token(),
+                force,
                 sockets: TaskTracker::new(),
                 open_sockets: std::sync::atomic::AtomicUsize::new(0),
                 fast_operations: Arc::default(),

@@ -1,7 +1,7 @@
 //! The memory an idle subscription costs the gateway, measured on the real process: sockets
 //! over TCP, each with one subscription, and the process RSS before and after. The WebSocket
 //! library's default read buffer (128 KiB per socket, zero-filled) made it ~150 KB; with
-//! `websocket.read_buffer_bytes` (512 B) it is a few KB (the bench measures it precisely:
+//! `websocket.read_buffer_bytes` (256 B) it is a few KB (the bench measures it precisely:
 //! `weir-bench-fanout`; this test keeps the bound from regressing).
 
 mod common;
@@ -24,7 +24,7 @@ async fn an_idle_subscription_costs_kilobytes_not_a_read_buffer() {
     let mut cfg = config();
     cfg.subscriptions.max_per_connection = 4;
     cfg.subscriptions.max_total = N + 10;
-    assert_eq!(cfg.websocket.read_buffer_bytes, 512, "the default");
+    assert_eq!(cfg.websocket.read_buffer_bytes, 256, "the default");
     let server = serve(cfg).await;
     // Warm up: one full connection, so one-off allocations are not counted per socket.
     let warm = server.warm_up().await;
