@@ -352,7 +352,7 @@ async fn a_kafka_stream_job_waits_queued_until_the_broker_answers() {
         j["state"] == "queued"
             && j["error"]
                 .as_str()
-                .is_some_and(|e| e.starts_with("waiting:"))
+                .is_some_and(|e| e.starts_with("waiting: Kafka"))
     })
     .await;
     assert!(!waiting.to_string().contains(SECRET), "{waiting}");

@@ -215,7 +215,10 @@ impl Entry {
 
     pub(super) fn update(&self, p: &ProgressEvent) {
         let mut s = self.status.lock();
-        if !s.state.is_terminal() {
+        // A stream job ends when its source has acknowledged or committed its last messages
+        // (and left its group), after the pipeline's last event: its run sets the final state.
+        let ends_later = s.kind == JobKind::Stream && p.state.is_terminal();
+        if !s.state.is_terminal() && !ends_later {
             s.state = p.state;
         }
         s.records_read = p.records_read;
