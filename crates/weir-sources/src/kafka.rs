@@ -1145,8 +1145,8 @@ impl Poller {
         if let Some(l) = lag {
             let _ = l.join();
         }
-        // Dropping the last handle closes the consumer: it leaves the group (a revoke with
-        // nothing left to wait for).
+        // Leave the group (a revoke with nothing left to wait for), within a bound.
+        close(self.consumer, CLOSE_WAIT);
     }
 
     /// Whether fetching must pause: the chunk is at its bounds, or the messages or bytes in
@@ -1292,6 +1292,36 @@ impl Poller {
             .abandoned
             .fetch_add((before - chunk.entries.len()) as u64, Ordering::Relaxed);
     }
+}
+
+/// Longest the consumer's close (leaving the group) may take once the final commit is done.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Closes the consumer (its revoke and leaving the group served here), waiting at most
+/// `within` for librdkafka to report it closed. Returns whether it closed.
+///
+/// Dropping a `BaseConsumer` closes it the same way but polls until it is closed, without a
+/// bound: with the broker gone, librdkafka's close can wait for the group coordinator forever
+/// (seen with tansu SIGKILLed mid-run: a SIGTERMed `weir consume` never exited; the stack was
+/// `BaseConsumer::drop` polling). Past `within`, the consumer is leaked instead: `weir consume`
+/// exits right after, a stream job's librdkafka threads stay until the process ends. Its
+/// uncommitted offsets are the next owner's to read again, as with any worker that dies.
+fn close(consumer: Arc<KafkaConsumer>, within: Duration) -> bool {
+    if let Err(e) = consumer.close_queue() {
+        // Closed already (or not a group consumer): dropping it does not wait.
+        debug!(error = %e, "closing the Kafka consumer");
+        return true;
+    }
+    let deadline = Instant::now() + within;
+    while !consumer.closed() {
+        if Instant::now() >= deadline {
+            warn!(wait = ?within, "the Kafka consumer did not close (broker or group coordinator unreachable); leaving without it");
+            std::mem::forget(consumer);
+            return false;
+        }
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    true
 }
 
 /// Reads each assigned partition's high watermark every `every` for the lag gauges.
