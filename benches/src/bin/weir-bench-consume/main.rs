@@ -159,7 +159,7 @@ async fn drained(
     stream: &str,
     consumer: &str,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(3600);
+    let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         if let Ok(s) = js.get_stream(stream).await
             && let Ok(mut c) = s
@@ -194,7 +194,7 @@ fn kafka_drained(
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .create()?;
-    let deadline = Instant::now() + Duration::from_secs(3600);
+    let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in 0..partitions {
@@ -365,7 +365,10 @@ async fn main() -> anyhow::Result<()> {
                         let mut cmd = Command::new(&weir);
                         env(&mut cmd, &s);
                         cmd.env("KAFKA_BROKERS", &brokers)
-                            .args(["consume", "--topic", &topic, "--group", "bench"])
+                            // A group of its own per topic: tansu 0.6.0 left a new member
+                            // of a group reused across topics with no partitions (it read
+                            // nothing for minutes after the previous variant's workers left).
+                            .args(["consume", "--topic", &topic, "--group", &topic])
                             .args(["--label-prefix", &prefix, "--progress", "none", "--quiet"])
                             .arg("--mapping")
                             .arg(&mapping);
@@ -374,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
                     let messages = i64::try_from(cli.people)?;
                     let (b, tp) = (brokers.clone(), topic.clone());
                     tokio::task::spawn_blocking(move || {
-                        kafka_drained(&b, &tp, "bench", 3, messages)
+                        kafka_drained(&b, &tp, &tp, 3, messages)
                     })
                     .await??;
                     let secs = t.elapsed().as_secs_f64();
