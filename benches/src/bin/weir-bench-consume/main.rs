@@ -376,10 +376,8 @@ async fn main() -> anyhow::Result<()> {
                     }
                     let messages = i64::try_from(cli.people)?;
                     let (b, tp) = (brokers.clone(), topic.clone());
-                    tokio::task::spawn_blocking(move || {
-                        kafka_drained(&b, &tp, &tp, 3, messages)
-                    })
-                    .await??;
+                    tokio::task::spawn_blocking(move || kafka_drained(&b, &tp, &tp, 3, messages))
+                        .await??;
                     let secs = t.elapsed().as_secs_f64();
                     for c in &children.0 {
                         let _ = Command::new("kill")
