@@ -11,6 +11,9 @@
 //! * Per-key order: many updates of few keys, a second worker joining mid-stream (a rebalance
 //!   revokes partitions with records in flight): every key ends with its last value.
 //!
+//! * Topics by pattern: a worker given its topic and `^pattern` reads every partition of the
+//!   topics the pattern names as well.
+//!
 //! "Done" is read from the broker (committed offsets), never from the graph.
 //!
 //! tansu 0.6.0 limitation: when a member's session expires, the rebalance that follows gives
@@ -408,4 +411,61 @@ async fn updates_of_one_key_end_with_its_last_value_across_a_rebalance() {
         rig.report(&both).await
     );
     phase("every key at its last value");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscribes_to_every_topic_it_names() {
+    const PER_TOPIC: u64 = 200;
+    let graph = weir_test_support::graph().await;
+    let rig = KafkaRig::new(&graph);
+    let person = |k: u64| {
+        format!(r#"{{"person_id":{k},"name":"p{k}","email":"p{k}@x","company_id":1,"knows_id":1}}"#)
+    };
+    let a: Vec<String> = (1..=PER_TOPIC).map(person).collect();
+    let b: Vec<String> = (PER_TOPIC + 1..=2 * PER_TOPIC).map(person).collect();
+    let c: Vec<String> = (2 * PER_TOPIC + 1..=3 * PER_TOPIC).map(person).collect();
+    rig.publish(&rig.write("a.jsonl", &a), &[]);
+    // Named by the pattern: read. Not named: left alone.
+    rig.publish_to("extra-people", 2, &rig.write("b.jsonl", &b), &[]);
+    rig.publish_to("other-people", 2, &rig.write("c.jsonl", &c), &[]);
+
+    let m = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let w = rig.worker("p", Some(m), &["--topic", "^extra-.*"], LOG);
+    let deadline = Instant::now() + JOB_DEADLINE;
+    let want = (2 * PER_TOPIC) as f64;
+    while committed(m) < want {
+        rig.assert_alive(&[("p", &w, Some(m))], &["p"]).await;
+        assert!(
+            Instant::now() < deadline,
+            "the worker never committed {want} messages{}",
+            rig.report(&[("p", &w, Some(m))]).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing beyond the two topics arrives later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        committed(m),
+        want,
+        "messages committed beyond the two topics"
+    );
+    let label = rig.name("Person");
+    let q = format!("MATCH (p:`{label}`) RETURN min(p.id) AS lo, max(p.id) AS hi, count(p) AS n");
+    let mut rows = graph.graph.execute(neo4rs::query(&q)).await.unwrap();
+    let row = rows.next().await.unwrap().unwrap();
+    let (lo, hi, n): (i64, i64, i64) = (
+        row.get("lo").unwrap(),
+        row.get("hi").unwrap(),
+        row.get("n").unwrap(),
+    );
+    assert_eq!(
+        (lo, hi, n),
+        (1, 2 * PER_TOPIC as i64, 2 * PER_TOPIC as i64),
+        "the people of the listed topic and of the pattern's topic, and no others"
+    );
+    let offsets = rig.offsets().unwrap();
+    assert!(
+        offsets.iter().all(|(_, c, hw)| *c == Some(*hw)),
+        "the listed topic committed to its end: {offsets:?}"
+    );
 }

@@ -124,11 +124,16 @@ impl KafkaRig {
     /// never see those records. A Kafka broker returns the whole batch, and librdkafka drops
     /// the offsets before the one asked for.
     pub fn publish(&self, file: &Path, extra: &[&str]) -> String {
+        self.publish_to(TOPIC, PARTITIONS, file, extra)
+    }
+
+    /// [`Self::publish`] to `topic`, created with `partitions` partitions.
+    pub fn publish_to(&self, topic: &str, partitions: i32, file: &Path, extra: &[&str]) -> String {
         let mut cmd = Command::new(workspace_binary("weir"));
         let out = self
             .env(&mut cmd, "warn")
-            .args(["publish", "--topic", TOPIC, "--partitions"])
-            .arg(PARTITIONS.to_string())
+            .args(["publish", "--topic", topic, "--partitions"])
+            .arg(partitions.to_string())
             .args(["--key-field", "person_id", "-X", "batch.num.messages=1"])
             .args(extra)
             .arg(file)
