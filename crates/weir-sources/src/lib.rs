@@ -29,3 +29,35 @@ pub use kafka::{
     KafkaCommitter, KafkaMetrics, KafkaSource, KafkaSourceConfig, KafkaSourceError, StartFrom,
     ensure_topic, publish_kafka,
 };
+
+/// The half of a started source that outlives its pipeline, whichever broker it reads: the
+/// JetStream acker or the Kafka committer. Await [`SourceFinisher::finish`] after the pipeline
+/// ended and the source's stop token fired.
+pub enum SourceFinisher {
+    /// Acks the last committed messages and hands back the rest ([`AckTask`]).
+    JetStream(AckTask),
+    /// Commits the final frontier's offsets and leaves the group ([`KafkaCommitter`]).
+    Kafka(KafkaCommitter),
+}
+
+impl SourceFinisher {
+    /// Waits until the last acks (offsets) are sent and the consumer is let go.
+    pub async fn finish(self) {
+        match self {
+            Self::JetStream(acks) => acks.finish().await,
+            Self::Kafka(committer) => committer.finish().await,
+        }
+    }
+}
+
+impl From<AckTask> for SourceFinisher {
+    fn from(acks: AckTask) -> Self {
+        Self::JetStream(acks)
+    }
+}
+
+impl From<KafkaCommitter> for SourceFinisher {
+    fn from(committer: KafkaCommitter) -> Self {
+        Self::Kafka(committer)
+    }
+}

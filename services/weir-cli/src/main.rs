@@ -116,7 +116,8 @@ fn main() -> std::process::ExitCode {
         match command {
             Command::Ping(args) => cmd::ping::run(args).await,
             Command::Ingest(args) => cmd::ingest::run(args).await,
-            Command::Consume(args) => cmd::consume::run(args).await,
+            // Boxed: a worker's state is large (clippy::large_futures).
+            Command::Consume(args) => Box::pin(cmd::consume::run(args)).await,
             Command::Publish(args) => cmd::publish::run(args).await,
             Command::Validate(args) => cmd::validate::run(args),
             Command::Generate(args) => cmd::generate::run(args),

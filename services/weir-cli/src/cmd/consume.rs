@@ -14,10 +14,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use weir_app::pipeline::{JobPipeline, JobTuning};
+use weir_app::pipeline::{GraphPipeline, JobPipeline, JobTuning};
+use weir_app::settings::Settings;
 use weir_metrics::StreamMetrics;
-use weir_sources::{DeliverFrom, JetStreamSource, JetStreamSourceConfig};
-use weir_stream::{CancellationToken, Format, RunOutcome, RunSummary, StreamError};
+use weir_pool::Pool;
+use weir_sources::{DeliverFrom, JetStreamSource, JetStreamSourceConfig, SourceFinisher};
+use weir_stream::{
+    CancellationToken, DeadLetterSink, Format, RunOutcome, RunSummary, Source, StreamError,
+};
 
 use super::EXIT_FATAL;
 use super::ingest::{
@@ -150,13 +154,36 @@ impl ConsumeArgs {
     }
 }
 
+/// What a worker reads of its source's consumer counters, whichever broker it is.
+trait WorkerConsumer: weir_metrics::MetricSource {
+    /// Messages the broker still holds for this consumer (group), once read.
+    fn backlog(&self) -> Option<u64>;
+    /// The summary's lines about messages.
+    fn summary_lines(&self) -> [(&'static str, u64); 4];
+}
+
+impl WorkerConsumer for weir_sources::ConsumerMetrics {
+    fn backlog(&self) -> Option<u64> {
+        self.pending()
+    }
+
+    fn summary_lines(&self) -> [(&'static str, u64); 4] {
+        [
+            ("messages received", self.received()),
+            ("messages acked", self.acked()),
+            ("messages redelivered", self.redelivered()),
+            ("messages handed back", self.naked()),
+        ]
+    }
+}
+
 /// Cancels `stop` once nothing was read for `idle`, everything read is finished, intake is not
 /// paused on memory pressure (a paused worker reads nothing because it chose not to) and the
-/// server has no message left for the consumer (when its lag has been read).
+/// broker has nothing left for the consumer (when its backlog has been read).
 fn spawn_idle_exit(
     idle: Duration,
     mut progress: tokio::sync::watch::Receiver<weir_events::ProgressEvent>,
-    consumer: Arc<weir_sources::ConsumerMetrics>,
+    consumer: Arc<dyn WorkerConsumer>,
     stop: CancellationToken,
 ) {
     tokio::spawn(async move {
@@ -176,7 +203,7 @@ fn spawn_idle_exit(
                 continue;
             }
             let finished = p.records_committed + p.records_dead_lettered >= p.records_read;
-            let drained = consumer.pending().is_none_or(|n| n == 0);
+            let drained = consumer.backlog().is_none_or(|n| n == 0);
             if finished && drained && last.1.elapsed() >= idle {
                 tracing::info!(?idle, "idle: stopping");
                 stop.cancel();
@@ -214,7 +241,7 @@ fn spawn_busy_clock(
     })
 }
 
-fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics, busy: Option<Duration>) {
+fn print_summary(s: &RunSummary, m: &dyn WorkerConsumer, busy: Option<Duration>) {
     let secs = s.duration.as_secs_f64();
     // A worker waits for messages most of its life: the rate is over the time from the first
     // record read to the last commit, when known.
@@ -226,10 +253,9 @@ fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics, busy: Option
             RunOutcome::Failed => "failed",
         }
     );
-    println!("  messages received:     {}", m.received());
-    println!("  messages acked:        {}", m.acked());
-    println!("  messages redelivered:  {}", m.redelivered());
-    println!("  messages handed back:  {}", m.naked());
+    for (what, n) in m.summary_lines() {
+        println!("  {:<22} {n}", format!("{what}:"));
+    }
     println!("  records read:          {}", s.records_read);
     println!("  records committed:     {}", s.records_committed);
     println!("  records dead-lettered: {}", s.records_dead_lettered);
@@ -242,12 +268,9 @@ fn print_summary(s: &RunSummary, m: &weir_sources::ConsumerMetrics, busy: Option
     println!("  retries:               {}", s.retries);
 }
 
-/// Runs `weir consume`.
-pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
-    if args.kafka.selected() {
-        // Boxed, so that this future does not hold the Kafka worker's inline (large_futures).
-        return Box::pin(kafka::run(args)).await;
-    }
+/// The settings and job of a worker, before its source is configured (`None`: only
+/// `--show-config`).
+fn prepare(args: &ConsumeArgs) -> anyhow::Result<Option<(Settings, JobPipeline)>> {
     let Some((settings, mapping)) = start_run(
         &args.settings,
         args.uri.as_deref(),
@@ -258,19 +281,165 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         args.concurrency,
     )?
     else {
-        return Ok(0);
+        return Ok(None);
     };
-    let memory_limit = settings.memory_limit();
     let tuning = JobTuning {
         batch_size: args.batch_size,
         linger: args.linger,
         concurrency: args.concurrency,
         adaptive_concurrency: !args.fixed_concurrency,
         retry_for: args.retry_for,
-        memory_limit,
+        memory_limit: settings.memory_limit(),
         ..JobTuning::new(args.job_id.clone(), Format::JsonLines)
     };
-    let mut job = JobPipeline::new(tuning, mapping);
+    Ok(Some((settings, JobPipeline::new(tuning, mapping))))
+}
+
+/// A worker's pipeline, built, with what it runs beside; its source is started next.
+struct Worker {
+    settings: Settings,
+    pool: Pool,
+    stop: CancellationToken,
+    dead: Arc<dyn DeadLetterSink>,
+    stream: StreamMetrics,
+    pipeline: GraphPipeline,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Waits for the graph server, connects the bus (`--bus`), opens the dead-letter file and
+    /// builds the pipeline (the key constraints exist before the first message is read).
+    /// SIGTERM and Ctrl-C fire `stop` from here on.
+    async fn build(
+        args: &ConsumeArgs,
+        settings: Settings,
+        mut job: JobPipeline,
+    ) -> anyhow::Result<Self> {
+        let pool = write_pool(&settings, args.retry_for).await?;
+        let stop = CancellationToken::new();
+        weir_app::cancel_on_signal(stop.clone());
+        if let Some(p) = connect_bus(
+            &settings,
+            args.bus,
+            args.events,
+            Duration::from_secs(600),
+            stop.clone(),
+        )
+        .await?
+        {
+            job = job.publisher(Arc::new(p));
+        }
+        let dead = dead_letter_sink(args.dead_letter.as_deref())?;
+        let stream = StreamMetrics::new();
+        let (pipeline, follower) = job.dead_letters(dead.clone()).build(&pool, &stream).await?;
+        Ok(Self {
+            settings,
+            pool,
+            stop,
+            dead,
+            stream,
+            pipeline,
+            follower,
+        })
+    }
+
+    /// Runs the pipeline over the started `source` until `stop` (or `--exit-when-idle`), then
+    /// finishes the source (acks or offsets), flushes, closes and prints the summary.
+    /// `on_failure` tells the user what becomes of what was not committed.
+    async fn run(
+        self,
+        args: &ConsumeArgs,
+        source: impl Source,
+        commits: tokio::sync::watch::Sender<weir_stream::Position>,
+        finisher: SourceFinisher,
+        consumer: Arc<dyn WorkerConsumer>,
+        on_failure: &str,
+    ) -> anyhow::Result<u8> {
+        let Self {
+            settings,
+            pool,
+            stop,
+            dead,
+            stream,
+            pipeline,
+            follower,
+        } = self;
+        let metrics_stop = CancellationToken::new();
+        let status = pool.clone();
+        let consumer_source: Arc<dyn weir_metrics::MetricSource> = consumer.clone();
+        let metrics_task = spawn_metrics(
+            "weir consume",
+            &metrics_admin(&settings, args.metrics_bind),
+            settings.memory_limit(),
+            args.quiet,
+            vec![
+                ("stream", Arc::new(stream.clone()) as _),
+                ("consumer", consumer_source),
+                (
+                    "pool",
+                    Arc::new(weir_metrics::pool_source("write", move || status.status())) as _,
+                ),
+            ],
+            Some(&pool),
+            &metrics_stop,
+        )
+        .await?;
+        let pipeline = pipeline.with_commit_watch(commits);
+        let progress = spawn_progress(
+            if args.quiet {
+                ProgressMode::None
+            } else {
+                args.progress
+            },
+            pipeline.subscribe(),
+        );
+        let busy = spawn_busy_clock(pipeline.subscribe());
+        if let Some(idle) = args.exit_when_idle {
+            spawn_idle_exit(idle, pipeline.subscribe(), consumer.clone(), stop.clone());
+        }
+        let result = pipeline.run(source, stop.clone()).await;
+        // The pipeline is done (its commit sender dropped): stop reading, ack (commit) what
+        // was committed, hand back the rest (leave the group).
+        stop.cancel();
+        finisher.finish().await;
+        let _ = progress.await;
+        let _ = follower.await;
+        metrics_stop.cancel();
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
+        let _ = dead.flush();
+        pool.close().await;
+        let busy = busy.await.ok().flatten();
+        match result {
+            Ok(summary) => {
+                if !args.quiet {
+                    print_summary(&summary, consumer.as_ref(), busy);
+                }
+                Ok(0)
+            }
+            Err(StreamError::Failed { cause, summary }) => {
+                if !args.quiet {
+                    print_summary(&summary, consumer.as_ref(), busy);
+                }
+                eprintln!("error: {cause}");
+                eprintln!("  {on_failure}");
+                Ok(EXIT_FATAL)
+            }
+            Err(e) => Err(e).context("consume"),
+        }
+    }
+}
+
+/// Runs `weir consume`.
+pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
+    if args.kafka.selected() {
+        // Boxed, so that this future does not hold the Kafka worker's inline (large_futures).
+        return Box::pin(kafka::run(args)).await;
+    }
+    let Some((settings, job)) = prepare(&args)? else {
+        return Ok(0);
+    };
     // The stream's NATS: the flag, else the settings' (`bus.url`, `NATS_URL`).
     let nats_url = super::publish::stream_nats_url(args.nats_url.as_deref(), &settings);
     let source_cfg = job.stream_source(JetStreamSourceConfig {
@@ -288,29 +457,9 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         ..JetStreamSourceConfig::default()
     });
     source_cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-
-    let pool = write_pool(&settings, args.retry_for).await?;
-
-    let stop = CancellationToken::new();
-    weir_app::cancel_on_signal(stop.clone());
-    if let Some(p) = connect_bus(
-        &settings,
-        args.bus,
-        args.events,
-        Duration::from_secs(600),
-        stop.clone(),
-    )
-    .await?
-    {
-        job = job.publisher(Arc::new(p));
-    }
-    let dead = dead_letter_sink(args.dead_letter.as_deref())?;
-    let stream = StreamMetrics::new();
-    // The key constraints exist before the first message is pulled.
-    let (pipeline, follower) = job.dead_letters(dead.clone()).build(&pool, &stream).await?;
-
-    let (source, commits, acks, consumer_metrics) =
-        JetStreamSource::start(&source_cfg, stop.clone())
+    let worker = Worker::build(&args, settings, job).await?;
+    let (source, commits, acks, consumer) =
+        JetStreamSource::start(&source_cfg, worker.stop.clone())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     if !args.quiet {
@@ -319,72 +468,14 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
             args.stream, args.subject, args.consumer
         );
     }
-    let metrics_stop = CancellationToken::new();
-    let status = pool.clone();
-    let metrics_task = spawn_metrics(
-        "weir consume",
-        &metrics_admin(&settings, args.metrics_bind),
-        memory_limit,
-        args.quiet,
-        vec![
-            ("stream", Arc::new(stream.clone()) as _),
-            ("consumer", consumer_metrics.clone() as _),
-            (
-                "pool",
-                Arc::new(weir_metrics::pool_source("write", move || status.status())) as _,
-            ),
-        ],
-        Some(&pool),
-        &metrics_stop,
-    )
-    .await?;
-    let pipeline = pipeline.with_commit_watch(commits);
-    let progress = spawn_progress(
-        if args.quiet {
-            ProgressMode::None
-        } else {
-            args.progress
-        },
-        pipeline.subscribe(),
-    );
-    let busy = spawn_busy_clock(pipeline.subscribe());
-    if let Some(idle) = args.exit_when_idle {
-        spawn_idle_exit(
-            idle,
-            pipeline.subscribe(),
-            consumer_metrics.clone(),
-            stop.clone(),
-        );
-    }
-    let result = pipeline.run(source, stop.clone()).await;
-    // The pipeline is done (its commit sender dropped): stop pulling, ack the last commits,
-    // hand back the rest.
-    stop.cancel();
-    acks.finish().await;
-    let _ = progress.await;
-    let _ = follower.await;
-    metrics_stop.cancel();
-    if let Some(t) = metrics_task {
-        let _ = t.await;
-    }
-    let _ = dead.flush();
-    pool.close().await;
-    let busy = busy.await.ok().flatten();
-    match result {
-        Ok(summary) => {
-            if !args.quiet {
-                print_summary(&summary, &consumer_metrics, busy);
-            }
-            Ok(0)
-        }
-        Err(StreamError::Failed { cause, summary }) => {
-            if !args.quiet {
-                print_summary(&summary, &consumer_metrics, busy);
-            }
-            eprintln!("error: {cause}");
-            eprintln!("  unacknowledged messages are redelivered to the next worker");
-            Ok(EXIT_FATAL)
-        }
-        Err(e) => Err(e).context("consume"),
-    }
+    // Boxed: the run's state is large (clippy::large_futures).
+    Box::pin(worker.run(
+        &args,
+        source,
+        commits,
+        acks.into(),
+        consumer,
+        "unacknowledged messages are redelivered to the next worker",
+    ))
+    .await
 }

@@ -3,22 +3,13 @@
 //! each partition's offset is committed once everything before it is committed to the graph
 //! (or dead-lettered).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use weir_app::pipeline::{JobPipeline, JobTuning};
-use weir_metrics::StreamMetrics;
 use weir_sources::{KafkaMetrics, KafkaSource, KafkaSourceConfig, StartFrom};
-use weir_stream::{CancellationToken, Format, RunOutcome, RunSummary, StreamError};
 
-use super::super::EXIT_FATAL;
-use super::super::ingest::{
-    ProgressMode, connect_bus, dead_letter_sink, metrics_admin, spawn_metrics, spawn_progress,
-    start_run, write_pool,
-};
-use super::{ConsumeArgs, spawn_busy_clock};
+use super::{ConsumeArgs, Worker, WorkerConsumer, prepare};
 
 /// `--kafka-start`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -84,96 +75,28 @@ pub(crate) fn brokers(arg: Option<&str>) -> anyhow::Result<String> {
         .unwrap_or_else(|| "127.0.0.1:9092".into()))
 }
 
-/// Cancels `stop` once nothing was read for `idle`, everything read is finished and the
-/// assigned partitions' lag (once read) is 0.
-fn spawn_idle_exit(
-    idle: Duration,
-    mut progress: tokio::sync::watch::Receiver<weir_events::ProgressEvent>,
-    consumer: Arc<KafkaMetrics>,
-    stop: CancellationToken,
-) {
-    tokio::spawn(async move {
-        let mut last = (u64::MAX, tokio::time::Instant::now());
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-            let p = progress.borrow_and_update().clone();
-            if p.state.is_terminal() {
-                return;
-            }
-            let paused = p.pressure == weir_events::PressureState::High;
-            if p.records_read != last.0 || paused {
-                last = (p.records_read, tokio::time::Instant::now());
-                continue;
-            }
-            let finished = p.records_committed + p.records_dead_lettered >= p.records_read;
-            let drained = consumer.lag().is_none_or(|n| n == 0);
-            if finished && drained && last.1.elapsed() >= idle {
-                tracing::info!(?idle, "idle: stopping");
-                stop.cancel();
-                return;
-            }
-        }
-    });
-}
+impl WorkerConsumer for KafkaMetrics {
+    fn backlog(&self) -> Option<u64> {
+        self.lag()
+    }
 
-fn print_summary(s: &RunSummary, m: &KafkaMetrics, busy: Option<Duration>) {
-    let secs = s.duration.as_secs_f64();
-    // A worker waits for messages most of its life: the rate is over the time from the first
-    // record read to the last commit, when known.
-    let rate_secs = busy.map_or(secs, |d| d.as_secs_f64());
-    println!(
-        "consume {}",
-        match s.outcome {
-            RunOutcome::Completed | RunOutcome::Cancelled => "stopped",
-            RunOutcome::Failed => "failed",
-        }
-    );
-    println!("  messages received:     {}", m.received());
-    println!("  messages committed:    {}", m.committed());
-    println!("  partitions revoked:    {}", m.revoked());
-    println!("  messages left to next: {}", m.abandoned());
-    println!("  records read:          {}", s.records_read);
-    println!("  records committed:     {}", s.records_committed);
-    println!("  records dead-lettered: {}", s.records_dead_lettered);
-    println!("  records uncommitted:   {}", s.records_uncommitted);
-    println!("  duration:              {secs:.2}s");
-    println!(
-        "  rate:                  {:.0} records/s (first record read to last commit)",
-        s.records_committed as f64 / rate_secs.max(1e-9)
-    );
-    println!("  retries:               {}", s.retries);
+    fn summary_lines(&self) -> [(&'static str, u64); 4] {
+        [
+            ("messages received", self.received()),
+            ("messages committed", self.committed()),
+            ("partitions revoked", self.revoked()),
+            ("messages left to next", self.abandoned()),
+        ]
+    }
 }
 
 /// Runs `weir consume` with Kafka as the source: the same pipeline as JetStream's
 /// ([`JobPipeline`]), the commit frontier turned into committed offsets instead of acks.
 pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
     let k = &args.kafka;
-    let Some((settings, mapping)) = start_run(
-        &args.settings,
-        args.uri.as_deref(),
-        args.memory_limit,
-        args.mapping.as_deref(),
-        &args.label_prefix,
-        args.batch_size,
-        args.concurrency,
-    )?
-    else {
+    let Some((settings, job)) = prepare(&args)? else {
         return Ok(0);
     };
-    let memory_limit = settings.memory_limit();
-    let tuning = JobTuning {
-        batch_size: args.batch_size,
-        linger: args.linger,
-        concurrency: args.concurrency,
-        adaptive_concurrency: !args.fixed_concurrency,
-        retry_for: args.retry_for,
-        memory_limit,
-        ..JobTuning::new(args.job_id.clone(), Format::JsonLines)
-    };
-    let mut job = JobPipeline::new(tuning, mapping);
     let source_cfg = job.kafka_source(KafkaSourceConfig {
         brokers: brokers(k.kafka_brokers.as_deref())?,
         group: k.group.clone(),
@@ -188,29 +111,10 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
         ..KafkaSourceConfig::default()
     });
     source_cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-
-    let pool = write_pool(&settings, args.retry_for).await?;
-
-    let stop = CancellationToken::new();
-    weir_app::cancel_on_signal(stop.clone());
-    if let Some(p) = connect_bus(
-        &settings,
-        args.bus,
-        args.events,
-        Duration::from_secs(600),
-        stop.clone(),
-    )
-    .await?
-    {
-        job = job.publisher(Arc::new(p));
-    }
-    let dead = dead_letter_sink(args.dead_letter.as_deref())?;
-    let stream = StreamMetrics::new();
     // The key constraints exist before the group is joined.
-    let (pipeline, follower) = job.dead_letters(dead.clone()).build(&pool, &stream).await?;
-
-    let (source, commits, committer, consumer_metrics) =
-        KafkaSource::start(&source_cfg, stop.clone())
+    let worker = Worker::build(&args, settings, job).await?;
+    let (source, commits, committer, consumer) =
+        KafkaSource::start(&source_cfg, worker.stop.clone())
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     if !args.quiet {
@@ -221,74 +125,16 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
             source_cfg.brokers
         );
     }
-    let metrics_stop = CancellationToken::new();
-    let status = pool.clone();
-    let metrics_task = spawn_metrics(
-        "weir consume",
-        &metrics_admin(&settings, args.metrics_bind),
-        memory_limit,
-        args.quiet,
-        vec![
-            ("stream", Arc::new(stream.clone()) as _),
-            ("consumer", consumer_metrics.clone() as _),
-            (
-                "pool",
-                Arc::new(weir_metrics::pool_source("write", move || status.status())) as _,
-            ),
-        ],
-        Some(&pool),
-        &metrics_stop,
-    )
-    .await?;
-    let pipeline = pipeline.with_commit_watch(commits);
-    let progress = spawn_progress(
-        if args.quiet {
-            ProgressMode::None
-        } else {
-            args.progress
-        },
-        pipeline.subscribe(),
-    );
-    let busy = spawn_busy_clock(pipeline.subscribe());
-    if let Some(idle) = args.exit_when_idle {
-        spawn_idle_exit(
-            idle,
-            pipeline.subscribe(),
-            consumer_metrics.clone(),
-            stop.clone(),
-        );
-    }
-    let result = pipeline.run(source, stop.clone()).await;
-    // The pipeline is done (its commit sender dropped): stop polling, commit the final
-    // frontier, leave the group.
-    stop.cancel();
-    committer.finish().await;
-    let _ = progress.await;
-    let _ = follower.await;
-    metrics_stop.cancel();
-    if let Some(t) = metrics_task {
-        let _ = t.await;
-    }
-    let _ = dead.flush();
-    pool.close().await;
-    let busy = busy.await.ok().flatten();
-    match result {
-        Ok(summary) => {
-            if !args.quiet {
-                print_summary(&summary, &consumer_metrics, busy);
-            }
-            Ok(0)
-        }
-        Err(StreamError::Failed { cause, summary }) => {
-            if !args.quiet {
-                print_summary(&summary, &consumer_metrics, busy);
-            }
-            eprintln!("error: {cause}");
-            eprintln!("  uncommitted offsets are read again by the partition's next owner");
-            Ok(EXIT_FATAL)
-        }
-        Err(e) => Err(e).context("consume"),
-    }
+    // Boxed: the run's state is large (clippy::large_futures).
+    Box::pin(worker.run(
+        &args,
+        source,
+        commits,
+        committer.into(),
+        consumer,
+        "uncommitted offsets are read again by the partition's next owner",
+    ))
+    .await
 }
 
 #[cfg(test)]
