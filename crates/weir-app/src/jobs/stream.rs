@@ -17,6 +17,7 @@
 //! names topics, group and brokers) and its errors are redacted
 //! ([`crate::jobs::config::KafkaProperties::redact`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +28,11 @@ use weir_graph::Mapping;
 use weir_metrics::{Encoder, MetricSource};
 use weir_sources::{
     DeliverFrom, JetStreamSource, JetStreamSourceConfig, KafkaSource, KafkaSourceConfig,
-    KafkaSourceError, StartFrom,
+    KafkaSourceError, SourceFinisher, StartFrom,
 };
-use weir_stream::{Format, RunOutcome, RunSummary, StreamError};
+use weir_stream::{
+    CancellationToken, Format, Position, RunOutcome, RunSummary, Source, StreamError,
+};
 
 use crate::BusPublisher;
 use crate::jobs::IngestdError;
@@ -292,6 +295,66 @@ impl JobManager {
         }
     }
 
+    /// A stream job's pipeline (no error budget by count: an unbounded input has none; the
+    /// dead-letter file's cap bounds the disk) and the publisher of its changes.
+    fn stream_job(&self, id: &str, mapping: Arc<Mapping>) -> (JobPipeline, BusPublisher) {
+        let publisher = self.inner.publisher.for_job();
+        let tuning = JobTuning {
+            max_errors: None,
+            ..self.inner.config.tuning(id, Format::JsonLines)
+        };
+        let job = JobPipeline::new(tuning, mapping).publisher(Arc::new(publisher.clone()));
+        (job, publisher)
+    }
+
+    /// Starts a job's source, retrying with backoff while it fails with [`StartError::Wait`]
+    /// (the job stays `queued` with the reason in its `error`). `None`: the job was stopped
+    /// meanwhile (it is then `cancelled`).
+    async fn start_source<T, Fut>(
+        &self,
+        id: &str,
+        entry: &Entry,
+        what: &str,
+        mut start: impl FnMut() -> Fut,
+    ) -> Result<Option<T>, IngestdError>
+    where
+        Fut: Future<Output = Result<T, StartError>>,
+    {
+        let backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(10))
+            .with_jitter(0.3);
+        let mut attempt = 0;
+        loop {
+            let started = tokio::select! {
+                r = start() => r,
+                () = entry.cancel.cancelled() => Err(StartError::Stopped),
+            };
+            let reason = match started {
+                Ok(started) => {
+                    entry.status.lock().error = None;
+                    return Ok(Some(started));
+                }
+                Err(StartError::Wait(reason)) => reason,
+                Err(StartError::Fatal(e)) => return Err(e),
+                Err(StartError::Stopped) => {
+                    entry.status.lock().state = JobState::Cancelled;
+                    return Ok(None);
+                }
+            };
+            tracing::warn!(job = %id, error = %reason, "stream job waiting for {what}");
+            entry.status.lock().error = Some(format!("waiting: {reason}"));
+            attempt += 1;
+            tokio::select! {
+                () = tokio::time::sleep(backoff.jittered(attempt)) => {}
+                () = entry.cancel.cancelled() => {
+                    entry.status.lock().state = JobState::Cancelled;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// A JetStream stream job: waits until NATS answers, then consumes until it is stopped;
+    /// the acker acks the last commits and hands back the rest after the pipeline ends.
     async fn run_stream(
         &self,
         id: &str,
@@ -299,70 +362,29 @@ impl JobManager {
         source_cfg: JetStreamSourceConfig,
         mapping: Arc<Mapping>,
     ) -> Result<(), IngestdError> {
-        let inner = &self.inner;
-        let publisher = inner.publisher.for_job();
-        let tuning = JobTuning {
-            // An unbounded input has no error budget by count; the dead-letter file's cap
-            // bounds the disk.
-            max_errors: None,
-            ..inner.config.tuning(id, Format::JsonLines)
-        };
-        let job = JobPipeline::new(tuning, mapping).publisher(Arc::new(publisher.clone()));
+        let (job, publisher) = self.stream_job(id, mapping);
         let source_cfg = job.stream_source(source_cfg);
         // Pulling stops when the job is stopped, or when its pipeline ended by itself.
         let pull_stop = entry.cancel.child_token();
-        let backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(10))
-            .with_jitter(0.3);
-        let mut attempt = 0;
-        let (source, commits, acks, consumer) = loop {
-            match JetStreamSource::start(&source_cfg, pull_stop.clone()).await {
-                Ok(started) => break started,
-                Err(e) => {
-                    tracing::warn!(job = %id, error = %e, "stream job waiting for NATS");
-                    entry.status.lock().error = Some(format!("waiting: {e}"));
-                    attempt += 1;
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.jittered(attempt)) => {}
-                        () = entry.cancel.cancelled() => {
-                            entry.status.lock().state = JobState::Cancelled;
-                            return Ok(());
-                        }
-                    }
-                }
-            }
+        let started = self
+            .start_source(id, entry, "NATS", || async {
+                JetStreamSource::start(&source_cfg, pull_stop.clone())
+                    .await
+                    .map_err(|e| StartError::Wait(e.to_string()))
+            })
+            .await?;
+        let Some((source, commits, acks, consumer)) = started else {
+            return Ok(());
         };
-        entry.status.lock().error = None;
         *entry.consumer.lock() = Some(LiveConsumer::JetStream(consumer));
-        let built = match self.dead_letters(entry) {
-            Ok(dead) => job
-                .dead_letters(dead)
-                .build(&inner.pool, &inner.metrics)
-                .await
-                .map_err(|e| IngestdError::Internal(e.to_string())),
-            Err(e) => Err(e),
+        let run = Started {
+            source,
+            commits,
+            finisher: acks.into(),
+            stop: pull_stop,
         };
-        let (pipeline, follower) = match built {
-            Ok(built) => built,
-            Err(e) => {
-                pull_stop.cancel();
-                drop(commits);
-                acks.finish().await;
-                *entry.consumer.lock() = None;
-                return Err(e);
-            }
-        };
-        let pipeline = pipeline.with_commit_watch(commits);
-        let forward = self.forward_progress(entry, &publisher, pipeline.subscribe());
-        entry.status.lock().state = JobState::Running;
-        tracing::info!(job = %id, stream = %source_cfg.stream, consumer = %source_cfg.consumer, "stream job started");
-        let result = pipeline.run(source, entry.cancel.clone()).await;
-        // The pipeline is done (its commit sender dropped): stop pulling, ack the last
-        // commits, hand back the rest.
-        pull_stop.cancel();
-        acks.finish().await;
-        let _ = forward.await;
-        let _ = follower.await;
-        self.end_stream(id, entry, &publisher, result, |e| e.to_string())
+        self.run_started(id, entry, job, &publisher, run, &|e| e.to_string())
+            .await
     }
 
     /// A Kafka stream job: waits until the cluster answers, then consumes the group's
@@ -376,50 +398,49 @@ impl JobManager {
         properties: &KafkaProperties,
         mapping: Arc<Mapping>,
     ) -> Result<(), IngestdError> {
-        let inner = &self.inner;
         let redact = |e: &dyn std::fmt::Display| properties.redact(&e.to_string());
-        let publisher = inner.publisher.for_job();
-        let tuning = JobTuning {
-            max_errors: None,
-            ..inner.config.tuning(id, Format::JsonLines)
-        };
-        let job = JobPipeline::new(tuning, mapping).publisher(Arc::new(publisher.clone()));
+        let (job, publisher) = self.stream_job(id, mapping);
         let source_cfg = job.kafka_source(source_cfg);
         // Polling stops when the job is stopped, or when its pipeline ended by itself.
         let poll_stop = entry.cancel.child_token();
-        let backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(10))
-            .with_jitter(0.3);
-        let mut attempt = 0;
-        let (source, commits, committer, consumer) = loop {
-            let started = tokio::select! {
-                r = KafkaSource::start(&source_cfg, poll_stop.clone()) => r,
-                () = entry.cancel.cancelled() => {
-                    entry.status.lock().state = JobState::Cancelled;
-                    return Ok(());
+        let started = self
+            .start_source(id, entry, "Kafka", || async {
+                match KafkaSource::start(&source_cfg, poll_stop.clone()).await {
+                    Ok(started) => Ok(started),
+                    // Not reaching the cluster (its metadata): wait, as for NATS.
+                    Err(e @ KafkaSourceError::Topics { .. }) => Err(StartError::Wait(redact(&e))),
+                    // A client librdkafka refuses (a wrong property) does not get better.
+                    Err(e) => Err(StartError::Fatal(IngestdError::Internal(redact(&e)))),
                 }
-            };
-            match started {
-                Ok(started) => break started,
-                // Not reaching the cluster (its metadata): wait, as for NATS.
-                Err(e @ KafkaSourceError::Topics { .. }) => {
-                    let e = redact(&e);
-                    tracing::warn!(job = %id, error = %e, "stream job waiting for Kafka");
-                    entry.status.lock().error = Some(format!("waiting: {e}"));
-                    attempt += 1;
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff.jittered(attempt)) => {}
-                        () = entry.cancel.cancelled() => {
-                            entry.status.lock().state = JobState::Cancelled;
-                            return Ok(());
-                        }
-                    }
-                }
-                // A client librdkafka refuses (a wrong property) does not get better.
-                Err(e) => return Err(IngestdError::Internal(redact(&e))),
-            }
+            })
+            .await?;
+        let Some((source, commits, committer, consumer)) = started else {
+            return Ok(());
         };
-        entry.status.lock().error = None;
         *entry.consumer.lock() = Some(LiveConsumer::Kafka(consumer));
+        let run = Started {
+            source,
+            commits,
+            finisher: committer.into(),
+            stop: poll_stop,
+        };
+        self.run_started(id, entry, job, &publisher, run, &redact)
+            .await
+    }
+
+    /// Builds a stream job's pipeline (dead letters to the job's file) and runs it over its
+    /// started source until the job is stopped, then finishes the source and records the end
+    /// ([`Self::end_stream`]); a pipeline that cannot be built lets the source go first.
+    async fn run_started(
+        &self,
+        id: &str,
+        entry: &Arc<Entry>,
+        job: JobPipeline,
+        publisher: &BusPublisher,
+        run: Started<impl Source>,
+        shown: &(dyn Fn(&dyn std::fmt::Display) -> String + Sync),
+    ) -> Result<(), IngestdError> {
+        let inner = &self.inner;
         let built = match self.dead_letters(entry) {
             Ok(dead) => job
                 .dead_letters(dead)
@@ -431,25 +452,29 @@ impl JobManager {
         let (pipeline, follower) = match built {
             Ok(built) => built,
             Err(e) => {
-                poll_stop.cancel();
-                drop(commits);
-                committer.finish().await;
+                run.stop.cancel();
+                drop(run.commits);
+                run.finisher.finish().await;
                 *entry.consumer.lock() = None;
                 return Err(e);
             }
         };
-        let pipeline = pipeline.with_commit_watch(commits);
-        let forward = self.forward_progress(entry, &publisher, pipeline.subscribe());
-        entry.status.lock().state = JobState::Running;
-        tracing::info!(job = %id, topics = ?source_cfg.topics, group = %source_cfg.group, brokers = %source_cfg.brokers, "stream job started");
-        let result = pipeline.run(source, entry.cancel.clone()).await;
-        // The pipeline is done (its commit sender dropped): stop polling, commit the final
-        // frontier, leave the group.
-        poll_stop.cancel();
-        committer.finish().await;
+        let pipeline = pipeline.with_commit_watch(run.commits);
+        let forward = self.forward_progress(entry, publisher, pipeline.subscribe());
+        let input = {
+            let mut st = entry.status.lock();
+            st.state = JobState::Running;
+            st.input.clone()
+        };
+        tracing::info!(job = %id, %input, "stream job started");
+        let result = pipeline.run(run.source, entry.cancel.clone()).await;
+        // The pipeline is done (its commit sender dropped): stop reading, ack (commit) the
+        // last commits, hand back the rest (leave the group).
+        run.stop.cancel();
+        run.finisher.finish().await;
         let _ = forward.await;
         let _ = follower.await;
-        self.end_stream(id, entry, &publisher, result, |e| redact(e))
+        self.end_stream(id, entry, publisher, result, shown)
     }
 
     /// Records how a stream job's run ended in its status (`cancelled` unless it failed:
@@ -460,7 +485,7 @@ impl JobManager {
         entry: &Arc<Entry>,
         publisher: &BusPublisher,
         result: Result<RunSummary, StreamError>,
-        shown: impl Fn(&dyn std::fmt::Display) -> String,
+        shown: &(dyn Fn(&dyn std::fmt::Display) -> String + Sync),
     ) -> Result<(), IngestdError> {
         let summary = match result {
             Ok(s) => s,
@@ -490,6 +515,25 @@ impl JobManager {
         tracing::info!(job = %id, state = ?st.state, committed = st.records_committed, "stream job ended");
         Ok(())
     }
+}
+
+/// Why a stream job's source did not start.
+enum StartError {
+    /// Not reachable yet: wait and try again.
+    Wait(String),
+    /// Will not get better: the job fails.
+    Fatal(IngestdError),
+    /// The job was stopped meanwhile.
+    Stopped,
+}
+
+/// A stream job's started source: records, the commit frontier it watches, what finishes it,
+/// and the token that stops its reading.
+struct Started<S> {
+    source: S,
+    commits: tokio::sync::watch::Sender<Position>,
+    finisher: SourceFinisher,
+    stop: CancellationToken,
 }
 
 /// The source of a Kafka stream job (chunks and bytes in flight are sized by the job's
