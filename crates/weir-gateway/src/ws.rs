@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -497,8 +498,16 @@ fn run(
                 }
                 // Boxed like every write below: the write's future (its timer, the sink's) lives only
                 // while writing, instead of in the connection task for the socket's whole life.
-                Some(out) = recv_opt(&mut out_rx) => Box::pin(c.write_outs(out, out_rx.as_mut())).await,
-                Some((id, out)) = c.fast.next(), if !c.fast.is_empty() => Box::pin(c.write_fast(id, out)).await,
+                Some(out) = recv_opt(&mut out_rx) => {
+                    let flow = Box::pin(c.write_outs(out, out_rx.as_mut())).await;
+                    taking_writes(&flow, &mut pong_due, pong_timeout);
+                    flow
+                }
+                Some((id, out)) = c.fast.next(), if !c.fast.is_empty() => {
+                    let flow = Box::pin(c.write_fast(id, out)).await;
+                    taking_writes(&flow, &mut pong_due, pong_timeout);
+                    flow
+                }
                 // A finished operation task is reaped at once (the set keeps its memory until then).
                 Some(_) = c.tasks.join_next(), if !c.tasks.is_empty() => Flow::Continue,
                 msg = stream.next() => {
@@ -546,6 +555,18 @@ fn run(
         // Held for the connection's life, given back here: the client address's socket slot
         // (`websocket.max_sockets_per_ip`) and the open-socket count.
         drop((ip_slot, count));
+    }
+}
+
+/// A write the client's socket took while a pong is awaited moves the pong's deadline: the
+/// client is reading, only behind (its ping waits behind the frames it has not read yet). How
+/// far behind a subscriber may fall is the slow-consumer rule's to decide (`SLOW_CONSUMER`,
+/// 1008), not the pong timeout's; a client that stops reading altogether still ends, by the
+/// write timeout once its socket's buffers are full, or by the pong timeout when nothing is
+/// being sent to it.
+fn taking_writes(flow: &Flow, pong_due: &mut Option<Instant>, pong_timeout: Duration) {
+    if matches!(flow, Flow::Continue) && pong_due.is_some() {
+        *pong_due = Some(Instant::now() + pong_timeout);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Each close code with its trigger: 4408, 4401, 4403, 4409, 4429, 4400, 4499 (pong timeout),
+//! Each close code with its trigger: 4408, 4401, 4403, 4409, 4429, 4400, 4499 (pong timeout, not
+//! while the client takes writes),
 //! 1009 (message too big); and the per-operation refusals (rate and per-connection limits).
 
 mod common;
@@ -126,6 +127,54 @@ async fn silent_client_is_closed_after_pong_timeout() {
     let good = good_task.await.unwrap();
     assert_eq!(server.state.manager().active(), 1);
     drop(good);
+    server.wait_empty().await;
+}
+
+/// A subscriber that keeps reading what it is sent is not closed by the pong timeout, although
+/// its pong is late (here: never sent, as when the ping waits behind frames it has not read
+/// yet): how far behind it may fall is the slow-consumer rule's to decide. Once nothing is sent
+/// to it, the unanswered ping ends it with 4499.
+#[tokio::test]
+async fn a_client_taking_writes_is_not_closed_for_a_late_pong() {
+    let mut cfg = config();
+    cfg.websocket.ping_interval = Duration::from_millis(200);
+    cfg.websocket.pong_timeout = Duration::from_millis(300);
+    let server = serve(cfg).await;
+    let mut c = connect(server.addr, "graphql-transport-ws").await;
+    c.answer_pings = false;
+    c.init().await;
+    c.subscribe("1", Q).await;
+    server.wait_active(1).await;
+    // 2 s of changes, one every 50 ms: about ten ping rounds, each past its pong deadline.
+    let mut pings = 0;
+    for i in 0..40 {
+        server.state.manager().publish(batch(vec![event(
+            weir_events::EntityKind::Node,
+            "A",
+            &format!("k{i}"),
+            weir_events::Operation::Created,
+        )]));
+        loop {
+            match c.recv().await {
+                Frame::Json(m) if m["type"] == "next" => break,
+                Frame::Json(m) if m["type"] == "ping" => pings += 1,
+                other => panic!("closed while reading, after {i} changes: {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pings >= 3, "only {pings} pings in 2 s");
+    // Nothing more is sent to it: the unanswered ping ends it.
+    loop {
+        match c.recv().await {
+            Frame::Json(m) if m["type"] == "ping" => continue,
+            Frame::Close(code, _) => {
+                assert_eq!(code, close_codes::PONG_TIMEOUT);
+                break;
+            }
+            other => panic!("expected the pong timeout, got {other:?}"),
+        }
+    }
     server.wait_empty().await;
 }
 
