@@ -468,14 +468,14 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
             args.stream, args.subject, args.consumer
         );
     }
-    // Boxed: the run's state is large (clippy::large_futures).
-    Box::pin(worker.run(
-        &args,
-        source,
-        commits,
-        acks.into(),
-        consumer,
-        "unacknowledged messages are redelivered to the next worker",
-    ))
-    .await
+    worker
+        .run(
+            &args,
+            source,
+            commits,
+            acks.into(),
+            consumer,
+            "unacknowledged messages are redelivered to the next worker",
+        )
+        .await
 }

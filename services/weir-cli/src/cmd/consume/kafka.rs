@@ -125,16 +125,16 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<u8> {
             source_cfg.brokers
         );
     }
-    // Boxed: the run's state is large (clippy::large_futures).
-    Box::pin(worker.run(
-        &args,
-        source,
-        commits,
-        committer.into(),
-        consumer,
-        "uncommitted offsets are read again by the partition's next owner",
-    ))
-    .await
+    worker
+        .run(
+            &args,
+            source,
+            commits,
+            committer.into(),
+            consumer,
+            "uncommitted offsets are read again by the partition's next owner",
+        )
+        .await
 }
 
 #[cfg(test)]
